@@ -1,0 +1,94 @@
+"""The CTR model zoo: DNN (Embedding+MLP), DeepFM, Wide&Deep and DCN-v2 over transformed features.
+
+Every categorical field has its own embedding table ``embedding_<field>`` (one row per (field, value)
+id), so the Group optimizers regularize exactly the rows of feature values. Integer fields arrive as
+log1p floats and feed the dense part. Every model outputs the click probability, shape [batch].
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Mapping, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
+
+
+def embedding_layer_name(field: str) -> str:
+    return f"embedding_{field}"
+
+
+def _inputs(int_fields: Sequence[str], cat_fields: Sequence[str]) -> Dict[str, keras.Input]:
+    inputs = {f: keras.Input(shape=(), name=f, dtype=tf.float32) for f in int_fields}
+    inputs.update({f: keras.Input(shape=(), name=f, dtype=tf.int64) for f in cat_fields})
+    return inputs
+
+
+def _mlp(x, hidden_units: Sequence[int], prefix: str):
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"{prefix}_dense_{i}")(x)
+    return x
+
+
+def build_model(kind: str, int_fields: Sequence[str], cat_fields: Sequence[str],
+                table_rows: Mapping[str, int], embedding_dim: int = 8,
+                embedding_dims: Mapping[str, int] | None = None,
+                hidden_units: Sequence[int] = (64, 32), cross_layers: int = 2) -> keras.Model:
+    """A functional tf_keras model from transformed features to click probability.
+
+    Args:
+      kind: one of MODELS.
+      int_fields / cat_fields: transformed feature names (float32 / int64 ids).
+      table_rows: rows of each categorical field's table (vocab size + OOV ids, or hash buckets).
+      embedding_dim: default width; embedding_dims overrides it per field (DeepFM needs one width).
+    """
+    if kind not in MODELS:
+        raise ValueError(f"model {kind!r} not in {MODELS}")
+    embedding_dims = dict(embedding_dims or {})
+    if kind == "deepfm" and len({embedding_dims.get(f, embedding_dim) for f in cat_fields}) > 1:
+        raise ValueError("deepfm needs one embedding width for all fields (its FM term takes dot products)")
+    inputs = _inputs(int_fields, cat_fields)
+    embedded = []
+    for f in cat_fields:
+        table = keras.layers.Embedding(table_rows[f], embedding_dims.get(f, embedding_dim),
+                                       embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                       name=embedding_layer_name(f))
+        embedded.append(table(inputs[f]))  # [batch, d]
+    dense = (tf.stack([inputs[f] for f in int_fields], axis=1) if int_fields
+             else tf.zeros_like(embedded[0][:, :0]))
+    flat = keras.layers.Concatenate(name="features")(embedded + [dense])
+
+    if kind == "dnn":
+        logit = keras.layers.Dense(1, name="logit")(_mlp(flat, hidden_units, "deep"))
+    elif kind == "deepfm":
+        stacked = tf.stack(embedded, axis=1)  # [batch, fields, d]
+        square_of_sum = tf.square(tf.reduce_sum(stacked, axis=1))
+        sum_of_square = tf.reduce_sum(tf.square(stacked), axis=1)
+        fm = 0.5 * tf.reduce_sum(square_of_sum - sum_of_square, axis=1, keepdims=True)
+        deep = keras.layers.Dense(1, name="deep_logit")(_mlp(flat, hidden_units, "deep"))
+        linear = keras.layers.Dense(1, name="linear_logit")(flat)
+        logit = keras.layers.Add(name="logit")([fm, deep, linear])
+    elif kind == "wide_deep":
+        wide = keras.layers.Dense(1, name="wide_logit")(flat)
+        deep = keras.layers.Dense(1, name="deep_logit")(_mlp(flat, hidden_units, "deep"))
+        logit = keras.layers.Add(name="logit")([wide, deep])
+    else:  # dcn (DCN-v2: x_{l+1} = x0 * (W x_l + b) + x_l)
+        x0 = flat
+        x = flat
+        width = flat.shape[-1]
+        for i in range(cross_layers):
+            x = x0 * keras.layers.Dense(width, name=f"cross_{i}")(x) + x
+        deep = _mlp(flat, hidden_units, "deep")
+        logit = keras.layers.Dense(1, name="logit")(keras.layers.Concatenate()([x, deep]))
+    probability = keras.layers.Activation("sigmoid", name="probability")(tf.reshape(logit, [-1]))
+    return keras.Model(inputs=inputs, outputs=probability, name=f"ctr_{kind}")
+
+
+def embedding_tables(model: keras.Model) -> Dict[str, tf.Variable]:
+    """field -> embedding table variable of a model built by build_model."""
+    prefix = "embedding_"
+    return {layer.name[len(prefix):]: layer.embeddings for layer in model.layers
+            if isinstance(layer, keras.layers.Embedding) and layer.name.startswith(prefix)}

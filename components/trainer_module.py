@@ -1,0 +1,177 @@
+"""TFX Trainer module: `run_fn` trains a CTR model on Transform's output and exports it.
+
+The exported SavedModel has three signatures that give the same score for the same row:
+``serving_default`` (serialized raw tf.Example, input ``examples``), ``predict_raw`` (one typed raw
+tensor per feature, JSON-friendly for TF Serving's REST API) and ``transform_features`` (for TFMA).
+A sparsity report (``sparsity.json``) is written beside the exported model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from absl import logging  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx_bsl.public import tfxio  # noqa: E402
+
+from components import models  # noqa: E402
+from components.dataset_spec import DatasetSpec  # noqa: E402
+from components.preprocessing import LABEL_KEY, embedding_rows  # noqa: E402
+
+SPARSITY_FILE = "sparsity.json"
+TRAINING_FILE = "training.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss; no model is exported."""
+
+
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not tf.math.is_finite(loss):
+            raise NonFiniteLossError(
+                f"training stopped: loss is {float(loss)} at step {int(self.model.optimizer.iterations.numpy())};"
+                " lower the learning rate or check the input features. No model was exported.")
+
+
+def make_optimizer(cfg: Dict[str, Any]):
+    name = cfg["optimizer"]
+    lr = cfg["learning_rate"]
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    import optim  # the Group optimizers; imported lazily so that plain Adam works without them
+
+    regularizers = dict(l1=cfg["l1"], l2=cfg["l2"], l21=cfg["l21"])
+    classes = {"group_adam": "GroupAdam", "group_adagrad": "GroupAdagrad",
+               "group_momentum": "GroupMomentum", "group_amsgrad": "GroupAMSGrad"}
+    if name not in classes:
+        raise ValueError(f"optimizer {name!r} not in {['adam'] + sorted(classes)}")
+    return getattr(optim, classes[name])(learning_rate=lr, **regularizers)
+
+
+def _dataset(file_pattern, data_accessor, tft_output, batch_size: int, seed: int, shuffle: bool):
+    return data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL_KEY, num_epochs=1,
+                                       shuffle=shuffle, shuffle_seed=seed, drop_final_batch=False),
+        tft_output.transformed_metadata.schema,
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def _raw_feature_spec(tft_output, spec: DatasetSpec) -> Dict[str, Any]:
+    raw = dict(tft_output.raw_feature_spec())
+    raw.pop(spec.label, None)
+    return raw
+
+
+def _signatures(model, tft_output, spec: DatasetSpec):
+    tft_layer = tft_output.transform_features_layer()
+    model.tft_layer = tft_layer  # tracked, so the transform graph is saved with the model
+    raw_spec = _raw_feature_spec(tft_output, spec)
+    all_raw_spec = dict(tft_output.raw_feature_spec())
+
+    def score(raw_features):
+        transformed = tft_layer(raw_features)
+        transformed.pop(LABEL_KEY, None)
+        return {"probability": model(transformed)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serving_default(examples):
+        return score(tf.io.parse_example(examples, raw_spec))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(examples):
+        return tft_layer(tf.io.parse_example(examples, all_raw_spec))
+
+    raw_inputs = {}
+    for name in spec.int_columns:
+        raw_inputs[name] = tf.TensorSpec([None], tf.int64, name=name)
+    for name in spec.categorical_columns:
+        raw_inputs[name] = tf.TensorSpec([None], tf.string, name=name)
+
+    @tf.function(input_signature=[raw_inputs])
+    def predict_raw(features):
+        # "" means a missing categorical value (absent from a tf.Example); integers are always
+        # present here: 0 for a missing one, which Transform maps like a missing value.
+        raw = {}
+        for name, feature_spec in raw_spec.items():
+            values = features[name]
+            if isinstance(feature_spec, tf.io.FixedLenFeature):
+                raw[name] = tf.reshape(values, [-1] + list(feature_spec.shape))
+                continue
+            present = tf.not_equal(values, "") if values.dtype == tf.string else tf.ones_like(values, tf.bool)
+            rows = tf.cast(tf.where(present)[:, 0], tf.int64)
+            raw[name] = tf.SparseTensor(
+                indices=tf.stack([rows, tf.zeros_like(rows)], axis=1),
+                values=tf.boolean_mask(values, present),
+                dense_shape=tf.stack([tf.shape(values, out_type=tf.int64)[0], tf.constant(1, tf.int64)]))
+        return score(raw)
+
+    return {"serving_default": serving_default, "transform_features": transform_features,
+            "predict_raw": predict_raw}
+
+
+def run_fn(fn_args: tfx.components.FnArgs):
+    cfg = json.loads(fn_args.custom_config["trainer"])
+    spec = DatasetSpec.from_json(fn_args.custom_config["dataset_spec"])
+    keras.utils.set_random_seed(cfg["seed"])
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    table_rows = {f: embedding_rows(spec, tft_output, f) for f in spec.categorical_columns}
+    model = models.build_model(cfg["model"], spec.int_columns, spec.categorical_columns, table_rows,
+                               embedding_dim=cfg["embedding_dim"], embedding_dims=cfg["embedding_dims"],
+                               hidden_units=cfg["hidden_units"])
+    model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=cfg["jit_compile"])
+
+    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
+    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], False)
+    if fn_args.train_steps:
+        train = train.repeat()
+    logging.info("training %s with %s on %d embedding tables (%d rows)", cfg["model"], cfg["optimizer"],
+                 len(table_rows), sum(table_rows.values()))
+    history = model.fit(
+        train,
+        epochs=cfg["epochs"] if not fn_args.train_steps else 1,
+        steps_per_epoch=fn_args.train_steps or None,
+        validation_data=evaluation,
+        callbacks=[_StopOnNonFiniteLoss(),
+                   keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
+        verbose=2,
+    )
+
+    final = {k: float(v[-1]) for k, v in history.history.items()}
+    if not all(map(lambda v: v == v and abs(v) != float("inf"), final.values())):
+        raise NonFiniteLossError(f"training ended with non-finite metrics {final}; no model was exported")
+
+    report = sparsity_report(model)
+    signatures = _signatures(model, tft_output, spec)
+    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+    training = {"model": cfg["model"], "optimizer": cfg["optimizer"],
+                "steps": int(model.optimizer.iterations.numpy()), "epochs": len(history.epoch),
+                "final": final, "table_rows": table_rows}
+    for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
+        with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
+            f.write(json.dumps(payload, indent=1, sort_keys=True))
+    logging.info("embedding-row sparsity %.4f (%d of %d rows are zero)",
+                 report["fraction"], report["zero_rows"], report["rows"])
+
+
+def sparsity_report(model) -> Dict[str, Any]:
+    """Per field: rows, all-zero rows and their fraction; plus the overall numbers."""
+    tables = {}
+    for field, table in models.embedding_tables(model).items():
+        zero = int(tf.reduce_sum(tf.cast(tf.reduce_all(tf.equal(table, 0.0), axis=1), tf.int64)))
+        rows = int(table.shape[0])
+        tables[field] = {"rows": rows, "zero_rows": zero, "fraction": zero / rows if rows else 0.0}
+    rows = sum(t["rows"] for t in tables.values())
+    zero = sum(t["zero_rows"] for t in tables.values())
+    return {"tables": tables, "rows": rows, "zero_rows": zero, "fraction": zero / rows if rows else 0.0}

@@ -1,0 +1,107 @@
+"""`create_pipeline(config)`: the one sparsectr pipeline definition, shared by every runner.
+
+ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform -> Trainer -> Evaluator
+-> Pusher. Module code (preprocessing, training) lives in `components/` and is referenced by module
+path, so the same definition runs locally and in the pipeline image on Kubeflow.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow_model_analysis as tfma  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+from tfx.orchestration import metadata  # noqa: E402
+
+from components.click_log_example_gen.component import ClickLogExampleGen  # noqa: E402
+from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
+from components.preprocessing import LABEL_KEY  # noqa: E402
+from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
+
+PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
+RUN_FN = "components.trainer_module.run_fn"
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    gates = config.gates
+    slicing = [tfma.SlicingSpec()]
+    if gates.slice_field:
+        slicing.append(tfma.SlicingSpec(feature_keys=[gates.slice_field]))
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gates.min_auc}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -gates.max_auc_drop}),
+    )
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=LABEL_KEY,
+                                    preprocessing_function_names=["transform_features"])],
+        slicing_specs=slicing,
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            tfma.MetricConfig(class_name="Calibration"),
+            tfma.MetricConfig(class_name="MeanPrediction"),
+            tfma.MetricConfig(class_name="MeanLabel"),
+        ])],
+    )
+
+
+def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[DatasetSpec] = None,
+                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    spec = spec or load_spec(config.data.dataset_format)
+    components: List = []
+
+    example_gen = ClickLogExampleGen(input_base=data_root, dataset_spec=spec.to_json(),
+                                     max_bad_fraction=config.data.max_bad_fraction)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                          infer_feature_shape=False)
+    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                        schema=schema_gen.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"dataset_spec": spec.to_json()},
+    )
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
+        custom_config={"trainer": _json(config.trainer), "dataset_spec": spec.to_json()},
+    )
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        eval_config=eval_config(config),
+    )
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=os.path.join(config.serving_dir, config.serving.model_name))),
+    )
+    components += [example_gen, statistics_gen, schema_gen, example_validator, transform, trainer,
+                   evaluator, pusher]
+    if metadata_connection_config is None:
+        metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=False,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args(config),
+    )
+
+
+def _json(section) -> str:
+    import dataclasses
+    import json
+    return json.dumps(dataclasses.asdict(section), sort_keys=True)

@@ -1,0 +1,203 @@
+"""The run summary: `<output>/summary.json`, read back from ML Metadata after a run.
+
+Each stage adds its block (keys are documented in the README and kept stable):
+``ingestion``, ``validation``, ``training``, ``evaluation``, ``gates``, ``push``, plus ``status``,
+``error`` (when the run failed), ``run_id`` and ``duration_s``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+
+def _props(artifact) -> Dict[str, Any]:
+    out = {}
+    for props in (artifact.properties, artifact.custom_properties):
+        for key, value in props.items():
+            kind = value.WhichOneof("value")
+            if kind is None:
+                continue
+            v = getattr(value, kind)
+            if kind == "struct_value" or kind == "proto_value":
+                continue
+            out[key] = v
+    return out
+
+
+def _json_prop(props: Dict[str, Any], key: str):
+    value = props.get(key)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    import tensorflow as tf
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _latest_run_artifacts(store, pipeline_name: str):
+    """Artifacts (by type name) produced in the newest pipeline run of `pipeline_name`."""
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")]
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is not None:
+        in_pipeline = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
+        runs = [r for r in runs if any(e.id in in_pipeline for e in store.get_executions_by_context(r.id))]
+    if not runs:
+        return None, {}
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    executions = store.get_executions_by_context(run.id)
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    output_ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+    by_type: Dict[str, List] = {}
+    for artifact in store.get_artifacts_by_id(output_ids):
+        by_type.setdefault(types[artifact.type_id], []).append(artifact)
+    return run.name, by_type
+
+
+def _evaluation_block(artifact) -> Dict[str, Any]:
+    import tensorflow_model_analysis as tfma
+    block: Dict[str, Any] = {}
+    try:
+        for metrics in tfma.load_metrics(artifact.uri):
+            if metrics.slice_key.single_slice_keys:
+                continue  # overall slice only here
+            for mkey_val in metrics.metric_keys_and_values:
+                name = mkey_val.key.name
+                if mkey_val.key.HasField("is_diff") and mkey_val.key.is_diff:
+                    name += "_diff"
+                value = mkey_val.value
+                if value.HasField("double_value"):
+                    block[name] = value.double_value.value
+    except Exception as e:  # noqa: BLE001 -- a summary never fails the run it describes
+        block["error"] = f"cannot read metrics: {e}".splitlines()[0]
+    return block
+
+
+def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    run_id, arts = _latest_run_artifacts(store, pipeline_name)
+    summary: Dict[str, Any] = {"run_id": run_id}
+
+    for examples in arts.get("Examples", []):
+        props = _props(examples)
+        if "rows_read" in props:  # the ExampleGen output (Transform's has no such property)
+            summary["ingestion"] = {
+                "rows_read": int(props["rows_read"]),
+                "rows_emitted": int(props.get("rows_emitted", 0)),
+                "rows_quarantined": int(props.get("rows_quarantined", 0)),
+                "quarantined_by_reason": _json_prop(props, "quarantined_by_reason") or {},
+                "negative_ints_by_field": _json_prop(props, "negative_ints_by_field") or {},
+                "quarantine_uri": props.get("quarantine_uri"),
+                "span": props.get("span"),
+                "examples_uri": examples.uri,
+            }
+    for anomalies in arts.get("ExampleAnomalies", []):
+        summary["validation"] = _anomalies_block(anomalies.uri)
+    for model in arts.get("Model", []):
+        training = _read_json(os.path.join(model.uri, "training.json")) or {}
+        sparsity = _read_json(os.path.join(model.uri, "sparsity.json"))
+        summary["training"] = dict(training, sparsity=sparsity, model_uri=model.uri)
+    for evaluation in arts.get("ModelEvaluation", []):
+        summary["evaluation"] = _evaluation_block(evaluation)
+    for blessing in arts.get("ModelBlessing", []):
+        summary.setdefault("gates", {})["evaluator_blessed"] = bool(_props(blessing).get("blessed", 0))
+    for pushed in arts.get("PushedModel", []):
+        props = _props(pushed)
+        summary["push"] = {
+            "pushed": bool(props.get("pushed", 0)),
+            "path": props.get("pushed_destination"),
+            "version": props.get("pushed_version"),
+        }
+        if summary["push"]["path"]:
+            summary["push"]["size_bytes"] = _dir_size(summary["push"]["path"])
+    return summary
+
+
+def _anomalies_block(uri: str) -> Dict[str, Any]:
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    import tensorflow as tf
+    found = {}
+    for split_dir in tf.io.gfile.listdir(uri):
+        path = os.path.join(uri, split_dir.rstrip("/"), "SchemaDiff.pb")
+        if not tf.io.gfile.exists(path):
+            continue
+        anomalies = anomalies_pb2.Anomalies()
+        anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+        for feature, info in anomalies.anomaly_info.items():
+            found[f"{split_dir.rstrip('/').replace('Split-', '')}:{feature}"] = info.short_description or info.description
+        if anomalies.HasField("dataset_anomaly_info"):
+            found[f"{split_dir}:<dataset>"] = anomalies.dataset_anomaly_info.description
+    return {"anomalies": found, "count": len(found)}
+
+
+def _dir_size(path: str) -> int:
+    import tensorflow as tf
+    total = 0
+    for root, _, files in tf.io.gfile.walk(path):
+        for name in files:
+            total += tf.io.gfile.stat(os.path.join(root, name)).length
+    return total
+
+
+def write(summary: Dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def render(summary: Dict[str, Any]) -> str:
+    """The human-readable form printed at the end of a run."""
+    lines = [f"sparsectr run {summary.get('run_id') or '-'}: {summary.get('status', '?').upper()}"
+             + (f" in {summary['duration_s']:.0f}s" if "duration_s" in summary else "")]
+    if summary.get("error"):
+        lines.append(f"  error: {summary['error']}")
+    ing = summary.get("ingestion")
+    if ing:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(ing["quarantined_by_reason"].items())) or "none"
+        lines.append(f"  rows: read {ing['rows_read']}, emitted {ing['rows_emitted']}, "
+                     f"quarantined {ing['rows_quarantined']} ({reasons})")
+    val = summary.get("validation")
+    if val is not None:
+        lines.append(f"  validation: {val['count']} anomalies"
+                     + (": " + "; ".join(f"{k} ({v})" for k, v in val["anomalies"].items()) if val["count"] else ""))
+    tr = summary.get("training")
+    if tr:
+        sp = tr.get("sparsity") or {}
+        lines.append(f"  training: {tr.get('model')} with {tr.get('optimizer')}, {tr.get('steps')} steps; "
+                     f"embedding-row sparsity {sp.get('fraction', 0):.1%} "
+                     f"({sp.get('zero_rows', 0)} of {sp.get('rows', 0)} rows zero)")
+    ev = summary.get("evaluation")
+    if ev:
+        parts = [f"{k} {ev[k]:.4f}" for k in ("auc", "binary_crossentropy", "calibration") if k in ev]
+        if "example_count" in ev:
+            parts.append(f"{int(ev['example_count'])} examples")
+        lines.append("  eval split: " + ", ".join(parts))
+    if "bayes_auc" in summary:
+        lines.append(f"  generated data: Bayes-optimal AUC {summary['bayes_auc']:.4f}")
+    gates = summary.get("gates")
+    if gates:
+        lines.append("  gates: " + ", ".join(f"{k}={v}" for k, v in gates.items() if not isinstance(v, dict)))
+    push = summary.get("push")
+    if push:
+        if push["pushed"]:
+            lines.append(f"  pushed: {push['path']} ({push.get('size_bytes', 0) / 1e6:.2f} MB)")
+        else:
+            lines.append(f"  not pushed: {push.get('reason', 'model not blessed')}")
+    return "\n".join(lines)

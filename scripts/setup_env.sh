@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Make .venv: a Python 3.10 virtualenv with exactly requirements.lock, cached outside the checkout
+# (keyed by the lock's hash, so every clone with the same lock shares one 3 GB install) and linked
+# as .venv here. Idempotent: a second call with the same lock does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python310() {
+  local candidates=()
+  [ -n "${SPARSECTR_PYTHON:-}" ] && candidates+=("$SPARSECTR_PYTHON")
+  for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10*/bin/python3.10; do candidates+=("$p"); done
+  command -v python3.10 >/dev/null 2>&1 && candidates+=("$(command -v python3.10)")
+  for p in "${candidates[@]}"; do
+    if [ -x "$p" ] && "$p" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+
+lock=requirements.lock
+hash=$(sha256sum "$lock" | cut -c1-16)
+cache_root=${SPARSECTR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sparsectr}
+venv="$cache_root/venv-$hash"
+
+if [ ! -f "$venv/.complete" ]; then
+  py=$(find_python310) || {
+    echo "setup: Python 3.10 not found: install it (e.g. 'pyenv install 3.10' or apt's python3.10 with venv), or set SPARSECTR_PYTHON=/path/to/python3.10" >&2
+    exit 1
+  }
+  echo "setup: building $venv from $lock with $py (one time, a few minutes)" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache_root"
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade 'pip<25'
+  # --no-deps: the lock is the complete, resolved set; letting pip resolve again backtracks for minutes.
+  "$venv/bin/python" -m pip install -q --no-deps -r "$lock"
+  touch "$venv/.complete"
+fi
+
+if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
+  rm -rf .venv
+  ln -s "$venv" .venv
+fi
