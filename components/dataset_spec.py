@@ -28,6 +28,9 @@ SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 KINDS = ("label", "int", "categorical", "ignore")
 ENCODINGS = ("vocab", "hash")
+# What a derived column may compute from its source column (implemented by the ExampleGen's parser,
+# components/click_log_example_gen/parsing.py): YYMMDDHH -> "00".."23" and -> "Mon".."Sun".
+DERIVATIONS = ("hour_of_day", "weekday")
 
 
 class SpecError(ValueError):
@@ -134,9 +137,26 @@ class DatasetSpec:
             raise SpecError(f"{source}: duplicate column names {dupes}")
         if sum(c.kind == "label" for c in columns) != 1:
             raise SpecError(f"{source}: exactly one column must have kind 'label'")
+        by_name = {c.name: c for c in columns}
         for c in columns:
-            if c.derived_from is not None and c.derived_from not in names:
+            if (c.derived_from is None) != (c.derive is None):
+                raise SpecError(f"{source}: column {c.name!r} needs both 'derived_from' and 'derive' or neither")
+            if c.derived_from is None:
+                continue
+            if c.derived_from not in names:
                 raise SpecError(f"{source}: column {c.name!r} derives from unknown column {c.derived_from!r}")
+            if by_name[c.derived_from].derived_from is not None:
+                raise SpecError(f"{source}: column {c.name!r} derives from another derived column")
+            if c.derive not in DERIVATIONS:
+                raise SpecError(f"{source}: column {c.name!r} derive {c.derive!r} not in {DERIVATIONS}")
+            if c.kind not in ("int", "categorical"):
+                raise SpecError(f"{source}: derived column {c.name!r} must be 'int' or 'categorical'")
+        delimiter = d.get("delimiter", "\t")
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n":
+            raise SpecError(f"{source}: delimiter must be one character other than CR/LF, got {delimiter!r}")
+        max_line_bytes = d.get("max_line_bytes", 1 << 16)
+        if not isinstance(max_line_bytes, int) or max_line_bytes <= 0:
+            raise SpecError(f"{source}: max_line_bytes must be a positive integer, got {max_line_bytes!r}")
         kwargs = {k: v for k, v in d.items() if k != "columns"}
         kwargs.setdefault("name", os.path.splitext(os.path.basename(source))[0])
         return cls(columns=tuple(columns), **kwargs)

@@ -1,5 +1,29 @@
-"""sparsectr optim package."""
-import os
+"""Sparse-group-lasso adaptive optimizers (Group Adam, Group Adagrad, Group Momentum, Group AMSGrad).
 
-# Keras 2 (tf_keras) for TFT/TFMA; must be set before TensorFlow is first imported.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR Prediction",
+ECML PKDD 2021, arXiv 2107.14432. The math is in `optim.group_step` (pure functions), the tf_keras
+optimizers in `optim.optimizers`, the row-sparsity report in `optim.row_sparsity`.
+"""
+
+from optim.group_step import (
+    group_lasso_solve,
+    group_lasso_step,
+    soft_threshold,
+    sum_duplicate_rows,
+)
+from optim.optimizers import GroupAdagrad, GroupAdam, GroupAMSGrad, GroupMomentum, GroupOptimizer
+from optim.row_sparsity import sparsity, zero_rows
+
+__all__ = [
+    "GroupAdam",
+    "GroupAdagrad",
+    "GroupAMSGrad",
+    "GroupMomentum",
+    "GroupOptimizer",
+    "group_lasso_step",
+    "group_lasso_solve",
+    "soft_threshold",
+    "sum_duplicate_rows",
+    "sparsity",
+    "zero_rows",
+]

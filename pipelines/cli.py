@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import time
 from typing import List, Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from pipelines.config import BEAM_PRESETS
     p.add_argument("--config", help="YAML file overlaying the defaults of pipelines/config.py")
     p.add_argument("--data", help="folder of click-log files (default: generate Criteo-layout logs)")
     p.add_argument("--format", dest="dataset_format",
@@ -25,6 +28,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--l21", type=float)
+    p.add_argument("--beam-preset", choices=sorted(BEAM_PRESETS),
+                   help="Beam runner preset (default local: DirectRunner, one worker process per core)")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="extra Beam pipeline argument, passed through unchanged (repeatable)")
     p.add_argument("--verbose", action="store_true", help="full TFX/Beam logs and tracebacks")
 
 
@@ -41,16 +48,50 @@ def _config_from_args(args):
         if args.rows <= 0:
             raise ValueError(f"--rows must be positive, got {args.rows}")
         overrides["data"]["generated_rows"] = args.rows
+    if args.beam_preset:
+        overrides["beam_preset"] = args.beam_preset
+    if args.beam_arg:
+        overrides["beam_args"] = list(args.beam_arg)
     for key in ("model", "optimizer", "epochs", "l21"):
         if getattr(args, key) is not None:
             overrides["trainer"][key] = getattr(args, key)
     return load_config(args.config, overrides)
 
 
-def cmd_run(args) -> int:
+class _Progress(logging.Filter):
+    """Turns LocalDagRunner's component start/finish records into one progress line each."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+        self.started = time.time()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in ("Component %s is running.", "Component %s is finished."):
+            state = "running" if "running" in record.msg else "finished"
+            print(f"[{time.time() - self.started:6.1f}s] {record.args[0]} {state}", file=sys.stderr, flush=True)
+            return self.verbose
+        return self.verbose or record.levelno >= logging.WARNING
+
+
+def _quiet_logs(verbose: bool) -> None:
     from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger("absl").addFilter(_Progress(verbose))
+    if not verbose:
+        # Inherited by Beam's worker processes too: TF's C++ start-up noise and Google client
+        # libraries' Python-version notices say nothing about the run.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        import warnings
+        warnings.simplefilter("ignore")
+        for noisy in ("apache_beam", "tensorflow", "tensorflow_transform", "tfx_bsl"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def cmd_run(args) -> int:
     from pipelines import local_runner, summary as run_summary
-    absl_logging.set_verbosity(absl_logging.INFO if args.verbose else absl_logging.WARNING)
+    _quiet_logs(args.verbose)
     config = _config_from_args(args)
     result = local_runner.run(config)
     print(run_summary.render(result))

@@ -15,7 +15,7 @@ import tensorflow_model_analysis as tfma  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx.orchestration import metadata  # noqa: E402
 
-from components.click_log_example_gen.component import ClickLogExampleGen  # noqa: E402
+from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
 from components.preprocessing import LABEL_KEY  # noqa: E402
 from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
@@ -55,7 +55,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
     components: List = []
 
     example_gen = ClickLogExampleGen(input_base=data_root, dataset_spec=spec.to_json(),
-                                     max_bad_fraction=config.data.max_bad_fraction)
+                                     max_bad_fraction=config.data.max_bad_fraction,
+                                     **ingestion_kwargs(config.data.input_pattern, config.data.span_window))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=False)

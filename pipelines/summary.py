@@ -75,7 +75,7 @@ def _evaluation_block(artifact) -> Dict[str, Any]:
                 continue  # overall slice only here
             for mkey_val in metrics.metric_keys_and_values:
                 name = mkey_val.key.name
-                if mkey_val.key.HasField("is_diff") and mkey_val.key.is_diff:
+                if mkey_val.key.is_diff:
                     name += "_diff"
                 value = mkey_val.value
                 if value.HasField("double_value"):

@@ -1,0 +1,186 @@
+"""ClickLogExampleGen executor: TFX's file-based ExampleGen with a spec-driven click-log parser.
+
+The base executor (``BaseExampleGenExecutor``) does the TFX part: one Beam pipeline, the hash split
+into train/eval, writing the splits as TFRecords. This executor adds
+
+* the parsing PTransform (``parsing.ParseClickLogs``), which also writes the quarantine records and
+  a counts file per input split under ``<examples uri>/quarantine/``;
+* the window of older spans (``span_window``): TFX's driver resolves only the newest span, so the
+  executor resolves the older ones itself from the unresolved input patterns;
+* after the pipeline: the counts as artifact custom properties, and the ``max_bad_fraction`` check.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+import apache_beam as beam
+from absl import logging
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.dsl.io import fileio
+from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from components.click_log_example_gen import parsing
+from components.dataset_spec import DatasetSpec
+
+# Execution properties added by ClickLogExampleGenSpec (all JSON-serialisable primitives).
+DATASET_SPEC_KEY = "dataset_spec"  # DatasetSpec JSON
+MAX_BAD_FRACTION_KEY = "max_bad_fraction"  # float in [0, 1]
+SPAN_WINDOW_KEY = "span_window"  # int >= 1: ingest the newest N spans
+UNRESOLVED_INPUT_CONFIG_KEY = "unresolved_input_config"  # input_config JSON before the driver's span resolution
+
+QUARANTINE_DIRNAME = "quarantine"
+COUNTS_PREFIX = "counts-"
+RECORDS_PREFIX = "records-"
+
+# Internal keys the executor adds to exec_properties for its PTransform (like the base's
+# '_beam_pipeline_args'); never set by users.
+_QUARANTINE_DIR = "_click_log_quarantine_dir"
+_FILE_PATTERNS = "_click_log_file_patterns"  # JSON {resolved split pattern: [patterns of the window]}
+
+
+class BadRowsError(RuntimeError):
+    """More rows were quarantined than ``max_bad_fraction`` allows. The message is one line."""
+
+
+def _split_name(exec_properties: Dict[str, Any], split_pattern: str) -> str:
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    for split in input_config.splits:
+        if split.pattern == split_pattern:
+            return split.name
+    return "split"
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(bytes)
+def _ClickLogToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
+                       split_pattern: str) -> beam.pvalue.PCollection:
+    """One input split -> serialized tf.Examples; quarantine records and counts go to files."""
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    window = json.loads(exec_properties.get(_FILE_PATTERNS) or "{}")
+    patterns = window.get(split_pattern) or [split_pattern]
+    file_patterns = [os.path.join(input_base, p) for p in patterns]
+    quarantine_dir = exec_properties[_QUARANTINE_DIR]
+    tag = _split_name(exec_properties, split_pattern)
+
+    parsed = pipeline | "Parse" >> parsing.ParseClickLogs(file_patterns, exec_properties[DATASET_SPEC_KEY])
+    _ = (parsed["quarantine"]
+         | "WriteQuarantine" >> beam.io.WriteToText(
+             os.path.join(quarantine_dir, RECORDS_PREFIX + tag), file_name_suffix=".jsonl"))
+    _ = (parsed["file_counts"]
+         | "MergeCounts" >> beam.CombineGlobally(parsing.MergeCountsFn())
+         | "CountsToJson" >> beam.Map(lambda counts: json.dumps(counts, sort_keys=True))
+         | "WriteCounts" >> beam.io.WriteToText(
+             os.path.join(quarantine_dir, COUNTS_PREFIX + tag), file_name_suffix=".json",
+             shard_name_template=""))
+    return parsed["examples"]
+
+
+def window_patterns(exec_properties: Dict[str, Any]) -> Dict[str, List[str]]:
+    """{resolved split pattern: the patterns of every span in the window, oldest first}.
+
+    The driver has resolved the newest span (``exec_properties['span']``) into the input config;
+    older spans are resolved here the same way (TFX's own span/version matching, with a static
+    range of that one span). Spans missing from the input base are skipped with a warning.
+    """
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    span_window = int(exec_properties.get(SPAN_WINDOW_KEY) or 1)
+    unresolved_json = exec_properties.get(UNRESOLVED_INPUT_CONFIG_KEY)
+    result = {split.pattern: [split.pattern] for split in input_config.splits}
+    if span_window <= 1 or not unresolved_json:
+        return result
+    unresolved = example_gen_pb2.Input()
+    proto_utils.json_to_proto(unresolved_json, unresolved)
+    newest = int(exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) or 0)
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    older: Dict[int, List[str]] = {}
+    for span in range(max(0, newest - span_window + 1), newest):
+        splits = [example_gen_pb2.Input.Split(name=s.name, pattern=s.pattern) for s in unresolved.splits]
+        range_config = range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+            start_span_number=span, end_span_number=span))
+        try:
+            # Rewrites each split's pattern to the span (and its newest version).
+            example_gen_utils.calculate_splits_fingerprint_span_and_version(input_base, splits, range_config)
+        except ValueError as e:
+            logging.warning("ClickLogExampleGen: span %d of the window is missing, skipped: %s", span, e)
+            continue
+        older[span] = [s.pattern for s in splits]
+    for i, split in enumerate(input_config.splits):
+        result[split.pattern] = [older[span][i] for span in sorted(older)] + [split.pattern]
+    return result
+
+
+def read_counts(quarantine_dir: str) -> Dict[str, Any]:
+    """Merges the per-split counts files the pipeline wrote."""
+    files = sorted(fileio.glob(os.path.join(quarantine_dir, COUNTS_PREFIX + "*.json")))
+    counts = []
+    for path in files:
+        with fileio.open(path, "r") as f:
+            counts.extend(json.loads(line) for line in f.read().splitlines() if line.strip())
+    return parsing.merge_counts(counts)
+
+
+def check_bad_fraction(counts: Dict[str, Any], max_bad_fraction: float, quarantine_uri: str) -> None:
+    """Raises BadRowsError (one line, with the counts) when too many rows were quarantined."""
+    read, bad = counts["rows_read"], counts["rows_quarantined"]
+    if read and bad / read > max_bad_fraction:
+        raise BadRowsError(
+            f"ClickLogExampleGen: {bad} of {read} rows quarantined ({bad / read:.2%}) > "
+            f"max_bad_fraction {max_bad_fraction:.2%}; by reason "
+            f"{json.dumps(counts['quarantined_by_reason'], sort_keys=True)}; records in {quarantine_uri}")
+
+
+class Executor(BaseExampleGenExecutor):
+    """Click-log lines -> tf.Examples (train/eval), bad lines -> quarantine, counts -> properties."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _ClickLogToExample
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        spec_json = exec_properties[DATASET_SPEC_KEY]
+        DatasetSpec.from_json(spec_json)  # fail before the pipeline on a bad spec
+        max_bad_fraction = float(exec_properties.get(MAX_BAD_FRACTION_KEY, 0.01))
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        quarantine_dir = os.path.join(examples.uri, QUARANTINE_DIRNAME)
+        if fileio.exists(quarantine_dir):
+            fileio.rmtree(quarantine_dir)  # a retried execution must not count the last try's rows
+        fileio.makedirs(quarantine_dir)
+
+        exec_properties = dict(exec_properties)
+        file_patterns = window_patterns(exec_properties)
+        exec_properties[_FILE_PATTERNS] = json.dumps(file_patterns)
+        exec_properties[_QUARANTINE_DIR] = quarantine_dir
+        logging.info("ClickLogExampleGen: reading %s", file_patterns)
+
+        super().Do(input_dict, output_dict, exec_properties)
+
+        counts = read_counts(quarantine_dir)
+        if counts["rows_read"] != counts["rows_emitted"] + counts["rows_quarantined"]:
+            raise RuntimeError(f"ClickLogExampleGen: internal count mismatch {counts}")  # never expected
+        examples.set_int_custom_property("rows_read", counts["rows_read"])
+        examples.set_int_custom_property("rows_emitted", counts["rows_emitted"])
+        examples.set_int_custom_property("rows_quarantined", counts["rows_quarantined"])
+        examples.set_string_custom_property(
+            "quarantined_by_reason", json.dumps(counts["quarantined_by_reason"], sort_keys=True))
+        examples.set_string_custom_property(
+            "negative_ints_by_field", json.dumps(counts["negative_ints_by_field"], sort_keys=True))
+        examples.set_string_custom_property(
+            "underivable_by_field", json.dumps(counts["underivable_by_field"], sort_keys=True))
+        examples.set_string_custom_property("quarantine_uri", quarantine_dir)
+        examples.set_int_custom_property("files_read", counts["files"])
+        logging.info("ClickLogExampleGen counts: %s", json.dumps(
+            {k: v for k, v in counts.items() if k != "by_file"}, sort_keys=True))
+
+        if counts["files"] == 0 or counts["rows_read"] == 0:
+            raise BadRowsError(
+                f"ClickLogExampleGen: no rows read ({counts['files']} files matched "
+                f"{sorted(p for ps in file_patterns.values() for p in ps)} under "
+                f"{exec_properties[standard_component_specs.INPUT_BASE_KEY]})")
+        check_bad_fraction(counts, max_bad_fraction, quarantine_dir)

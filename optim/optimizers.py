@@ -1,0 +1,446 @@
+"""Group Adam, Group Adagrad, Group Momentum and Group AMSGrad as tf_keras (Keras 2) optimizers.
+
+Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR Prediction",
+ECML PKDD 2021, arXiv 2107.14432. The math lives in `optim.group_step`; `GroupOptimizer` wires it to
+Keras variables, and each optimizer class only says what its moments (m_t, V_t) and slots are.
+
+Which variables are regularized: by default those whose gradient arrives as `tf.IndexedSlices`
+(embedding tables), plus those whose name matches the `regularize` regex. Every other variable gets
+the vanilla optimizer (no regularizers, no dual slot), as in the reference implementation.
+"""
+
+import math
+import re
+
+import tensorflow as tf
+import tf_keras
+
+from optim import group_step as gs
+
+def _non_negative(name, value):
+    if value is None or float(value) < 0:
+        raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={value!r}")
+    return float(value)
+
+
+def _looks_like_embedding(variable):
+    # Only used when build() runs before any gradient was seen (e.g. an explicit
+    # optimizer.build(model.trainable_variables)): Keras Embedding layers name their table
+    # ".../embeddings".
+    return variable.name.split(":")[0].split("/")[-1] == "embeddings"
+
+
+class GroupOptimizer(tf_keras.optimizers.Optimizer):
+    """Base class: Algorithm 1 of the paper on regularized variables, the vanilla step on the others.
+
+    Subclasses define `_slot_names` (and, if not zeros, `_slot_initial_value`), `_moments` (the new
+    m_t, V_t from the gradient), `_increment` and `_denominator` (such that the vanilla step is
+    w -= increment / denominator), and `_regularizer_scale` (lr when the learning rate is folded into
+    z, 1 when it is not).
+
+    Args:
+      learning_rate: float or `tf_keras.optimizers.schedules.LearningRateSchedule`.
+      l1: coordinate-wise lasso strength (>= 0).
+      l2: ridge strength (>= 0).
+      l21: group-lasso strength (>= 0); a row (group of d coordinates) is pruned to exactly zero when
+        the norm of its soft-thresholded dual is at most l21 * sqrt(d) (times lr where folded).
+      regularize: optional regex; variables whose name matches it are regularized too (their whole
+        value is stepped each time, rows are the groups). By default only variables whose gradient is
+        a `tf.IndexedSlices` are, and only the rows present in the batch are touched (lazy).
+      **kwargs: the tf_keras `Optimizer` arguments (name, clipnorm, jit_compile, ...).
+
+    Reference: Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR
+    Prediction", ECML PKDD 2021, arXiv 2107.14432.
+    """
+
+    _slot_names = ()
+
+    def __init__(self, name, learning_rate, l1, l2, l21, regularize, **kwargs):
+        # tf_keras's base default weight_decay=0 would still run variable -= variable*0*lr over every
+        # whole table each step; None skips it.
+        kwargs.setdefault("weight_decay", None)
+        super().__init__(name=name, **kwargs)
+        self._learning_rate = self._build_learning_rate(learning_rate)
+        self.l1 = _non_negative("l1", l1)
+        self.l2 = _non_negative("l2", l2)
+        self.l21 = _non_negative("l21", l21)
+        self.regularize = regularize
+        self._regularize_pattern = re.compile(regularize) if regularize else None
+        # Keys of variables whose gradient came as IndexedSlices on the first apply_gradients call
+        # (None until then): build() needs them to know which variables get a dual slot.
+        self._sparse_gradient_keys = None
+
+    # --- what the subclasses define -------------------------------------------------------------
+
+    def _slot_initial_value(self, slot_name, variable):
+        return None  # zeros
+
+    def _moments(self, gradient, state, hyper):
+        raise NotImplementedError
+
+    def _increment(self, state, gradient, hyper):
+        raise NotImplementedError
+
+    def _denominator(self, state, hyper):
+        raise NotImplementedError
+
+    def _regularizer_scale(self, hyper):
+        return hyper["lr"]
+
+    def _hyperparameters(self, dtype):
+        return {"lr": tf.cast(self.learning_rate, dtype)}
+
+    # --- building ---------------------------------------------------------------------------------
+
+    def is_regularized(self, variable):
+        """Whether this (built) optimizer applies the sparse group lasso to `variable`."""
+        return self._var_key(variable) in getattr(self, "_dual_index", {})
+
+    def _should_regularize(self, variable):
+        if self._regularize_pattern is not None and self._regularize_pattern.search(variable.name):
+            return True
+        if self._sparse_gradient_keys is None:
+            return _looks_like_embedding(variable)
+        return self._var_key(variable) in self._sparse_gradient_keys
+
+    def build(self, var_list):
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self._built = True
+        self._slot_variables = {name: [] for name in self._slot_names}
+        for variable in var_list:
+            for name in self._slot_names:
+                self._slot_variables[name].append(
+                    self.add_variable_from_reference(
+                        variable, name, initial_value=self._slot_initial_value(name, variable)
+                    )
+                )
+        # Dual accumulators z only for the regularized variables (one more table-sized slot each).
+        self._duals = []
+        self._dual_index = {}
+        for variable in var_list:
+            if self._should_regularize(variable):
+                self._dual_index[self._var_key(variable)] = len(self._duals)
+                self._duals.append(self.add_variable_from_reference(variable, "z"))
+
+    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
+        grads_and_vars = list(grads_and_vars)
+        if not getattr(self, "_built", False) and self._sparse_gradient_keys is None:
+            self._sparse_gradient_keys = {
+                self._var_key(variable)
+                for gradient, variable in grads_and_vars
+                if isinstance(gradient, tf.IndexedSlices)
+            }
+        return super().apply_gradients(
+            grads_and_vars, name=name, skip_gradients_aggregation=skip_gradients_aggregation, **kwargs
+        )
+
+    def _deduplicate_sparse_grad(self, grads):
+        # tf_keras sums duplicate ids with tf.unique (dynamic shapes under XLA); update_step sums them
+        # with static shapes instead (group_step.sum_duplicate_rows).
+        return list(grads)
+
+    # --- the step -----------------------------------------------------------------------------------
+
+    def update_step(self, gradient, variable):
+        key = self._var_key(variable)
+        index = self._index_dict[key]
+        slots = {name: self._slot_variables[name][index] for name in self._slot_names}
+        hyper = self._hyperparameters(variable.dtype)
+        dual_index = self._dual_index.get(key)
+        if dual_index is None:
+            self._vanilla_update(gradient, variable, slots, hyper)
+        elif isinstance(gradient, tf.IndexedSlices):
+            self._sparse_group_update(gradient, variable, self._duals[dual_index], slots, hyper)
+        else:
+            self._dense_group_update(gradient, variable, self._duals[dual_index], slots, hyper)
+
+    def _vanilla_update(self, gradient, variable, slots, hyper):
+        gradient = tf.convert_to_tensor(gradient)  # sums duplicate ids of a stray IndexedSlices
+        old = {name: slot.read_value() for name, slot in slots.items()}
+        new = self._moments(gradient, old, hyper)
+        for name, slot in slots.items():
+            slot.assign(new[name])
+        variable.assign_sub(self._increment(new, gradient, hyper) / self._denominator(new, hyper))
+
+    def _group_rows(self, gradient, w, z, old, hyper, variable):
+        new = self._moments(gradient, old, hyper)
+        scale = self._regularizer_scale(hyper)
+        dtype = variable.dtype
+        w_new, z_new = gs.group_lasso_step(
+            w,
+            z,
+            self._increment(new, gradient, hyper),
+            self._denominator(old, hyper),
+            self._denominator(new, hyper),
+            l1=tf.cast(self.l1, dtype) * scale,
+            l2=tf.cast(self.l2, dtype) * scale,
+            group_threshold=tf.cast(self.l21 * math.sqrt(gs.group_size(variable.shape)), dtype)
+            * scale,
+        )
+        return w_new, z_new, new
+
+    def _dense_group_update(self, gradient, variable, dual, slots, hyper):
+        old = {name: slot.read_value() for name, slot in slots.items()}
+        w_new, z_new, new = self._group_rows(
+            gradient, variable.read_value(), dual.read_value(), old, hyper, variable
+        )
+        for name, slot in slots.items():
+            slot.assign(new[name])
+        dual.assign(z_new)
+        variable.assign(w_new)
+
+    def _sparse_group_update(self, gradient, variable, dual, slots, hyper):
+        # Only the rows in the batch are read and written (gather -> group step -> scatter_update),
+        # so the cost follows the batch, not the table; rows not in the batch keep w, z and moments.
+        ids, rows_gradient = gs.sum_duplicate_rows(gradient.values, gradient.indices)
+        old = {name: tf.gather(slot, ids) for name, slot in slots.items()}
+        w_new, z_new, new = self._group_rows(
+            rows_gradient, tf.gather(variable, ids), tf.gather(dual, ids), old, hyper, variable
+        )
+        for name, slot in slots.items():
+            slot.scatter_update(tf.IndexedSlices(new[name], ids))
+        dual.scatter_update(tf.IndexedSlices(z_new, ids))
+        variable.scatter_update(tf.IndexedSlices(w_new, ids))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "learning_rate": self._serialize_hyperparameter(self._learning_rate),
+                "l1": self.l1,
+                "l2": self.l2,
+                "l21": self.l21,
+                "regularize": self.regularize,
+            }
+        )
+        return config
+
+
+@tf_keras.saving.register_keras_serializable(package="sparsectr")
+class GroupAdam(GroupOptimizer):
+    """Group Adam: Adam with sparse group lasso (l1, l2, l21) on embedding rows.
+
+    m_t = beta1*m + (1-beta1)*g, V_t = beta2*v + (1-beta2)*g^2, alpha_t = lr_t*sqrt(1-beta2^t)/(1-beta1^t);
+    z += alpha_t*m_t - (D_t - D_{t-1})*w with D = sqrt(V) + epsilon, lambdas scaled by lr_t. With all
+    lambdas 0 it is tf_keras Adam (epsilon-hat form) exactly, under any learning-rate schedule, except
+    that embedding rows are updated lazily (only rows in the batch).
+
+    Args:
+      learning_rate: float or schedule (default 0.001).
+      beta_1, beta_2: moment decay rates (0.9, 0.999).
+      epsilon: added to sqrt(V) (1e-7).
+      l1, l2, l21: lasso, ridge and group-lasso strengths (>= 0, default 0).
+      regularize: optional regex of extra variable names to regularize.
+      amsgrad: use max(V_{t-1}, v_t) as V_t (Group AMSGrad).
+      **kwargs: tf_keras Optimizer arguments.
+
+    Reference: Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR
+    Prediction", ECML PKDD 2021, arXiv 2107.14432.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        l1=0.0,
+        l2=0.0,
+        l21=0.0,
+        regularize=None,
+        amsgrad=False,
+        name="GroupAdam",
+        **kwargs,
+    ):
+        super().__init__(name, learning_rate, l1, l2, l21, regularize, **kwargs)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = _non_negative("epsilon", epsilon)
+        self.amsgrad = bool(amsgrad)
+        self._slot_names = ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+
+    def _hyperparameters(self, dtype):
+        lr = tf.cast(self.learning_rate, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        return {
+            "lr": lr,
+            "beta_1": beta_1,
+            "beta_2": beta_2,
+            "alpha": gs.adam_step_size(lr, beta_1, beta_2, step),
+            "epsilon": tf.cast(self.epsilon, dtype),
+        }
+
+    def _moments(self, gradient, state, hyper):
+        m, v = gs.adam_moments(state["m"], state["v"], gradient, hyper["beta_1"], hyper["beta_2"])
+        if self.amsgrad:
+            return {"m": m, "v": v, "vhat": tf.maximum(state["vhat"], v)}
+        return {"m": m, "v": v}
+
+    def _increment(self, state, gradient, hyper):
+        return state["m"] * hyper["alpha"]
+
+    def _denominator(self, state, hyper):
+        return tf.sqrt(state["vhat" if self.amsgrad else "v"]) + hyper["epsilon"]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "amsgrad": self.amsgrad,
+            }
+        )
+        return config
+
+
+@tf_keras.saving.register_keras_serializable(package="sparsectr")
+class GroupAMSGrad(GroupAdam):
+    """Group AMSGrad: Group Adam with V_t = max(V_{t-1}, v_t) (tf_keras Adam(amsgrad=True) at zero lambdas).
+
+    Args: as `GroupAdam` (without `amsgrad`, which is always on).
+
+    Reference: Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR
+    Prediction", ECML PKDD 2021, arXiv 2107.14432.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        l1=0.0,
+        l2=0.0,
+        l21=0.0,
+        regularize=None,
+        name="GroupAMSGrad",
+        **kwargs,
+    ):
+        kwargs.pop("amsgrad", None)
+        super().__init__(
+            learning_rate, beta_1, beta_2, epsilon, l1, l2, l21, regularize, amsgrad=True,
+            name=name, **kwargs,
+        )
+
+
+@tf_keras.saving.register_keras_serializable(package="sparsectr")
+class GroupAdagrad(GroupOptimizer):
+    """Group Adagrad (the reference's Sparse Group FTRL): Adagrad with sparse group lasso.
+
+    n_t = n_{t-1} + g^2 (n_0 = initial_accumulator_value); z += g - (D_t - D_{t-1})*w with
+    D = sqrt(n + epsilon)/lr; w = s*(1 - l21*sqrt(d)/||s||)/(D + 2*l2); thresholds are not scaled by lr.
+    With all lambdas 0 and a constant learning rate it is tf_keras Adagrad (epsilon inside the square
+    root as there; epsilon=0 gives the reference's formula exactly).
+
+    Args:
+      learning_rate: float or schedule (default 0.001).
+      initial_accumulator_value: starting value of n (0.1).
+      epsilon: added to n under the square root (1e-7).
+      l1, l2, l21, regularize, **kwargs: as `GroupAdam`.
+
+    Reference: Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR
+    Prediction", ECML PKDD 2021, arXiv 2107.14432.
+    """
+
+    _slot_names = ("accumulator",)
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        initial_accumulator_value=0.1,
+        epsilon=1e-7,
+        l1=0.0,
+        l2=0.0,
+        l21=0.0,
+        regularize=None,
+        name="GroupAdagrad",
+        **kwargs,
+    ):
+        super().__init__(name, learning_rate, l1, l2, l21, regularize, **kwargs)
+        self.initial_accumulator_value = _non_negative(
+            "initial_accumulator_value", initial_accumulator_value
+        )
+        self.epsilon = _non_negative("epsilon", epsilon)
+
+    def _slot_initial_value(self, slot_name, variable):
+        return tf.fill(variable.shape, tf.cast(self.initial_accumulator_value, variable.dtype))
+
+    def _hyperparameters(self, dtype):
+        return {"lr": tf.cast(self.learning_rate, dtype), "epsilon": tf.cast(self.epsilon, dtype)}
+
+    def _moments(self, gradient, state, hyper):
+        return {"accumulator": gs.adagrad_accumulate(state["accumulator"], gradient)}
+
+    def _increment(self, state, gradient, hyper):
+        return gradient
+
+    def _denominator(self, state, hyper):
+        return tf.sqrt(state["accumulator"] + hyper["epsilon"]) / hyper["lr"]
+
+    def _regularizer_scale(self, hyper):
+        return tf.constant(1.0, hyper["lr"].dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"initial_accumulator_value": self.initial_accumulator_value, "epsilon": self.epsilon}
+        )
+        return config
+
+
+@tf_keras.saving.register_keras_serializable(package="sparsectr")
+class GroupMomentum(GroupOptimizer):
+    """Group Momentum: SGD with momentum and sparse group lasso.
+
+    m_t = momentum*m_{t-1} + lr_t*g_t (the learning rate folded in, as tf_keras SGD), V_t = 1, so D = 1
+    and z += m_t - (1 - D_{t-1})*w; lambdas scaled by lr_t. With all lambdas 0 it is tf_keras
+    SGD(momentum) exactly, except that embedding rows are updated lazily.
+
+    Args:
+      learning_rate: float or schedule (default 0.01).
+      momentum: gamma in [0, 1] (0.9).
+      l1, l2, l21, regularize, **kwargs: as `GroupAdam`.
+
+    Reference: Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR
+    Prediction", ECML PKDD 2021, arXiv 2107.14432.
+    """
+
+    _slot_names = ("m",)
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.9,
+        l1=0.0,
+        l2=0.0,
+        l21=0.0,
+        regularize=None,
+        name="GroupMomentum",
+        **kwargs,
+    ):
+        super().__init__(name, learning_rate, l1, l2, l21, regularize, **kwargs)
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}")
+        self.momentum = float(momentum)
+
+    def _hyperparameters(self, dtype):
+        return {"lr": tf.cast(self.learning_rate, dtype), "momentum": tf.cast(self.momentum, dtype)}
+
+    def _moments(self, gradient, state, hyper):
+        return {"m": gs.momentum_accumulate(state["m"], gradient, hyper["momentum"], hyper["lr"])}
+
+    def _increment(self, state, gradient, hyper):
+        return state["m"]
+
+    def _denominator(self, state, hyper):
+        return tf.ones_like(state["m"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"momentum": self.momentum})
+        return config

@@ -1,0 +1,330 @@
+"""The Group optimizers: zero lambdas == tf_keras, lambdas == the NumPy transcription of the notes,
+lazy rows, duplicate ids, pruning, argument checks, variable selection, config, XLA."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import optim
+from tests.optim import numpy_reference as ref
+
+ROWS, DIM = 12, 4
+
+# (Group optimizer, the tf_keras optimizer it must equal with zero lambdas)
+PAIRS = {
+    "adam": (
+        lambda **kw: optim.GroupAdam(0.05, **kw),
+        lambda: tf_keras.optimizers.Adam(0.05),
+    ),
+    "amsgrad": (
+        lambda **kw: optim.GroupAMSGrad(0.05, **kw),
+        lambda: tf_keras.optimizers.Adam(0.05, amsgrad=True),
+    ),
+    "adagrad": (
+        lambda **kw: optim.GroupAdagrad(0.1, initial_accumulator_value=0.1, **kw),
+        lambda: tf_keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.1),
+    ),
+    "momentum": (
+        lambda **kw: optim.GroupMomentum(0.05, momentum=0.9, **kw),
+        lambda: tf_keras.optimizers.SGD(0.05, momentum=0.9),
+    ),
+}
+
+
+def _initial_table(seed=0, rows=ROWS, dim=DIM):
+    return np.random.RandomState(seed).randn(rows, dim).astype(np.float32) * 0.1
+
+
+def _dense_gradients(steps, seed=1, rows=ROWS, dim=DIM):
+    rng = np.random.RandomState(seed)
+    return [rng.randn(rows, dim).astype(np.float32) for _ in range(steps)]
+
+
+def _sparse_gradients(steps, seed=2, rows=ROWS, dim=DIM, batch=9, late_rows=()):
+    """Random ids with duplicates; rows in late_rows first appear at step steps // 2."""
+    rng = np.random.RandomState(seed)
+    early = [r for r in range(rows) if r not in late_rows]
+    out = []
+    for t in range(steps):
+        pool = early if t < steps // 2 else list(range(rows))
+        ids = rng.choice(pool, batch).astype(np.int64)
+        ids[-1] = ids[0]  # always at least one duplicate
+        out.append((ids, rng.randn(batch, dim).astype(np.float32)))
+    return out
+
+
+def _slices(ids, values, rows=ROWS, dim=DIM):
+    return tf.IndexedSlices(
+        tf.constant(values), tf.constant(ids), tf.constant([rows, dim], tf.int64)
+    )
+
+
+def _run(optimizer, table, gradients):
+    var = tf.Variable(table, name="embeddings")
+    for g in gradients:
+        grad = _slices(*g) if isinstance(g, tuple) else tf.constant(g)
+        optimizer.apply_gradients([(grad, var)])
+    return var
+
+
+def _slot(optimizer, var, name):
+    if name == "z":
+        return optimizer._duals[optimizer._dual_index[optimizer._var_key(var)]]
+    return optimizer._slot_variables[name][optimizer._index_dict[optimizer._var_key(var)]]
+
+
+# --- zero lambdas: exactly the vanilla optimizer ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+@pytest.mark.parametrize("path", ["vanilla", "group"])
+def test_zero_lambdas_equal_keras_on_dense_gradients(kind, path):
+    group, keras = PAIRS[kind]
+    regularize = "embeddings" if path == "group" else None
+    table, grads = _initial_table(), _dense_gradients(8)
+    opt = group(regularize=regularize)
+    ours = _run(opt, table, grads)
+    assert opt.is_regularized(ours) == (path == "group")
+    theirs = _run(keras(), table, grads)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_zero_lambdas_equal_keras_on_sparse_gradients_touching_every_row(kind):
+    # tf_keras decays every row each step; lazy Group updates agree when every row is in the batch.
+    group, keras = PAIRS[kind]
+    rng = np.random.RandomState(5)
+    grads = []
+    for _ in range(8):
+        ids = np.concatenate([rng.permutation(ROWS), rng.randint(0, ROWS, 5)]).astype(np.int64)
+        grads.append((ids, rng.randn(len(ids), DIM).astype(np.float32)))
+    opt = group()
+    ours = _run(opt, _initial_table(), grads)
+    assert opt.is_regularized(ours)
+    theirs = _run(keras(), _initial_table(), grads)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["adam", "momentum"])
+def test_zero_lambdas_equal_keras_under_a_learning_rate_schedule(kind):
+    schedule = tf_keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=2, decay_rate=0.5)
+    if kind == "adam":
+        ours_opt, theirs_opt = optim.GroupAdam(schedule, regularize="."), tf_keras.optimizers.Adam(
+            schedule
+        )
+    else:
+        ours_opt = optim.GroupMomentum(schedule, regularize=".")
+        theirs_opt = tf_keras.optimizers.SGD(schedule, momentum=0.9)
+    grads = _dense_gradients(8)
+    ours = _run(ours_opt, _initial_table(), grads)
+    theirs = _run(theirs_opt, _initial_table(), grads)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_zero_lambdas_do_not_zero_a_late_row_with_a_zero_gradient():
+    # The reference adds Adam's epsilon term only on the global first step, which zeroes such a row;
+    # the product uses the row's own first update.
+    table = _initial_table()
+    grads = [(np.array([0, 1], np.int64), np.ones((2, DIM), np.float32))] * 3
+    grads.append((np.array([5], np.int64), np.zeros((1, DIM), np.float32)))
+    var = _run(optim.GroupAdam(0.05), table, grads)
+    np.testing.assert_allclose(var.numpy()[5], table[5], rtol=1e-6)
+
+
+# --- with lambdas: the NumPy transcription of the notes ---------------------------------------------
+
+
+LAMBDAS = {"l1": 0.02, "l2": 0.05, "l21": 0.08}
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_group_adam_matches_the_notes(amsgrad):
+    schedule = tf_keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.7)
+    steps = 10
+    lrs = [0.05 * 0.7 ** (t / 3) for t in range(steps)]
+    table = _initial_table()
+    grads = _sparse_gradients(steps, late_rows=(3, 7))
+    cls = optim.GroupAMSGrad if amsgrad else optim.GroupAdam
+    lambdas = {"l1": 0.2, "l2": 0.5, "l21": 1.5}  # scaled by lr inside: strong enough to prune
+    opt = cls(schedule, **lambdas)
+    var = _run(opt, table, grads)
+    expected, state = ref.group_adam(table, grads, lrs, amsgrad=amsgrad, **lambdas)
+    np.testing.assert_allclose(var.numpy(), expected, rtol=1e-4, atol=1e-6)
+    for name in ("m", "v", "z"):
+        np.testing.assert_allclose(_slot(opt, var, name).numpy(), state[name], rtol=1e-4, atol=1e-6)
+    assert (np.abs(expected).sum(axis=1) == 0).any(), "the case should prune some rows"
+
+
+def test_group_adagrad_matches_the_notes():
+    table = _initial_table()
+    grads = _sparse_gradients(10, late_rows=(3, 7))
+    lambdas = {"l1": 0.3, "l2": 0.1, "l21": 2.0}
+    opt = optim.GroupAdagrad(0.1, initial_accumulator_value=0.1, **lambdas)
+    var = _run(opt, table, grads)
+    expected, state = ref.group_adagrad(table, grads, 0.1, **lambdas)
+    np.testing.assert_allclose(var.numpy(), expected, rtol=1e-4, atol=1e-6)
+    for name in ("accumulator", "z"):
+        np.testing.assert_allclose(_slot(opt, var, name).numpy(), state[name], rtol=1e-4, atol=1e-6)
+    assert (np.abs(expected).sum(axis=1) == 0).any()
+
+
+def test_group_momentum_matches_the_notes():
+    table = _initial_table()
+    grads = _sparse_gradients(10, late_rows=(3, 7))
+    lambdas = {"l1": 0.5, "l2": 0.5, "l21": 6.0}
+    opt = optim.GroupMomentum(0.05, momentum=0.9, **lambdas)
+    var = _run(opt, table, grads)
+    expected, state = ref.group_momentum(table, grads, 0.05, **lambdas)
+    np.testing.assert_allclose(var.numpy(), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_slot(opt, var, "z").numpy(), state["z"], rtol=1e-4, atol=1e-6)
+    assert (np.abs(expected).sum(axis=1) == 0).any()
+
+
+# --- lazy rows, duplicates, pruning -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_rows_not_in_the_batch_are_untouched(kind):
+    group, _ = PAIRS[kind]
+    opt = group(**LAMBDAS)
+    table = _initial_table()
+    var = _run(opt, table, _sparse_gradients(4, late_rows=(3, 7)))  # rows 3, 7 only late
+    before = {name: _slot(opt, var, name).numpy().copy() for name in opt._slot_names + ("z",)}
+    before_w = var.numpy().copy()
+    opt.apply_gradients([(_slices(np.array([0, 1, 0]), np.ones((3, DIM), np.float32)), var)])
+    untouched = [r for r in range(ROWS) if r not in (0, 1)]
+    np.testing.assert_array_equal(var.numpy()[untouched], before_w[untouched])
+    for name, value in before.items():
+        np.testing.assert_array_equal(_slot(opt, var, name).numpy()[untouched], value[untouched])
+    assert not np.array_equal(var.numpy()[[0, 1]], before_w[[0, 1]])
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_duplicate_ids_are_summed(kind):
+    group, _ = PAIRS[kind]
+    rng = np.random.RandomState(0)
+    values = rng.randn(5, DIM).astype(np.float32)
+    ids = np.array([3, 1, 3, 3, 1], np.int64)
+    summed = np.stack([values[[0, 2, 3]].sum(0), values[[1, 4]].sum(0)])
+    with_duplicates = _run(group(**LAMBDAS), _initial_table(), [(ids, values)] * 2)
+    pre_summed = _run(group(**LAMBDAS), _initial_table(), [(np.array([3, 1]), summed)] * 2)
+    np.testing.assert_allclose(with_duplicates.numpy(), pre_summed.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_l21_prunes_whole_rows_and_a_pruned_row_can_come_back():
+    opt = optim.GroupAdam(0.01, l21=0.05)
+    var = tf.Variable(_initial_table(), name="embeddings")
+    small = _slices(np.arange(ROWS), np.full((ROWS, DIM), 1e-3, np.float32))
+    for _ in range(3):
+        opt.apply_gradients([(small, var)])
+    assert np.all(var.numpy() == 0.0), "weak gradients: every row pruned"
+    assert optim.sparsity([var])["fraction"] == 1.0
+    strong = _slices(np.array([2]), np.full((1, DIM), -1.0, np.float32))
+    for _ in range(20):
+        opt.apply_gradients([(strong, var)])
+    assert np.all(var.numpy()[2] > 0.0), "a consistent strong gradient revives the row"
+    assert np.all(var.numpy()[[0, 1, 3]] == 0.0)
+
+
+def test_l1_zeroes_coordinates_without_removing_rows():
+    opt = optim.GroupAdagrad(0.1, l1=0.5)
+    var = tf.Variable(np.zeros((2, 2), np.float32), name="embeddings")
+    opt.apply_gradients([(_slices(np.array([0]), np.array([[0.1, 5.0]], np.float32), 2, 2), var)])
+    row = var.numpy()[0]
+    assert row[0] == 0.0 and row[1] != 0.0
+
+
+def test_rank_one_table_groups_are_single_coordinates():
+    opt = optim.GroupAdam(0.05, l21=0.02)
+    var = tf.Variable(np.full([6], 0.1, np.float32), name="bias_table")
+    grad = tf.IndexedSlices(
+        tf.constant([1e-4, 5.0, 5.0]), tf.constant([0, 2, 2], tf.int64), tf.constant([6], tf.int64)
+    )
+    opt.apply_gradients([(grad, var)])
+    value = var.numpy()
+    assert value[0] == 0.0 and value[2] != 0.0 and np.all(value[[1, 3, 4, 5]] == 0.1)
+
+
+# --- arguments, variable selection, config -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [optim.GroupAdam, optim.GroupAdagrad, optim.GroupMomentum,
+                                 optim.GroupAMSGrad])
+@pytest.mark.parametrize("argument", ["l1", "l2", "l21"])
+def test_negative_lambda_is_a_value_error_naming_it(cls, argument):
+    with pytest.raises(ValueError, match=argument):
+        cls(**{argument: -0.1})
+
+
+def test_defaults_and_signature():
+    opt = optim.GroupAdam()
+    assert (opt.beta_1, opt.beta_2, opt.epsilon, opt.l1, opt.l2, opt.l21, opt.regularize) == (
+        0.9, 0.999, 1e-7, 0.0, 0.0, 0.0, None)
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.001)
+    assert optim.GroupAdagrad().initial_accumulator_value == 0.1
+    assert optim.GroupMomentum().momentum == 0.9
+    assert optim.GroupAMSGrad().amsgrad
+    assert isinstance(opt, tf_keras.optimizers.Optimizer)
+
+
+def test_only_sparse_gradients_and_regex_matches_are_regularized():
+    table = tf.Variable(_initial_table(), name="table")
+    kernel = tf.Variable(np.ones((3, 2), np.float32), name="dense_kernel")
+    bias = tf.Variable(np.ones((2,), np.float32), name="dense_bias")
+    grads = [
+        (_slices(np.array([0, 1]), np.ones((2, DIM), np.float32)), table),
+        (tf.ones((3, 2)), kernel),
+        (tf.ones((2,)), bias),
+    ]
+    default = optim.GroupAdam(0.01, l21=0.1)
+    default.apply_gradients(grads)
+    assert [default.is_regularized(v) for v in (table, kernel, bias)] == [True, False, False]
+    assert len(default._duals) == 1
+    selected = optim.GroupAdam(0.01, l21=0.1, regularize="kernel")
+    selected.apply_gradients(grads)
+    assert [selected.is_regularized(v) for v in (table, kernel, bias)] == [True, True, False]
+
+
+def test_explicit_build_before_any_gradient_regularizes_embedding_tables():
+    model = tf_keras.Sequential([
+        tf_keras.layers.Embedding(10, 3, name="embedding_a"), tf_keras.layers.Dense(1)
+    ])
+    model.build((None, 2))
+    opt = optim.GroupAdam(l21=0.1)
+    opt.build(model.trainable_variables)
+    assert [opt.is_regularized(v) for v in model.trainable_variables] == [True, False, False]
+
+
+def test_get_config_round_trip_and_keras_serialization():
+    opt = optim.GroupAdam(0.02, beta_1=0.8, l1=0.1, l2=0.2, l21=0.3, regularize="emb")
+    config = opt.get_config()
+    clone = optim.GroupAdam.from_config(config)
+    for key in ("beta_1", "beta_2", "epsilon", "l1", "l2", "l21", "regularize", "amsgrad"):
+        assert getattr(clone, key) == getattr(opt, key)
+    assert float(clone.learning_rate.numpy()) == pytest.approx(0.02)
+    for cls in (optim.GroupAdagrad, optim.GroupMomentum, optim.GroupAMSGrad):
+        original = cls(l21=0.5)
+        restored = tf_keras.optimizers.deserialize(tf_keras.optimizers.serialize(original))
+        assert type(restored) is cls and restored.l21 == 0.5
+
+
+# --- XLA ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["adam", "adagrad"])
+def test_xla_compiled_step_equals_eager(kind):
+    group, _ = PAIRS[kind]
+    grads = _sparse_gradients(5, late_rows=(3,))
+    eager = _run(group(**LAMBDAS), _initial_table(), grads)
+
+    opt = group(**LAMBDAS)
+    var = tf.Variable(_initial_table(), name="embeddings")
+
+    @tf.function(jit_compile=True)
+    def step(values, ids):
+        opt.apply_gradients([(tf.IndexedSlices(values, ids, tf.constant([ROWS, DIM], tf.int64)), var)])
+
+    for ids, values in grads:
+        step(tf.constant(values), tf.constant(ids))
+    np.testing.assert_allclose(var.numpy(), eager.numpy(), rtol=1e-5, atol=1e-7)
