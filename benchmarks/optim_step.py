@@ -5,7 +5,8 @@ The target (issue #3): a sparse step touches only the rows in the batch, so its 
 
     TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python benchmarks/optim_step.py [--quick] [--out DIR]
 
-Writes <out>/optim_step_<device>.json and .txt (a table). Keep the machine otherwise idle.
+Writes <out>/optim_step_<device>.json and .txt (a table). Keep the machine otherwise idle; calls go
+round-robin over table sizes so that outside load biases no size.
 """
 
 import argparse
@@ -25,17 +26,6 @@ DIM = 16
 BATCH_IDS = 4096
 
 
-def _median_ms(fn, steps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def _problem(rows, seed=0):
     rng = np.random.RandomState(seed)
     # CTR ids are heavy-tailed: many duplicates of a few popular rows, a long tail of rare ones.
@@ -48,15 +38,16 @@ def _table(rows, name="embeddings"):
     return tf.Variable(tf.random.normal([rows, DIM], stddev=0.01, seed=1), name=name)
 
 
-def measure(rows, jit, steps):
-    """Milliseconds per call, median of `steps`, for the step and its parts on a `rows`-row table."""
+def build_cases(rows, jit):
+    """name -> compiled function: the step and its parts on a `rows`-row table (state kept)."""
     ids, values = _problem(rows)
     dense_shape = tf.constant([rows, DIM], tf.int64)
-    results = {}
+    cases = {}
 
     def timed(name, body):
-        fn = tf.function(body, jit_compile=jit)
-        results[name] = _median_ms(fn, steps)
+        cases[name] = tf.function(body, jit_compile=jit)
+        for _ in range(3):  # trace, compile, build the optimizer, warm up
+            cases[name]()
 
     # The whole Group Adam step (apply_gradients: dedup, gather, math, scatter, iteration += 1).
     table = _table(rows)
@@ -120,7 +111,24 @@ def measure(rows, jit, steps):
         "keras_adam_step",
         lambda: adam.apply_gradients([(tf.IndexedSlices(values, ids, dense_shape), adam_table)]),
     )
-    return results
+    return cases
+
+
+def measure(rows_list, jit, steps):
+    """{rows: {name: median ms}}. Calls go round-robin over table sizes and cases, so that load from
+    other processes on the machine hits every size alike instead of biasing whichever ran last."""
+    cases = {rows: build_cases(rows, jit) for rows in rows_list}
+    times = {rows: {name: [] for name in cases[rows]} for rows in rows_list}
+    for _ in range(steps):
+        for rows in rows_list:
+            for name, fn in cases[rows].items():
+                start = time.perf_counter()
+                fn()
+                times[rows][name].append(time.perf_counter() - start)
+    return {
+        str(rows): {name: float(np.median(t) * 1e3) for name, t in by_name.items()}
+        for rows, by_name in times.items()
+    }
 
 
 def _table_text(record):
@@ -139,7 +147,13 @@ def _table_text(record):
         lines.append("")
     lines.append(
         f"rows x {record['dim']} float32 table, {record['batch_ids']} ids per step (zipf, duplicates), "
-        f"median of {record['steps']} steps; device {record['device']}; TF {record['tensorflow']}"
+        f"median of {record['steps']} steps; device {record['device']} ({record['machine']}); "
+        f"TF {record['tensorflow']}; 1-min load average {record['load_average_at_start']:.1f} at start, "
+        f"{record['load_average_at_end']:.1f} at end"
+    )
+    lines.append(
+        "each row is its own tf.function call (~0.2-0.5 ms dispatch each), so the parts do not add "
+        "up to the step; keras_adam_step = tf_keras Adam, which updates every row of the table"
     )
     lines.append(
         f"target: group_adam_step at {record['rows'][-1]:,d} rows / at {record['rows'][0]:,d} rows <= 2: "
@@ -172,13 +186,14 @@ def main():
         "batch_ids": BATCH_IDS,
         "steps": steps,
         "unit": "ms per call (median)",
+        "load_average_at_start": os.getloadavg()[0],
         "rows": rows_list,
         "results": {"xla_off": {}, "xla_on": {}},
     }
     for jit, key in ((False, "xla_off"), (True, "xla_on")):
-        for rows in rows_list:
-            record["results"][key][str(rows)] = measure(rows, jit, steps)
-            print(key, rows, record["results"][key][str(rows)], flush=True)
+        record["results"][key] = measure(rows_list, jit, steps)
+        print(key, json.dumps(record["results"][key]), flush=True)
+    record["load_average_at_end"] = os.getloadavg()[0]
     record["group_adam_ratio"] = {
         key: record["results"][key][str(rows_list[-1])]["group_adam_step"]
         / record["results"][key][str(rows_list[0])]["group_adam_step"]

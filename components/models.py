@@ -36,7 +36,8 @@ def _mlp(x, hidden_units: Sequence[int], prefix: str):
 def build_model(kind: str, int_fields: Sequence[str], cat_fields: Sequence[str],
                 table_rows: Mapping[str, int], embedding_dim: int = 8,
                 embedding_dims: Mapping[str, int] | None = None,
-                hidden_units: Sequence[int] = (64, 32), cross_layers: int = 2) -> keras.Model:
+                hidden_units: Sequence[int] = (64, 32), cross_layers: int = 2,
+                global_to_row=None, oov_rows: Mapping[str, int] | None = None) -> keras.Model:
     """A functional tf_keras model from transformed features to click probability.
 
     Args:
@@ -44,6 +45,8 @@ def build_model(kind: str, int_fields: Sequence[str], cat_fields: Sequence[str],
       int_fields / cat_fields: transformed feature names (float32 / int64 ids).
       table_rows: rows of each categorical field's table (vocab size + OOV ids, or hash buckets).
       embedding_dim: default width; embedding_dims overrides it per field (DeepFM needs one width).
+      global_to_row / oov_rows: for fields whose inputs are Transform's global vocabulary ids
+        (`components.vocabulary`), the id -> row map and each such field's OOV row.
     """
     if kind not in MODELS:
         raise ValueError(f"model {kind!r} not in {MODELS}")
@@ -51,12 +54,18 @@ def build_model(kind: str, int_fields: Sequence[str], cat_fields: Sequence[str],
     if kind == "deepfm" and len({embedding_dims.get(f, embedding_dim) for f in cat_fields}) > 1:
         raise ValueError("deepfm needs one embedding width for all fields (its FM term takes dot products)")
     inputs = _inputs(int_fields, cat_fields)
+    oov_rows = dict(oov_rows or {})
+    field_rows = None
+    if oov_rows:
+        from components.vocabulary import FieldRows
+        field_rows = FieldRows(global_to_row, name="field_rows")
     embedded = []
     for f in cat_fields:
+        ids = field_rows(inputs[f], oov_row=oov_rows[f]) if f in oov_rows else inputs[f]
         table = keras.layers.Embedding(table_rows[f], embedding_dims.get(f, embedding_dim),
                                        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
                                        name=embedding_layer_name(f))
-        embedded.append(table(inputs[f]))  # [batch, d]
+        embedded.append(table(ids))  # [batch, d]
     dense = (tf.stack([inputs[f] for f in int_fields], axis=1) if int_fields
              else tf.zeros_like(embedded[0][:, :0]))
     flat = keras.layers.Concatenate(name="features")(embedded + [dense])

@@ -2,10 +2,13 @@
 
 * Integer fields: ``log(1 + max(x, 0))`` as float32; a missing value becomes 0.0 (what log1p(0)
   gives). ExampleGen counts the clipped negatives per field.
-* Categorical fields: one id per (field, value). ``vocab`` fields get a vocabulary (named after the
-  field) with the spec's frequency threshold; values under it and unseen values share the OOV ids.
-  Missing values are the explicit token ``__MISSING__`` so they get their own id when frequent.
-  ``hash`` fields are hashed into ``hash_buckets`` buckets.
+* Categorical ``vocab`` fields: one vocabulary over all of them, of ``<field>\x1f<value>`` tokens
+  with the spec's frequency threshold, so every id is exactly one (field, value) pair and a single
+  analyzer pass serves every field (26 separate vocabularies made Transform 2.5x slower). Values
+  under the threshold and unseen values get -1; the model maps ids to per-field embedding rows
+  (`components.vocabulary.FieldRows`), -1 to the field's OOV row. Missing values are the explicit
+  token ``__MISSING__`` so they get their own id when frequent.
+* ``hash`` fields are hashed into ``hash_buckets`` buckets: their ids are rows already.
 * The label passes through as int64 under ``label``.
 
 The dataset spec arrives as ``custom_config["dataset_spec"]`` (JSON), so this one module serves
@@ -26,16 +29,12 @@ LABEL_KEY = "label"
 MISSING_TOKEN = b"__MISSING__"
 
 
-def vocabulary_name(field: str) -> str:
-    return f"vocab_{field}"
+VOCABULARY_NAME = "categorical"
+FIELD_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in a line-based click-log field
 
 
-def embedding_rows(spec: DatasetSpec, tf_transform_output, field: str) -> int:
-    """Rows of `field`'s embedding table: its id range after Transform."""
-    col = spec.column(field)
-    if col.encoding == "hash":
-        return col.hash_buckets
-    return tf_transform_output.vocabulary_size_by_name(vocabulary_name(field)) + spec.num_oov_buckets
+def vocab_fields(spec: DatasetSpec):
+    return [f for f in spec.categorical_columns if spec.column(f).encoding == "vocab"]
 
 
 def _dense(x, default):
@@ -56,16 +55,17 @@ def transform_features(inputs, spec: DatasetSpec):
         outputs[name] = tf.math.log1p(tf.maximum(raw, 0.0))
     for name in spec.categorical_columns:
         col = spec.column(name)
-        raw = _dense(inputs[name], MISSING_TOKEN)
         if col.encoding == "hash":
-            outputs[name] = tf.strings.to_hash_bucket_fast(raw, col.hash_buckets)
-        else:
-            outputs[name] = tft.compute_and_apply_vocabulary(
-                raw,
-                frequency_threshold=spec.frequency_threshold,
-                num_oov_buckets=spec.num_oov_buckets,
-                vocab_filename=vocabulary_name(name),
-            )
+            outputs[name] = tf.strings.to_hash_bucket_fast(_dense(inputs[name], MISSING_TOKEN), col.hash_buckets)
+    fields = vocab_fields(spec)
+    if fields:
+        tokens = tf.stack([tf.constant(f + FIELD_SEPARATOR) + _dense(inputs[f], MISSING_TOKEN) for f in fields],
+                          axis=1)
+        ids = tft.compute_and_apply_vocabulary(tokens, default_value=-1,
+                                               frequency_threshold=spec.frequency_threshold,
+                                               vocab_filename=VOCABULARY_NAME)
+        for j, name in enumerate(fields):
+            outputs[name] = ids[:, j]
     outputs[LABEL_KEY] = tf.cast(_dense(inputs[spec.label], tf.constant(0, tf.int64)), tf.int64)
     return outputs
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Dict
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -22,7 +23,8 @@ from tfx_bsl.public import tfxio  # noqa: E402
 
 from components import models  # noqa: E402
 from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.preprocessing import LABEL_KEY, embedding_rows  # noqa: E402
+from components.preprocessing import LABEL_KEY  # noqa: E402
+from components.vocabulary import FieldVocabulary  # noqa: E402
 
 SPARSITY_FILE = "sparsity.json"
 TRAINING_FILE = "training.json"
@@ -124,10 +126,12 @@ def run_fn(fn_args: tfx.components.FnArgs):
     keras.utils.set_random_seed(cfg["seed"])
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    table_rows = {f: embedding_rows(spec, tft_output, f) for f in spec.categorical_columns}
+    vocabulary = FieldVocabulary(spec, tft_output)
+    table_rows = vocabulary.table_rows()
     model = models.build_model(cfg["model"], spec.int_columns, spec.categorical_columns, table_rows,
                                embedding_dim=cfg["embedding_dim"], embedding_dims=cfg["embedding_dims"],
-                               hidden_units=cfg["hidden_units"])
+                               hidden_units=cfg["hidden_units"], global_to_row=vocabulary.global_to_row,
+                               oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
     model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc")], jit_compile=cfg["jit_compile"])
 
@@ -137,6 +141,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
         train = train.repeat()
     logging.info("training %s with %s on %d embedding tables (%d rows)", cfg["model"], cfg["optimizer"],
                  len(table_rows), sum(table_rows.values()))
+    fit_started = time.time()
     history = model.fit(
         train,
         epochs=cfg["epochs"] if not fn_args.train_steps else 1,
@@ -151,13 +156,17 @@ def run_fn(fn_args: tfx.components.FnArgs):
     if not all(map(lambda v: v == v and abs(v) != float("inf"), final.values())):
         raise NonFiniteLossError(f"training ended with non-finite metrics {final}; no model was exported")
 
+    fit_seconds = time.time() - fit_started
     report = sparsity_report(model)
+    export_started = time.time()
     signatures = _signatures(model, tft_output, spec)
     model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    export_seconds = time.time() - export_started
     model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
     training = {"model": cfg["model"], "optimizer": cfg["optimizer"],
                 "steps": int(model.optimizer.iterations.numpy()), "epochs": len(history.epoch),
-                "final": final, "table_rows": table_rows}
+                "final": final, "table_rows": table_rows,
+                "fit_seconds": round(fit_seconds, 1), "export_seconds": round(export_seconds, 1)}
     for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
         with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
             f.write(json.dumps(payload, indent=1, sort_keys=True))

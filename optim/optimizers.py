@@ -17,6 +17,7 @@ import tf_keras
 
 from optim import group_step as gs
 
+
 def _non_negative(name, value):
     if value is None or float(value) < 0:
         raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={value!r}")
@@ -143,6 +144,9 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
 
     # --- the step -----------------------------------------------------------------------------------
 
+    # Only Python control flow, decided at trace time: autograph has nothing to convert here, and
+    # skipping it saves re-parsing this module's source for every traced step.
+    @tf.autograph.experimental.do_not_convert
     def update_step(self, gradient, variable):
         key = self._var_key(variable)
         index = self._index_dict[key]

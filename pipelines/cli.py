@@ -28,8 +28,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--l21", type=float)
-    p.add_argument("--beam-preset", choices=sorted(BEAM_PRESETS),
-                   help="Beam runner preset (default local: DirectRunner, one worker process per core)")
+    p.add_argument("--beam-preset", choices=["local"] + sorted(BEAM_PRESETS),
+                   help="Beam runner preset (default local: DirectRunner, in-memory for small input, "
+                        "one worker process per core above 64 MB)")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="extra Beam pipeline argument, passed through unchanged (repeatable)")
     p.add_argument("--verbose", action="store_true", help="full TFX/Beam logs and tracebacks")

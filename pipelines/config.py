@@ -88,9 +88,12 @@ class PipelineConfig:
     gates: GateConfig = dataclasses.field(default_factory=GateConfig)
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
-    # Beam: "local" = DirectRunner, multi-processing, one worker per core; or a preset name
-    # (dataflow, flink, spark) from BEAM_PRESETS; extra args are appended unchanged.
+    # Beam: "local" = DirectRunner, multi-processing with one worker per core once the input is
+    # larger than local_multiprocessing_min_bytes, in-memory below (worker start-up, each importing
+    # TensorFlow, costs more than it saves on small data); or a preset name from BEAM_PRESETS
+    # (inmemory, multiprocessing, dataflow, flink, spark). Extra args are appended unchanged.
     beam_preset: str = "local"
+    local_multiprocessing_min_bytes: int = 64 << 20
     beam_args: List[str] = dataclasses.field(default_factory=list)
     # ML Metadata: SQLite file (None = <output>/metadata.sqlite).
     metadata_path: Optional[str] = None
@@ -120,8 +123,8 @@ class PipelineConfig:
 
 
 BEAM_PRESETS: Dict[str, List[str]] = {
-    "local": ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-              f"--direct_num_workers={os.cpu_count() or 1}"],
+    "multiprocessing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                        f"--direct_num_workers={os.cpu_count() or 1}"],
     # One process: no worker start-up (each worker imports TensorFlow), fastest on small data.
     "inmemory": ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"],
     # Users fill in project/region/bucket; the args pass through to Beam unchanged.
@@ -132,10 +135,15 @@ BEAM_PRESETS: Dict[str, List[str]] = {
 }
 
 
-def beam_pipeline_args(config: PipelineConfig) -> List[str]:
-    if config.beam_preset not in BEAM_PRESETS:
-        raise ValueError(f"beam_preset {config.beam_preset!r} not in {sorted(BEAM_PRESETS)}")
-    return list(BEAM_PRESETS[config.beam_preset]) + list(config.beam_args)
+def beam_pipeline_args(config: PipelineConfig, input_bytes: Optional[int] = None) -> List[str]:
+    """Beam args of the configured preset; "local" resolves by `input_bytes` (None: multi-processing)."""
+    preset = config.beam_preset
+    if preset == "local":
+        small = input_bytes is not None and input_bytes < config.local_multiprocessing_min_bytes
+        preset = "inmemory" if small else "multiprocessing"
+    if preset not in BEAM_PRESETS:
+        raise ValueError(f"beam_preset {config.beam_preset!r} not in {['local'] + sorted(BEAM_PRESETS)}")
+    return list(BEAM_PRESETS[preset]) + list(config.beam_args)
 
 
 def _overlay(obj, values: Dict[str, Any], where: str):

@@ -9,7 +9,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
 from pipelines import generator, summary as run_summary  # noqa: E402
-from pipelines.config import PipelineConfig  # noqa: E402
+from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
 
 
 class DataError(ValueError):
@@ -71,15 +71,18 @@ def _truth_report(truth_path: Optional[str]) -> Optional[Dict[str, Any]]:
 
 def run(config: PipelineConfig) -> Dict[str, Any]:
     """Run the pipeline once; always writes <output>/summary.json and returns it."""
+    started = time.time()
+    data_root, spec, truth = prepare_data(config)  # before the heavy imports: bad input fails fast
+    os.makedirs(config.output_dir, exist_ok=True)
     from tfx import v1 as tfx
     from pipelines.pipeline import create_pipeline
 
-    os.makedirs(config.output_dir, exist_ok=True)
-    started = time.time()
-    data_root, spec, truth = prepare_data(config)
     result: Dict[str, Any] = {"data_root": data_root, "dataset_format": spec.name}
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, data_root, spec))
+        input_bytes = sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(data_root) for n in names)
+        result["beam_pipeline_args"] = beam_pipeline_args(config, input_bytes)
+        tfx.orchestration.LocalDagRunner().run(
+            create_pipeline(config, data_root, spec, input_bytes=input_bytes))
         result["status"] = "succeeded"
     except Exception as e:  # noqa: BLE001 -- reported in the summary and as the CLI's one-line error
         result["status"] = "failed"

@@ -129,19 +129,8 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
 
 
 def _anomalies_block(uri: str) -> Dict[str, Any]:
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
-    import tensorflow as tf
-    found = {}
-    for split_dir in tf.io.gfile.listdir(uri):
-        path = os.path.join(uri, split_dir.rstrip("/"), "SchemaDiff.pb")
-        if not tf.io.gfile.exists(path):
-            continue
-        anomalies = anomalies_pb2.Anomalies()
-        anomalies.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
-        for feature, info in anomalies.anomaly_info.items():
-            found[f"{split_dir.rstrip('/').replace('Split-', '')}:{feature}"] = info.short_description or info.description
-        if anomalies.HasField("dataset_anomaly_info"):
-            found[f"{split_dir}:<dataset>"] = anomalies.dataset_anomaly_info.description
+    from components.validation_gate import read_anomalies
+    found = read_anomalies(uri)
     return {"anomalies": found, "count": len(found)}
 
 

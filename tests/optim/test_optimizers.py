@@ -227,6 +227,16 @@ def test_l21_prunes_whole_rows_and_a_pruned_row_can_come_back():
     assert np.all(var.numpy()[[0, 1, 3]] == 0.0)
 
 
+def test_regex_selected_dense_kernel_gets_input_rows_pruned():
+    # A dense kernel [inputs, units] regularized by name: its rows (one per input feature) are groups.
+    opt = optim.GroupAdagrad(0.1, l21=1.0, regularize="kernel")
+    kernel = tf.Variable(np.zeros((3, 2), np.float32), name="kernel")
+    gradient = tf.constant([[5.0, -5.0], [1e-3, 1e-3], [-4.0, 4.0]])
+    opt.apply_gradients([(gradient, kernel)])
+    value = kernel.numpy()
+    assert np.all(value[1] == 0.0) and np.all(value[[0, 2]] != 0.0)
+
+
 def test_l1_zeroes_coordinates_without_removing_rows():
     opt = optim.GroupAdagrad(0.1, l1=0.5)
     var = tf.Variable(np.zeros((2, 2), np.float32), name="embeddings")

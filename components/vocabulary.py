@@ -1,0 +1,86 @@
+"""From Transform's one categorical vocabulary to per-field embedding rows.
+
+Transform gives every (field, value) token a global id (its line in the ``categorical`` vocabulary
+file, ``<field>\\x1f<value>``) or -1 when the value is under the frequency threshold or unseen. Each
+field has its own embedding table, whose rows are the field's values in vocabulary order followed by
+the field's OOV rows. `FieldVocabulary` reads the file once; `FieldRows` is the model layer that maps
+global ids to a field's rows with one gather.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from components.dataset_spec import DatasetSpec  # noqa: E402
+from components.preprocessing import FIELD_SEPARATOR, VOCABULARY_NAME, vocab_fields  # noqa: E402
+
+
+class FieldVocabulary:
+    """Per-field values and the global-id -> field-row map of one Transform output."""
+
+    def __init__(self, spec: DatasetSpec, tft_output):
+        self.spec = spec
+        self.fields = vocab_fields(spec)
+        self.values: Dict[str, List[bytes]] = {f: [] for f in self.fields}
+        global_to_row: List[int] = []
+        if self.fields:
+            path = tft_output.vocabulary_file_by_name(VOCABULARY_NAME)
+            with tf.io.gfile.GFile(path, "rb") as f:
+                lines = f.read().split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            sep = FIELD_SEPARATOR.encode()
+            for line in lines:
+                field, value = line.split(sep, 1)
+                rows = self.values[field.decode()]
+                global_to_row.append(len(rows))
+                rows.append(value)
+        self.global_to_row = np.asarray(global_to_row, dtype=np.int64)
+
+    def rows(self, field: str) -> int:
+        """Rows of `field`'s embedding table (values + OOV rows, or hash buckets)."""
+        column = self.spec.column(field)
+        if column.encoding == "hash":
+            return column.hash_buckets
+        return len(self.values[field]) + max(self.spec.num_oov_buckets, 1)
+
+    def oov_row(self, field: str) -> int:
+        return len(self.values[field])
+
+    def table_rows(self) -> Dict[str, int]:
+        return {f: self.rows(f) for f in self.spec.categorical_columns}
+
+
+class FieldRows(keras.layers.Layer):
+    """Global vocabulary ids -> rows of each field's table (-1 -> the field's OOV row).
+
+    One instance holds the map (a non-trainable weight, saved with the model) and serves all
+    fields: ``rows = layer(ids, oov_row=k)``.
+    """
+
+    def __init__(self, global_to_row, **kwargs):
+        super().__init__(**kwargs)
+        self._initial = np.asarray(global_to_row, dtype=np.int64)
+
+    def build(self, input_shape):
+        size = max(len(self._initial), 1)
+        initial = self._initial if len(self._initial) else np.zeros([1], np.int64)
+        self.global_to_row = self.add_weight(
+            name="global_to_row", shape=[size], dtype=tf.int64, trainable=False,
+            initializer=keras.initializers.Constant(initial))
+        super().build(input_shape)
+
+    def call(self, ids, oov_row: int = 0):
+        ids = tf.cast(ids, tf.int64)
+        known = ids >= 0
+        return tf.where(known, tf.gather(self.global_to_row, tf.where(known, ids, 0)),
+                        tf.constant(oov_row, tf.int64))
+
+    def get_config(self):
+        return dict(super().get_config(), global_to_row=self._initial.tolist())

@@ -1,0 +1,114 @@
+"""The whole local pipeline on a small generated set: every component's artifact, the summary and the
+pushed SavedModel scored through TF Serving's conventions."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 3000
+
+
+def run_cli(*args, timeout=900):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_USE_LEGACY_KERAS="1")
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_cli("run", "--rows", str(ROWS), "--output", str(out), "--epochs", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    return out, summary, proc
+
+
+def _artifacts(out):
+    from pipelines.summary import _latest_run_artifacts
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(out / "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    _, by_type = _latest_run_artifacts(metadata_store.MetadataStore(config), "sparsectr")
+    return by_type
+
+
+def _eval_examples(examples_uri, n):
+    import tensorflow as tf
+    files = glob.glob(os.path.join(examples_uri, "Split-eval", "*.gz"))
+    assert files, f"no eval split under {examples_uri}"
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)
+    return [r.numpy() for r in ds]
+
+
+def test_every_component_wrote_its_artifact(demo_run):
+    out, summary, _ = demo_run
+    arts = _artifacts(out)
+    for type_name in ("Examples", "ExampleStatistics", "Schema", "ExampleAnomalies", "TransformGraph",
+                      "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel"):
+        assert arts.get(type_name), f"no {type_name} artifact in the run"
+    raw = [a for a in arts["Examples"] if "rows_read" in a.custom_properties][0]
+    for split in ("train", "eval"):
+        assert glob.glob(os.path.join(raw.uri, f"Split-{split}", "*.gz")), split
+    stats = arts["ExampleStatistics"][0].uri
+    assert os.path.exists(os.path.join(stats, "Split-train", "FeatureStats.pb"))
+    assert os.path.exists(os.path.join(arts["Schema"][0].uri, "schema.pbtxt"))
+    assert os.path.isdir(os.path.join(arts["TransformGraph"][0].uri, "transform_fn"))
+    model = arts["Model"][0].uri
+    assert os.path.exists(os.path.join(model, "Format-Serving", "saved_model.pb"))
+    assert os.path.exists(os.path.join(model, "sparsity.json"))
+    assert arts["ModelBlessing"][0].custom_properties["blessed"].int_value == 1
+
+
+def test_summary_has_every_stage(demo_run):
+    out, summary, proc = demo_run
+    assert summary["status"] == "succeeded"
+    ing = summary["ingestion"]
+    assert ing["rows_read"] == ROWS == ing["rows_emitted"] + ing["rows_quarantined"]
+    assert summary["validation"]["count"] == 0
+    tr = summary["training"]
+    assert tr["steps"] > 0 and 0.0 <= tr["sparsity"]["fraction"] <= 1.0
+    assert set(tr["sparsity"]["tables"]) == {f"C{i}" for i in range(1, 27)}
+    ev = summary["evaluation"]
+    assert 0.5 < ev["auc"] <= summary["bayes_auc"] + 0.03
+    assert ev["binary_crossentropy"] > 0 and ev["example_count"] > 0
+    assert summary["push"]["pushed"] is True and summary["push"]["size_bytes"] > 0
+    # The readable form goes to stdout.
+    assert "SUCCEEDED" in proc.stdout and "pushed:" in proc.stdout
+
+
+def test_pushed_model_scores_serialized_examples(demo_run):
+    import tensorflow as tf
+    out, summary, _ = demo_run
+    versions = glob.glob(str(out / "serving" / "ctr" / "*"))
+    assert len(versions) == 1 and os.path.basename(versions[0]).isdigit()
+    assert versions[0] == summary["push"]["path"].rstrip("/")
+    loaded = tf.saved_model.load(versions[0])
+    serving = loaded.signatures["serving_default"]
+    assert list(serving.structured_input_signature[1]) == ["examples"]
+    batch = _eval_examples(summary["ingestion"]["examples_uri"], 64)
+    scores = serving(examples=tf.constant(batch))["probability"].numpy()
+    assert scores.shape == (len(batch),)
+    assert np.all((scores > 0) & (scores < 1)) and scores.std() > 1e-4
+
+    # predict_raw on the same rows, built from the parsed raw features, gives the same scores.
+    raw = {}
+    examples = [tf.train.Example.FromString(b) for b in batch]
+    for i in range(1, 14):
+        raw[f"I{i}"] = tf.constant([e.features.feature[f"I{i}"].int64_list.value[0]
+                                    if e.features.feature[f"I{i}"].int64_list.value else 0 for e in examples], tf.int64)
+    for i in range(1, 27):
+        raw[f"C{i}"] = tf.constant([e.features.feature[f"C{i}"].bytes_list.value[0]
+                                    if e.features.feature[f"C{i}"].bytes_list.value else b"" for e in examples])
+    raw_scores = loaded.signatures["predict_raw"](**raw)["probability"].numpy()
+    np.testing.assert_allclose(raw_scores, scores, atol=1e-6)
