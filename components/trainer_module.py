@@ -176,11 +176,5 @@ def run_fn(fn_args: tfx.components.FnArgs):
 
 def sparsity_report(model) -> Dict[str, Any]:
     """Per field: rows, all-zero rows and their fraction; plus the overall numbers."""
-    tables = {}
-    for field, table in models.embedding_tables(model).items():
-        zero = int(tf.reduce_sum(tf.cast(tf.reduce_all(tf.equal(table, 0.0), axis=1), tf.int64)))
-        rows = int(table.shape[0])
-        tables[field] = {"rows": rows, "zero_rows": zero, "fraction": zero / rows if rows else 0.0}
-    rows = sum(t["rows"] for t in tables.values())
-    zero = sum(t["zero_rows"] for t in tables.values())
-    return {"tables": tables, "rows": rows, "zero_rows": zero, "fraction": zero / rows if rows else 0.0}
+    import optim
+    return optim.sparsity(models.embedding_tables(model))

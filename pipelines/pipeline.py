@@ -17,6 +17,7 @@ from tfx.orchestration import metadata  # noqa: E402
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
+from components.schema import schema_file_for  # noqa: E402
 from components.validation_gate import ValidationGate  # noqa: E402
 from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
 
@@ -50,7 +51,8 @@ def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
 
 
 def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[DatasetSpec] = None,
-                    metadata_connection_config=None, input_bytes: Optional[int] = None) -> tfx.dsl.Pipeline:
+                    metadata_connection_config=None, input_bytes: Optional[int] = None,
+                    schema_file: Optional[str] = None) -> tfx.dsl.Pipeline:
     spec = spec or load_spec(config.data.dataset_format)
     components: List = []
 
@@ -58,8 +60,10 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
                                      max_bad_fraction=config.data.max_bad_fraction,
                                      **ingestion_kwargs(config.data.input_pattern, config.data.span_window))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=False)
+    # The curated schema of the dataset spec, not one inferred from today's data (which would
+    # accept any drift); the node keeps the SchemaGen id.
+    schema_gen = tfx.components.ImportSchemaGen(
+        schema_file=schema_file or schema_file_for(spec, config.output_dir)).with_id("SchemaGen")
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])

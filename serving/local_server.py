@@ -590,7 +590,7 @@ def _default_base() -> str:
     return PipelineConfig().serving_dir
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from pipelines.config import ServingConfig
 
     parser = argparse.ArgumentParser(prog="python -m serving.local_server", description=__doc__.splitlines()[0])
@@ -604,7 +604,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     base = args.base or _default_base()

@@ -112,3 +112,27 @@ def test_pushed_model_scores_serialized_examples(demo_run):
                                     if e.features.feature[f"C{i}"].bytes_list.value else b"" for e in examples])
     raw_scores = loaded.signatures["predict_raw"](**raw)["probability"].numpy()
     np.testing.assert_allclose(raw_scores, scores, atol=1e-6)
+
+
+def test_drifted_day_stops_before_training(tmp_path):
+    # A whole day without column C5 (an upstream logging change): the curated schema flags it and
+    # the run stops before Transform, with the anomaly in the summary and nothing pushed.
+    from pipelines import generator
+    data = tmp_path / "data"
+    report = generator.generate(str(data), 1500)
+    lines = open(report["path"]).read().splitlines()
+    with open(report["path"], "w") as f:
+        for line in lines:
+            fields = line.split("\t")
+            fields[14 + 4] = ""  # C5
+            f.write("\t".join(fields) + "\n")
+    out = tmp_path / "out"
+    proc = run_cli("run", "--data", str(data), "--output", str(out))
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["status"] == "failed"
+    assert "anomal" in summary["error"] and "C5" in summary["error"]
+    assert any(k.endswith(":C5") for k in summary["validation"]["anomalies"])
+    assert "training" not in summary and not summary.get("push")
+    assert not os.path.exists(out / "serving")
+    assert "FAILED" in proc.stdout and "C5" in proc.stdout

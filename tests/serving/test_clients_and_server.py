@@ -374,6 +374,36 @@ def test_clients_retry_503_until_the_first_version_is_pushed(serving_base, tmp_p
         assert len(scores) == 3 and all(0.0 < s < 1.0 for s in scores)
 
 
+# -- the demo path and `make serve`'s defaults -------------------------------------------------
+def test_demo_scores_click_log_lines_through_both_clients(server, direct):
+    from components.dataset_spec import load_spec
+    from serving.demo import examples_from_lines, score_examples
+
+    spec = load_spec("criteo")
+    rows = criteo_rows(4)
+    # Criteo TSV lines: label, then the fields in file order; empty = missing, as ExampleGen reads them.
+    lines = ["\t".join(["1" if i % 2 else "0"] + [str(r[c.name]) for c in spec.file_columns[1:]]) + "\n"
+             for i, r in enumerate(rows)]
+    lines.insert(2, "not\ta\tcriteo\tline\n")
+    examples, labels = examples_from_lines(lines, "criteo", max_rows=3)
+    assert len(examples) == 3 and labels == ["0", "1", "0"]
+    result = score_examples(examples, server.rest_url, server.grpc_target, MODEL_NAME)
+    np.testing.assert_allclose(result["rest"], direct_raw(direct, rows[:3]), rtol=1e-5)
+    np.testing.assert_allclose(result["grpc"], result["rest"], rtol=1e-6)
+
+
+def test_make_serve_defaults_serve_the_pipelines_serving_dir():
+    from pipelines.config import PipelineConfig, ServingConfig
+    from serving import local_server
+
+    assert local_server._default_base() == PipelineConfig().serving_dir
+    assert local_server._default_base().endswith(os.path.join("output", "serving"))
+    parser_defaults = {a.dest: a.default for a in local_server.build_parser()._actions}
+    assert parser_defaults["model_name"] == ServingConfig().model_name
+    assert (parser_defaults["rest_port"], parser_defaults["grpc_port"]) == (8501, 8500)
+    assert parser_defaults["host"] == "127.0.0.1"
+
+
 # -- a new version is followed (keep last: it changes what the module's server serves) ---------
 def test_server_follows_a_newly_pushed_version(server, base_dir, rest, grpc_client, direct):
     rows = criteo_rows(4)
