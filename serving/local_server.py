@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from concurrent import futures
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -99,6 +98,7 @@ class ModelRepository:
         self.num_versions = num_versions
         self.poll_seconds = poll_seconds
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
         self._versions: Dict[int, ServedVersion] = {}
         self._failed: Dict[int, Tuple[float, str]] = {}  # version -> (saved_model.pb mtime, error)
         self._stop = threading.Event()
@@ -116,34 +116,44 @@ class ModelRepository:
                       and os.path.isdir(os.path.join(self.model_dir, n, "variables")))
 
     def poll_once(self) -> List[int]:
-        """Load the newest versions that are not loaded yet, unload the older ones; returns loaded versions."""
-        wanted = self._candidates()[-self.num_versions:]
-        for version in wanted:
-            with self._lock:
-                if version in self._versions:
+        """Load the newest versions that are not loaded yet, unload older ones; returns the loaded versions.
+
+        Like TF Serving's availability-preserving policy, an old version is unloaded only once a newer
+        one is serving: a version that fails to load leaves the previous one in place.
+        """
+        with self._poll_lock:  # the poll thread and explicit callers never load the same version twice
+            on_disk = self._candidates()
+            for version in on_disk[-self.num_versions:]:
+                with self._lock:
+                    if version in self._versions:
+                        continue
+                path = os.path.join(self.model_dir, str(version))
+                mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+                with self._lock:
+                    if self._failed.get(version, (None,))[0] == mtime:
+                        continue  # failed before and unchanged: do not retry on every poll
+                started = time.monotonic()
+                try:
+                    served = ServedVersion(version, path)
+                except Exception as e:  # a broken version must not stop serving the others
+                    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    with self._lock:
+                        self._failed[version] = (mtime, message)
+                    log.error("cannot load %s version %d from %s: %s", self.model_name, version, path, message)
                     continue
-            path = os.path.join(self.model_dir, str(version))
-            mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
-            if self._failed.get(version, (None,))[0] == mtime:
-                continue  # failed before and unchanged: do not reload on every poll
-            started = time.monotonic()
-            try:
-                served = ServedVersion(version, path)
-            except Exception as e:  # a broken or half-copied version must not stop serving the others
-                message = str(e).splitlines()[0] if str(e) else type(e).__name__
-                self._failed[version] = (mtime, message)
-                log.error("cannot load %s version %d from %s: %s", self.model_name, version, path, message)
-                continue
-            self._failed.pop(version, None)
+                with self._lock:
+                    self._failed.pop(version, None)
+                    self._versions[version] = served
+                log.info("loaded %s version %d in %.1fs", self.model_name, version, time.monotonic() - started)
             with self._lock:
-                self._versions[version] = served
-            log.info("loaded %s version %d in %.1fs", self.model_name, version, time.monotonic() - started)
-        with self._lock:
-            keep = set(sorted(set(self._versions) | set(wanted))[-self.num_versions:]) if wanted else set(self._versions)
-            for version in sorted(set(self._versions) - keep):
-                del self._versions[version]
-                log.info("unloaded %s version %d", self.model_name, version)
-            return sorted(self._versions)
+                # Versions removed from disk go; of the rest, the newest num_versions stay.
+                keep = sorted(v for v in self._versions if v in on_disk)[-self.num_versions:]
+                for version in sorted(set(self._versions) - set(keep)):
+                    del self._versions[version]
+                    log.info("unloaded %s version %d", self.model_name, version)
+                for version in [v for v in self._failed if v not in on_disk]:
+                    del self._failed[version]
+                return sorted(self._versions)
 
     def start(self) -> None:
         def loop():
@@ -181,7 +191,7 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {model_name!r} is not served here (serving {self.model_name!r})")
         with self._lock:
             rows = [(v, "AVAILABLE", "OK", "") for v in sorted(self._versions)]
-        rows += [(v, "END", "UNKNOWN", err) for v, (_, err) in sorted(self._failed.items())]
+            rows += [(v, "END", "UNKNOWN", err) for v, (_, err) in sorted(self._failed.items())]
         if version is not None:
             rows = [r for r in rows if r[0] == version]
             if not rows:
@@ -229,6 +239,8 @@ def predict_json(repository: ModelRepository, model_name: str, version: Optional
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequestError(f"malformed JSON body: {e}") from None
+    except RecursionError:
+        raise InvalidRequestError("malformed JSON body: nested too deeply") from None
     if not isinstance(request, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     unknown = set(request) - {"signature_name", "instances", "inputs"}
@@ -338,6 +350,7 @@ class RestHandler(BaseHTTPRequestHandler):
             elif method == "POST" and rest == ":predict":
                 length = self.headers.get("Content-Length")
                 if length is None or not length.isdigit():
+                    self.close_connection = True  # the unread body would be taken for the next request
                     self._error(411, "a predict request needs a Content-Length header")
                     outcome = "INVALID_ARGUMENT"
                     return

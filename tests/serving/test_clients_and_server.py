@@ -167,6 +167,8 @@ def _with(columns, **changes):
 
 BAD_REST_BODIES = [
     ("{not json", 400, "malformed JSON"),
+    ("[" * 100000, 400, "nested too deeply"),
+    (b"\xff\xfe", 400, "malformed JSON"),
     ("[1, 2]", 400, "must be a JSON object"),
     ({"signature_name": "predict_raw"}, 400, "exactly one of"),
     ({"signature_name": "predict_raw", "instances": [], }, 400, "empty batch"),
@@ -426,3 +428,13 @@ def test_server_follows_a_newly_pushed_version(server, base_dir, rest, grpc_clie
         rest.predict_raw(rows, version=1)
     np.testing.assert_allclose(rest.predict_raw(rows, version=2), direct_raw(direct, rows), rtol=1e-6)
     shutil.rmtree(partial)
+
+    # A newer version that cannot be loaded is reported, and the previous one keeps serving.
+    broken = os.path.join(base_dir, MODEL_NAME, "4")
+    os.makedirs(os.path.join(broken, "variables"))
+    with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
+        f.write(b"not a SavedModel")
+    assert server.repository.poll_once() == [2]
+    states = {s["version"]: (s["state"], s["status"]["error_code"]) for s in rest.status()}
+    assert states == {"2": ("AVAILABLE", "OK"), "4": ("END", "UNKNOWN")}
+    assert len(rest.predict_raw(rows)) == 4 and rest.metadata()["model_spec"]["version"] == "2"

@@ -122,6 +122,11 @@ def test_tf_serving_deployment(rendered, overlay):
     spec = deployment["spec"]["template"]["spec"]
     container = spec["containers"][0]
     assert container["image"].startswith("tensorflow/serving:2.")
+    assert container["command"] == ["/usr/bin/tensorflow_model_server"]
+    args_list = [a.lstrip("-").split("=", 1)[0] for a in container["args"]]
+    assert len(args_list) == len(set(args_list))
+    # TF Serving takes either --model_config_file or --model_name/--model_base_path, not both.
+    assert not {"model_name", "model_base_path"} & set(args_list)
     args = dict(a.lstrip("-").split("=", 1) for a in container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert int(args["rest_api_port"]) == ports["http"] and int(args["port"]) == ports["grpc"]
