@@ -64,6 +64,9 @@ class DatasetSpec:
     # Transform settings shared by all categorical vocab fields (Criteo convention: < 10 -> OOV).
     frequency_threshold: int = 10
     num_oov_buckets: int = 1
+    # > 0: Transform also gives each int field quantile-bucket ids (`<field>_bucket`, one analyzer
+    # pass for all fields), embedded like a categorical field.
+    quantile_buckets: int = 0
     max_line_bytes: int = 1 << 16
 
     # -- derived views ---------------------------------------------------------------------------
@@ -98,6 +101,7 @@ class DatasetSpec:
             "header": self.header,
             "frequency_threshold": self.frequency_threshold,
             "num_oov_buckets": self.num_oov_buckets,
+            "quantile_buckets": self.quantile_buckets,
             "max_line_bytes": self.max_line_bytes,
             "columns": [c.to_dict() for c in self.columns],
         }

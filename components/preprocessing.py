@@ -9,6 +9,8 @@
   (`components.vocabulary.FieldRows`), -1 to the field's OOV row. Missing values are the explicit
   token ``__MISSING__`` so they get their own id when frequent.
 * ``hash`` fields are hashed into ``hash_buckets`` buckets: their ids are rows already.
+* With ``quantile_buckets: N`` in the spec, every int field also yields ``<field>_bucket``, its
+  quantile bucket (``tft.bucketize``), embedded like a categorical field.
 * The label passes through as int64 under ``label``.
 
 The dataset spec arrives as ``custom_config["dataset_spec"]`` (JSON), so this one module serves
@@ -33,6 +35,11 @@ VOCABULARY_NAME = "categorical"
 FIELD_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in a line-based click-log field
 
 
+def bucket_fields(spec: DatasetSpec):
+    """Quantile-bucket id features derived from the int fields (none unless the spec asks)."""
+    return [f"{name}_bucket" for name in spec.int_columns] if spec.quantile_buckets > 0 else []
+
+
 def vocab_fields(spec: DatasetSpec):
     return [f for f in spec.categorical_columns if spec.column(f).encoding == "vocab"]
 
@@ -53,6 +60,12 @@ def transform_features(inputs, spec: DatasetSpec):
         raw = tf.cast(_dense(inputs[name], tf.constant(0, inputs[name].dtype)), tf.float32)
         # Criteo's integer fields hold a few negatives: clip them (ExampleGen counts them per field).
         outputs[name] = tf.math.log1p(tf.maximum(raw, 0.0))
+    if bucket_fields(spec):
+        # elementwise: per-field boundaries from one quantiles analyzer over all int fields.
+        stacked = tf.stack([outputs[name] for name in spec.int_columns], axis=1)
+        buckets = tft.bucketize(stacked, spec.quantile_buckets, elementwise=True)
+        for j, name in enumerate(bucket_fields(spec)):
+            outputs[name] = tf.cast(buckets[:, j], tf.int64)
     for name in spec.categorical_columns:
         col = spec.column(name)
         if col.encoding == "hash":

@@ -128,7 +128,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
 
     vocabulary = FieldVocabulary(spec, tft_output)
     table_rows = vocabulary.table_rows()
-    model = models.build_model(cfg["model"], spec.int_columns, spec.categorical_columns, table_rows,
+    model = models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, table_rows,
                                embedding_dim=cfg["embedding_dim"], embedding_dims=cfg["embedding_dims"],
                                hidden_units=cfg["hidden_units"], global_to_row=vocabulary.global_to_row,
                                oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})

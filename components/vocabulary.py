@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.preprocessing import FIELD_SEPARATOR, VOCABULARY_NAME, vocab_fields  # noqa: E402
+from components.preprocessing import FIELD_SEPARATOR, VOCABULARY_NAME, bucket_fields, vocab_fields  # noqa: E402
 
 
 class FieldVocabulary:
@@ -43,8 +43,15 @@ class FieldVocabulary:
                 rows.append(value)
         self.global_to_row = np.asarray(global_to_row, dtype=np.int64)
 
+    @property
+    def embedded_fields(self) -> List[str]:
+        """Every transformed feature that gets an embedding table, in model input order."""
+        return list(self.spec.categorical_columns) + bucket_fields(self.spec)
+
     def rows(self, field: str) -> int:
-        """Rows of `field`'s embedding table (values + OOV rows, or hash buckets)."""
+        """Rows of `field`'s embedding table (values + OOV rows, hash or quantile buckets)."""
+        if field in bucket_fields(self.spec):
+            return self.spec.quantile_buckets
         column = self.spec.column(field)
         if column.encoding == "hash":
             return column.hash_buckets
@@ -54,7 +61,7 @@ class FieldVocabulary:
         return len(self.values[field])
 
     def table_rows(self) -> Dict[str, int]:
-        return {f: self.rows(f) for f in self.spec.categorical_columns}
+        return {f: self.rows(f) for f in self.embedded_fields}
 
 
 class FieldRows(keras.layers.Layer):

@@ -1,0 +1,114 @@
+"""preprocessing_fn on real click-log samples: parsed by the ExampleGen's own line parser, read
+with the curated schema, transformed by TF Transform (Beam, in memory)."""
+import dataclasses
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from components.click_log_example_gen.parsing import LineParser, ParsedRow
+from components.dataset_spec import load_spec
+from components.preprocessing import LABEL_KEY, bucket_fields, preprocessing_fn, vocab_fields
+from components.schema import curated_schema
+
+SAMPLES = {
+    "criteo": "criteo/wide-resdnn/train.csv",
+    "criteo-kaggle": "criteo/kaggle-2014-criteo/tr.rx.csv",
+    "avazu": "avazu/wide-resdnn/train.csv",
+}
+
+
+def _examples(spec, path, limit=3000):
+    parser = LineParser(spec)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if spec.header:
+        lines = lines[1:]
+    for line in lines[:limit]:
+        parsed = parser.parse(line)
+        assert isinstance(parsed, ParsedRow), parsed
+        out.append(parsed.example)
+    return out
+
+
+def _transform(spec, serialized):
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata
+    from tfx_bsl.public import tfxio
+
+    schema = curated_schema(spec)
+    source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"], schema=schema,
+                                       raw_record_column_name=None)
+    out_dir = tempfile.mkdtemp()
+    with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
+            raw = p | beam.Create(serialized) | source.BeamSource()
+            (data, _), transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeAndTransformDataset(
+                lambda inputs: preprocessing_fn(inputs, {"dataset_spec": spec.to_json()}))
+            _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+            _ = (data | beam.Map(lambda row: json.dumps({k: np.asarray(v).item() for k, v in row.items()}))
+                 | beam.io.WriteToText(os.path.join(out_dir, "rows"), shard_name_template=""))
+    features = {}
+    with open(os.path.join(out_dir, "rows")) as f:
+        for line in f:
+            for k, v in json.loads(line).items():
+                features.setdefault(k, []).append(v)
+    return features, out_dir
+
+
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_real_sample_transforms_to_typed_ids_and_floats(fmt, shared_data):
+    import tensorflow_transform as tft
+    spec = load_spec(fmt)
+    serialized = _examples(spec, os.path.join(shared_data, SAMPLES[fmt]))
+    features, out_dir = _transform(spec, serialized)
+    n = len(serialized)
+    assert all(len(v) == n for v in features.values())  # nothing dropped
+    labels = np.array(features[LABEL_KEY]).ravel()
+    assert set(labels) <= {0, 1} and 0 < labels.mean() < 1
+    for name in spec.int_columns:
+        x = np.array(features[name], dtype=np.float64).ravel()
+        assert np.all(np.isfinite(x)) and x.min() >= 0.0  # log1p of clipped counts
+    vocab_size = tft.TFTransformOutput(out_dir).vocabulary_size_by_name("categorical")
+    for name in vocab_fields(spec):
+        ids = np.array(features[name]).ravel()
+        assert ids.min() >= -1 and ids.max() < vocab_size, name  # -1: under the frequency threshold
+    for name in spec.categorical_columns:
+        if spec.column(name).encoding == "hash":
+            ids = np.array(features[name]).ravel()
+            assert 0 <= ids.min() and ids.max() < spec.column(name).hash_buckets
+
+
+def test_ids_are_per_field_and_frequency_thresholded(shared_data):
+    import tensorflow_transform as tft
+    spec = load_spec("criteo")
+    serialized = _examples(spec, os.path.join(shared_data, SAMPLES["criteo"]))
+    features, out_dir = _transform(spec, serialized)
+    path = tft.TFTransformOutput(out_dir).vocabulary_file_by_name("categorical")
+    vocab = open(path, "rb").read().split(b"\n")
+    # The same raw value in two fields is two tokens, hence two ids.
+    fields = {line.split(b"\x1f", 1)[0] for line in vocab if line}
+    assert fields <= {f.encode() for f in vocab_fields(spec)} and len(fields) > 10
+    import collections
+    counts = collections.Counter()
+    for s in serialized:
+        import tensorflow as tf
+        ex = tf.train.Example.FromString(s)
+        for f in vocab_fields(spec):
+            v = ex.features.feature[f].bytes_list.value
+            counts[f.encode() + b"\x1f" + (v[0] if v else b"__MISSING__")] += 1
+    in_vocab = {line for line in vocab if line}
+    assert in_vocab == {t for t, c in counts.items() if c >= spec.frequency_threshold}
+
+
+def test_quantile_buckets_when_asked(shared_data):
+    spec = dataclasses.replace(load_spec("criteo"), quantile_buckets=4)
+    serialized = _examples(spec, os.path.join(shared_data, SAMPLES["criteo"]), limit=1500)
+    features, _ = _transform(spec, serialized)
+    for name in bucket_fields(spec):
+        ids = np.array(features[name]).ravel()
+        assert 0 <= ids.min() and ids.max() < 4 and len(set(ids)) >= 2, name
