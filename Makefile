@@ -13,7 +13,7 @@ setup:
 	@scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m pipelines run $(ARGS)
+	$(PY) -m pipelines run --score-rows 5 $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests

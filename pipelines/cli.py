@@ -33,6 +33,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "one worker process per core above 64 MB)")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="extra Beam pipeline argument, passed through unchanged (repeatable)")
+    p.add_argument("--score-rows", type=int, default=0, metavar="N",
+                   help="after a push, score the first N rows through a local TF Serving process (REST and gRPC)")
     p.add_argument("--verbose", action="store_true", help="full TFX/Beam logs and tracebacks")
 
 
@@ -94,7 +96,7 @@ def cmd_run(args) -> int:
     from pipelines import local_runner, summary as run_summary
     _quiet_logs(args.verbose)
     config = _config_from_args(args)
-    result = local_runner.run(config)
+    result = local_runner.run(config, score_rows=args.score_rows)
     print(run_summary.render(result))
     print(f"  summary: {config.summary_path}")
     return 0 if result["status"] == "succeeded" else 1

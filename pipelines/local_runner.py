@@ -69,7 +69,18 @@ def _truth_report(truth_path: Optional[str]) -> Optional[Dict[str, Any]]:
             "bayes_logloss": sum(s["bayes_logloss"] * s["rows"] for s in sets) / rows}
 
 
-def run(config: PipelineConfig) -> Dict[str, Any]:
+def score_pushed_model(config: PipelineConfig, data_root: str, rows: int) -> Dict[str, Any]:
+    """Score the first `rows` lines of the data through a local TF Serving process (REST and gRPC)."""
+    from serving.demo import score_lines
+    files = sorted(os.path.join(r, n) for r, _, names in os.walk(data_root) for n in names if not n.startswith("."))
+    with open(files[0], encoding="utf-8", errors="replace") as f:
+        lines = [line for _, line in zip(range(rows + 1), f)]
+    result = score_lines(config.serving_dir, lines, config.data.dataset_format, config.serving.model_name, rows)
+    return {"file": files[0], "model_version": result["model_version"], "labels": result["labels"],
+            "rest": [round(x, 6) for x in result["rest"]], "grpc": [round(x, 6) for x in result["grpc"]]}
+
+
+def run(config: PipelineConfig, score_rows: int = 0) -> Dict[str, Any]:
     """Run the pipeline once; always writes <output>/summary.json and returns it."""
     started = time.time()
     data_root, spec, truth = prepare_data(config)  # before the heavy imports: bad input fails fast
@@ -93,6 +104,11 @@ def run(config: PipelineConfig) -> Dict[str, Any]:
         result["bayes_auc"] = truth["bayes_auc"]
         result["bayes_logloss"] = truth["bayes_logloss"]
     result["serving_dir"] = os.path.join(config.serving_dir, config.serving.model_name)
+    if score_rows and (result.get("push") or {}).get("pushed"):
+        try:
+            result["demo_scores"] = score_pushed_model(config, data_root, score_rows)
+        except Exception as e:  # noqa: BLE001 -- the model is pushed; scoring is a demonstration
+            result["demo_scores"] = {"error": (str(e).strip().splitlines() or [type(e).__name__])[-1]}
     result["duration_s"] = round(time.time() - started, 1)
     run_summary.write(result, config.summary_path)
     return result

@@ -189,4 +189,11 @@ def render(summary: Dict[str, Any]) -> str:
             lines.append(f"  pushed: {push['path']} ({push.get('size_bytes', 0) / 1e6:.2f} MB)")
         else:
             lines.append(f"  not pushed: {push.get('reason', 'model not blessed')}")
+    demo = summary.get("demo_scores")
+    if demo:
+        if "error" in demo:
+            lines.append(f"  scoring through local TF Serving failed: {demo['error']}")
+        else:
+            pairs = ", ".join(f"{p:.3f} (label {y})" for p, y in zip(demo["rest"], demo["labels"]))
+            lines.append(f"  scored via local TF Serving REST+gRPC, version {demo['model_version']}: {pairs}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def run_cli(*args, timeout=900):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    proc = run_cli("run", "--rows", str(ROWS), "--output", str(out), "--epochs", "2")
+    proc = run_cli("run", "--rows", str(ROWS), "--output", str(out), "--epochs", "2", "--score-rows", "3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "summary.json") as f:
         summary = json.load(f)
@@ -85,6 +85,11 @@ def test_summary_has_every_stage(demo_run):
     assert summary["push"]["pushed"] is True and summary["push"]["size_bytes"] > 0
     # The readable form goes to stdout.
     assert "SUCCEEDED" in proc.stdout and "pushed:" in proc.stdout
+    # The demo step scored rows through the local TF Serving process, REST and gRPC agreeing.
+    demo = summary["demo_scores"]
+    assert "error" not in demo, demo
+    assert len(demo["rest"]) == 3 and demo["rest"] == demo["grpc"]
+    assert str(demo["model_version"]) == str(summary["push"]["version"])
 
 
 def test_pushed_model_scores_serialized_examples(demo_run):
