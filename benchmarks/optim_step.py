@@ -70,7 +70,7 @@ def build_cases(rows, jit):
 
     def math_only():
         w_rows, z_rows, m_rows, v_rows = rows_state
-        m_new, v_new = gs.adam_moments(m_rows, v_rows, summed, 0.9, 0.999)
+        m_new, v_new = gs.adam_moments(m_rows, v_rows, summed, 1 - 0.9, 1 - 0.999)
         return gs.group_lasso_step(
             w_rows, z_rows, m_new * 1e-3, tf.sqrt(v_rows) + 1e-7, tf.sqrt(v_new) + 1e-7,
             1e-8, 0.0, 4e-7,

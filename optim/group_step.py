@@ -94,10 +94,14 @@ def group_lasso_step(w, z, increment, denominator_old, denominator_new, l1, l2, 
 # --- moments (m_t, V_t) of the optimizers, as in tf_keras so that zero lambdas match it ------------
 
 
-def adam_moments(m, v, gradient, beta_1, beta_2):
-    """m_t = beta1*m + (1-beta1)*g, v_t = beta2*v + (1-beta2)*g^2 (in tf_keras's operation order)."""
-    m_new = m + (gradient - m) * (1.0 - beta_1)
-    v_new = v + (tf.square(gradient) - v) * (1.0 - beta_2)
+def adam_moments(m, v, gradient, one_minus_beta_1, one_minus_beta_2):
+    """m_t = beta1*m + (1-beta1)*g, v_t = beta2*v + (1-beta2)*g^2 (in tf_keras's operation order).
+
+    Takes 1 - beta (not beta): tf_keras computes it from the Python floats, and so must the caller
+    for zero lambdas to reproduce tf_keras Adam to the last bit.
+    """
+    m_new = m + (gradient - m) * one_minus_beta_1
+    v_new = v + (tf.square(gradient) - v) * one_minus_beta_2
     return m_new, v_new
 
 

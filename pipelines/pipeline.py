@@ -1,11 +1,12 @@
 """`create_pipeline(config)`: the one sparsectr pipeline definition, shared by every runner.
 
-ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform -> Trainer -> Evaluator
--> Pusher. Module code (preprocessing, training) lives in `components/` and is referenced by module
+ExampleGen -> StatisticsGen -> SchemaGen (curated) -> ExampleValidator -> ValidationGate ->
+Transform -> Trainer -> Evaluator (baseline: LatestPushedModel) -> SparsityGate -> Pusher. Module code (preprocessing, training) lives in `components/` and is referenced by module
 path, so the same definition runs locally and in the pipeline image on Kubeflow.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import List, Optional
 
@@ -17,6 +18,7 @@ from tfx.orchestration import metadata  # noqa: E402
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
+from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
 from components.schema import schema_file_for  # noqa: E402
 from components.validation_gate import ValidationGate  # noqa: E402
 from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
@@ -77,6 +79,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         disable_statistics=True,
     )
     transform.add_upstream_node(validation_gate)
+    # The baseline (and warm-start source): the newest version under the serving directory.
+    latest_pushed = LatestPushedModel(model_base=os.path.join(config.serving_dir, config.serving.model_name))
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -86,19 +90,29 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
         custom_config={"trainer": _json(config.trainer), "dataset_spec": spec.to_json()},
     )
-    evaluator = tfx.components.Evaluator(
+    evaluator = BaselineEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
+        baseline_model=latest_pushed.outputs["model"],
         eval_config=eval_config(config, spec),
+    ).with_id("Evaluator")
+    sparsity_gate = SparsityGate(
+        model=trainer.outputs["model"],
+        evaluator_blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        min_auc=config.gates.min_auc,
+        max_auc_drop=config.gates.max_auc_drop,
+        min_sparsity=config.gates.min_sparsity,
+        min_sparsity_per_table=json.dumps(config.gates.min_sparsity_per_table, sort_keys=True),
     )
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=sparsity_gate.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(config.serving_dir, config.serving.model_name))),
     )
-    components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform, trainer,
-                   evaluator, pusher]
+    components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform,
+                   latest_pushed, trainer, evaluator, sparsity_gate, pusher]
     if metadata_connection_config is None:
         metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
     return tfx.dsl.Pipeline(

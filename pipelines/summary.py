@@ -75,8 +75,10 @@ def _evaluation_block(artifact) -> Dict[str, Any]:
                 continue  # overall slice only here
             for mkey_val in metrics.metric_keys_and_values:
                 name = mkey_val.key.name
-                if mkey_val.key.is_diff:
-                    name += "_diff"
+                if mkey_val.key.model_name == "baseline":
+                    name = "baseline_" + name
+                elif mkey_val.key.is_diff:
+                    name += "_diff_vs_baseline"
                 value = mkey_val.value
                 if value.HasField("double_value"):
                     block[name] = value.double_value.value
@@ -109,13 +111,19 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
     for anomalies in arts.get("ExampleAnomalies", []):
         summary["validation"] = _anomalies_block(anomalies.uri)
     for model in arts.get("Model", []):
+        if "found" in _props(model):
+            continue  # LatestPushedModel's copy of the baseline
         training = _read_json(os.path.join(model.uri, "training.json")) or {}
         sparsity = _read_json(os.path.join(model.uri, "sparsity.json"))
         summary["training"] = dict(training, sparsity=sparsity, model_uri=model.uri)
     for evaluation in arts.get("ModelEvaluation", []):
         summary["evaluation"] = _evaluation_block(evaluation)
-    for blessing in arts.get("ModelBlessing", []):
-        summary.setdefault("gates", {})["evaluator_blessed"] = bool(_props(blessing).get("blessed", 0))
+    for report in arts.get("sparsectr.GateReport", []):
+        summary["gates"] = _read_json(os.path.join(report.uri, "gate_report.json"))
+    for baseline in arts.get("Model", []):
+        props = _props(baseline)
+        if "found" in props:
+            summary["baseline"] = {"found": bool(props["found"]), "path": props.get("source_path")}
     for pushed in arts.get("PushedModel", []):
         props = _props(pushed)
         summary["push"] = {
@@ -123,8 +131,10 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
             "path": props.get("pushed_destination"),
             "version": props.get("pushed_version"),
         }
-        if summary["push"]["path"]:
+        if summary["push"]["pushed"] and summary["push"]["path"]:
             summary["push"]["size_bytes"] = _dir_size(summary["push"]["path"])
+        elif summary.get("gates"):
+            summary["push"]["reason"] = summary["gates"].get("reason")
     return summary
 
 
@@ -178,11 +188,18 @@ def render(summary: Dict[str, Any]) -> str:
         if "example_count" in ev:
             parts.append(f"{int(ev['example_count'])} examples")
         lines.append("  eval split: " + ", ".join(parts))
+    if summary.get("baseline", {}).get("found"):
+        lines.append(f"  baseline: last pushed model {summary['baseline']['path']}")
     if "bayes_auc" in summary:
         lines.append(f"  generated data: Bayes-optimal AUC {summary['bayes_auc']:.4f}")
     gates = summary.get("gates")
     if gates:
-        lines.append("  gates: " + ", ".join(f"{k}={v}" for k, v in gates.items() if not isinstance(v, dict)))
+        verdicts = []
+        for name, g in gates.get("gates", {}).items():
+            value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
+            verdicts.append(f"{name} {value} {'>=' if g['passed'] else '<'} {g['threshold']:.4f} "
+                            f"{'PASS' if g['passed'] else 'FAIL'}")
+        lines.append("  gates: " + "; ".join(verdicts) + f" -> {'BLESSED' if gates['blessed'] else 'NOT BLESSED'}")
     push = summary.get("push")
     if push:
         if push["pushed"]:

@@ -32,9 +32,10 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   mkdir -p "$cache_root"
   "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade 'pip<25'
+  # (The grep drops notices about this machine's pip index settings, not about the install.)
+  "$venv/bin/python" -m pip install -q --upgrade 'pip<25' 2> >(grep -v 'is ignored: it is neither' >&2)
   # --no-deps: the lock is the complete, resolved set; letting pip resolve again backtracks for minutes.
-  "$venv/bin/python" -m pip install -q --no-deps -r "$lock"
+  "$venv/bin/python" -m pip install -q --no-deps -r "$lock" 2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$venv/.complete"
 fi
 

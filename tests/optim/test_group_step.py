@@ -135,7 +135,7 @@ def test_count_true_is_cumsum(n, jit):
 
 
 def test_adam_step_size_and_moments():
-    m, v = gs.adam_moments(tf.constant(1.0), tf.constant(4.0), tf.constant(2.0), 0.9, 0.999)
+    m, v = gs.adam_moments(tf.constant(1.0), tf.constant(4.0), tf.constant(2.0), 1 - 0.9, 1 - 0.999)
     np.testing.assert_allclose([m.numpy(), v.numpy()], [0.9 + 0.2, 0.999 * 4 + 0.001 * 4], rtol=1e-6)
     alpha = gs.adam_step_size(tf.constant(0.1), 0.9, 0.999, tf.constant(3.0)).numpy()
     np.testing.assert_allclose(alpha, 0.1 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3), rtol=1e-5)

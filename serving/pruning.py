@@ -1,0 +1,401 @@
+"""Embedding-pruned exports of a trained CTR model, for TF Serving (issue 7).
+
+Group Adam leaves whole embedding rows at exactly zero. The pruned export keeps only the other rows:
+each ``embedding_<field>`` layer becomes a `CompactEmbedding` that holds the kept rows in a compact
+table and maps a row id to its compact row through a `tf.lookup.StaticHashTable` (kept row -> compact
+row, any other row -> -1 -> a zero vector, which is exactly what the unpruned table returns for a
+zero row). Everything else (FieldRows, the dense layers, the Transform layer, the three signatures)
+is the trained model's own: the Keras model inside the Model artifact is loaded, re-wired with
+``clone_model`` (every layer but the embeddings is reused as is, weights included) and exported with
+the trainer's own signature code. Only standard TF ops (HashTableV2/LookupTableFindV2, GatherV2,
+SelectV2), so stock TF Serving loads it.
+
+Steps, each a function so the Pusher and the tests share them:
+``load_trained_model`` -> ``prune_model`` -> ``export_pruned`` -> ``parity_max_abs_error`` ->
+``write_warmup_requests`` -> ``publish`` (atomic, versioned) -> ``write_models_config``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from components.models import embedding_layer_name  # noqa: E402
+
+EMBEDDING_PREFIX = embedding_layer_name("")
+WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving reads <version>/assets.extra/<this>
+SAVED_MODEL_PB = "saved_model.pb"
+TEMP_PREFIX = ".tmp-"  # TF Serving only loads all-digit version directories
+SERVING_SIGNATURE = "serving_default"
+
+
+class ParityError(RuntimeError):
+    """The pruned model does not score like the trained one; nothing is pushed."""
+
+
+class PushError(RuntimeError):
+    """The push could not complete; the serving directory holds no partial version."""
+
+
+# -- the compact embedding layer ----------------------------------------------------------------------
+class CompactEmbedding(keras.layers.Layer):
+    """An embedding table that stores only its kept (non-zero) rows.
+
+    ``row ids -> StaticHashTable(kept row -> compact row, default -1) -> gather``; ids of dropped rows
+    give a zero vector. Input and output shapes are those of ``keras.layers.Embedding`` ([batch] int
+    ids -> [batch, d]).
+    """
+
+    def __init__(self, kept_rows, output_dim: int, input_dim: int, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.kept_rows = np.asarray(kept_rows, dtype=np.int64)
+        self.output_dim = int(output_dim)
+        self.input_dim = int(input_dim)  # rows of the unpruned table, for the record
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=[len(self.kept_rows), self.output_dim], dtype=tf.float32,
+            initializer="zeros", trainable=False)
+        if len(self.kept_rows):
+            self.row_to_compact = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(self.kept_rows, tf.int64),
+                    tf.range(len(self.kept_rows), dtype=tf.int64)),
+                default_value=tf.constant(-1, tf.int64), name=f"{self.name}_row_to_compact")
+        super().build(input_shape)
+
+    def call(self, ids):
+        ids = tf.cast(ids, tf.int64)
+        zeros = tf.zeros(tf.concat([tf.shape(ids), [self.output_dim]], axis=0), tf.float32)
+        if not len(self.kept_rows):  # a fully pruned table: every id scores as a zero row
+            return zeros
+        compact = self.row_to_compact.lookup(ids)
+        found = compact >= 0
+        vectors = tf.gather(self.embeddings, tf.where(found, compact, tf.zeros_like(compact)))
+        return tf.where(tf.expand_dims(found, -1), vectors, zeros)
+
+    def get_config(self):
+        return dict(super().get_config(), kept_rows=self.kept_rows.tolist(), output_dim=self.output_dim,
+                    input_dim=self.input_dim)
+
+
+# -- load, prune ---------------------------------------------------------------------------------------
+def custom_objects() -> Dict[str, type]:
+    from components.vocabulary import FieldRows
+    return {"FieldRows": FieldRows, "CompactEmbedding": CompactEmbedding}
+
+
+def load_trained_model(saved_model_dir: str) -> keras.Model:
+    """The Keras model of a Trainer's ``Format-Serving`` export (weights only, no optimizer)."""
+    return keras.models.load_model(saved_model_dir, custom_objects=custom_objects(), compile=False)
+
+
+@dataclasses.dataclass
+class PruningReport:
+    tables: Dict[str, Dict[str, int]]  # field -> rows, zero_rows, dim
+    embedding_bytes_before: int        # the unpruned tables
+    embedding_bytes_after: int         # the compact tables
+    id_map_bytes: int                  # keys + values of the kept-row lookups (int64 each)
+
+    @property
+    def rows(self) -> int:
+        return sum(t["rows"] for t in self.tables.values())
+
+    @property
+    def zero_rows(self) -> int:
+        return sum(t["zero_rows"] for t in self.tables.values())
+
+    @property
+    def row_sparsity(self) -> float:
+        return self.zero_rows / self.rows if self.rows else 0.0
+
+
+def prune_model(model: keras.Model) -> Tuple[keras.Model, PruningReport]:
+    """A copy of `model` whose ``embedding_<field>`` tables keep only their non-zero rows.
+
+    The other layers are copies with the same weights; the call arguments of every node (e.g.
+    FieldRows' per-field ``oov_row``) are kept by ``clone_model``.
+    """
+    replacements: Dict[int, keras.layers.Layer] = {}
+    tables: Dict[str, Dict[str, int]] = {}
+    before = after = id_map = 0
+    for layer in model.layers:
+        if not (isinstance(layer, keras.layers.Embedding) and layer.name.startswith(EMBEDDING_PREFIX)):
+            continue
+        table = layer.embeddings.numpy()
+        kept = np.flatnonzero(np.any(table != 0, axis=1))
+        compact = CompactEmbedding(kept, table.shape[1], table.shape[0], name=layer.name)
+        compact.build(tf.TensorShape([None]))
+        compact.embeddings.assign(table[kept])
+        replacements[id(layer)] = compact
+        tables[layer.name[len(EMBEDDING_PREFIX):]] = {"rows": int(table.shape[0]),
+                                                      "zero_rows": int(table.shape[0] - len(kept)),
+                                                      "dim": int(table.shape[1])}
+        before += table.nbytes
+        after += table[kept].nbytes
+        id_map += 2 * 8 * len(kept)
+    if not replacements:
+        raise ValueError(f"model {model.name!r} has no {EMBEDDING_PREFIX}<field> Embedding layers to prune")
+    # The other layers are re-created from their configs with the trained weights. Reusing the
+    # loaded layer objects would also work, but a revived layer carries its restored call graphs and
+    # the SavedModel would store them again beside the new traces (+30% saved_model.pb on run6).
+    def clone(layer):
+        if id(layer) in replacements:
+            return replacements[id(layer)]
+        try:
+            return layer.__class__.from_config(layer.get_config())
+        except NotImplementedError:  # the revived Transform layer: no config, and not in the graph
+            return layer
+
+    pruned = keras.models.clone_model(model, clone_function=clone)
+    originals = {layer.name: layer for layer in model.layers}
+    for layer in pruned.layers:
+        if layer.weights and not isinstance(layer, CompactEmbedding) and layer is not originals[layer.name]:
+            layer.set_weights(originals[layer.name].get_weights())
+    return pruned, PruningReport(tables, before, after, id_map)
+
+
+def spec_from_saved_model(loaded, tft_output):
+    """The DatasetSpec columns that the trainer's signatures need, read off the trained model.
+
+    ``predict_raw`` has one input per raw feature (int64: int column, string: categorical column);
+    the label is the one raw feature of the Transform schema that is not among them.
+    """
+    from components.dataset_spec import Column, DatasetSpec
+    inputs = loaded.signatures["predict_raw"].structured_input_signature[1]
+    raw = dict(tft_output.raw_feature_spec())
+    labels = sorted(set(raw) - set(inputs))
+    if len(labels) != 1:
+        raise ValueError(f"cannot tell the label among raw features {labels} (predict_raw inputs: {sorted(inputs)})")
+    columns = [Column(labels[0], "label")]
+    columns += [Column(name, "int") for name in raw if name in inputs and inputs[name].dtype == tf.int64]
+    columns += [Column(name, "categorical") for name in raw if name in inputs and inputs[name].dtype == tf.string]
+    return DatasetSpec(name="trained-model", columns=tuple(columns))
+
+
+def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: str) -> PruningReport:
+    """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
+
+    The signatures are built by the trainer's own ``_signatures`` over the same Transform output, so
+    their names, inputs and outputs are those of the trained model.
+    """
+    import tensorflow_transform as tft
+
+    from components.trainer_module import _signatures
+    tft_output = tft.TFTransformOutput(transform_graph_dir)
+    spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
+    pruned, report = prune_model(load_trained_model(trained_model_dir))
+    pruned.save(export_dir, save_format="tf", include_optimizer=False,
+                signatures=_signatures(pruned, tft_output, spec))
+    return report
+
+
+# -- parity, warmup ------------------------------------------------------------------------------------
+def score_examples(saved_model_dir: str, serialized: Sequence[bytes], batch_size: int = 256) -> np.ndarray:
+    """``serving_default`` probabilities of a SavedModel for serialized raw tf.Examples."""
+    signature = tf.saved_model.load(saved_model_dir).signatures[SERVING_SIGNATURE]
+    out = [signature(examples=tf.constant(list(serialized[i:i + batch_size]), tf.string))["probability"].numpy()
+           for i in range(0, len(serialized), batch_size)]
+    return np.concatenate(out) if out else np.zeros([0], np.float32)
+
+
+def parity_max_abs_error(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes]) -> float:
+    if not serialized:
+        raise ParityError("parity check needs eval rows; the examples' eval split is empty")
+    before = score_examples(trained_model_dir, serialized)
+    after = score_examples(pruned_dir, serialized)
+    return float(np.max(np.abs(before.astype(np.float64) - after.astype(np.float64))))
+
+
+def check_parity(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes], tolerance: float) -> float:
+    error = parity_max_abs_error(trained_model_dir, pruned_dir, serialized)
+    if not error <= tolerance:  # also catches NaN
+        raise ParityError(f"pruned model disagrees with the trained model: max |Δprobability| = {error:.3g} "
+                          f"> tolerance {tolerance:g} on {len(serialized)} eval rows; not pushed")
+    return error
+
+
+def write_warmup_requests(saved_model_dir: str, serialized: Sequence[bytes], model_name: str,
+                          max_requests: int = 1000) -> int:
+    """``assets.extra/tf_serving_warmup_requests``: one PredictionLog (a ``serving_default``
+    PredictRequest of one tf.Example) per row, at most `max_requests` (TF Serving's limit is 1000)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    rows = list(serialized)[:max(0, min(int(max_requests), 1000))]
+    directory = os.path.join(saved_model_dir, "assets.extra")
+    tf.io.gfile.makedirs(directory)
+    with tf.io.TFRecordWriter(os.path.join(directory, WARMUP_FILE)) as writer:
+        for row in rows:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE))
+            request.inputs["examples"].CopyFrom(tf.make_tensor_proto([row], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(rows)
+
+
+def read_examples(file_patterns: Iterable[str], limit: int) -> List[bytes]:
+    """Up to `limit` serialized tf.Examples from (gzipped) TFRecord files, as ExampleGen writes them."""
+    rows: List[bytes] = []
+    for pattern in file_patterns:
+        for path in sorted(tf.io.gfile.glob(pattern)):
+            compression = "GZIP" if path.endswith(".gz") else ""
+            for record in tf.data.TFRecordDataset(path, compression_type=compression):
+                rows.append(record.numpy())
+                if len(rows) >= limit:
+                    return rows
+    return rows
+
+
+# -- sizes ---------------------------------------------------------------------------------------------
+def dir_size(path: str, exclude: Sequence[str] = ()) -> int:
+    """Bytes of all files under `path` (any tf.io.gfile filesystem), minus top-level `exclude` dirs."""
+    total = 0
+    root = path.rstrip("/")
+    for directory, _, files in tf.io.gfile.walk(root):
+        relative = os.path.relpath(directory, root)
+        if relative.split(os.sep)[0] in exclude:
+            continue
+        total += sum(tf.io.gfile.stat(os.path.join(directory, name)).length for name in files)
+    return total
+
+
+# -- atomic, versioned push ----------------------------------------------------------------------------
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def existing_versions(model_dir: str) -> List[int]:
+    """The numbered version directories TF Serving would consider, ascending."""
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_dir)
+                  if re.fullmatch(r"\d+", name.rstrip("/")))
+
+
+def next_version(model_dir: str, now: Optional[float] = None) -> int:
+    """A Unix-timestamp version, bumped past every existing version (never overwrite one)."""
+    versions = existing_versions(model_dir)
+    return max([int(now if now is not None else time.time())] + [v + 1 for v in versions])
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copy a SavedModel directory with ``saved_model.pb`` last: readers that wait for it (TF
+    Serving, TFX) then never see a model whose variables are still being written."""
+    files = []
+    for directory, _, names in tf.io.gfile.walk(src):
+        files += [os.path.join(directory, n) for n in names]
+    last = [f for f in files if os.path.relpath(f, src) == SAVED_MODEL_PB]
+    for path in [f for f in files if f not in last] + last:
+        target = os.path.join(dst, os.path.relpath(path, src))
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.copy(path, target, overwrite=True)
+
+
+def remove_stale_temp_dirs(model_dir: str) -> List[str]:
+    """Temp directories left by interrupted pushes (one pusher per model directory is assumed)."""
+    removed = []
+    if tf.io.gfile.isdir(model_dir):
+        for name in tf.io.gfile.listdir(model_dir):
+            if name.startswith(TEMP_PREFIX):
+                path = os.path.join(model_dir, name.rstrip("/"))
+                tf.io.gfile.rmtree(path)
+                removed.append(path)
+    return removed
+
+
+def publish(export_dir: str, base_dir: str, model_name: str, keep_versions: int = 3,
+            now: Optional[float] = None) -> Tuple[str, int]:
+    """Copy `export_dir` to ``<base_dir>/<model_name>/<version>/`` all at once; return (path, version).
+
+    Local filesystems: copy into ``<model_dir>/.tmp-<version>-<uuid>/`` (ignored by TF Serving), then
+    one ``rename`` -- atomic -- to the numbered directory. Object stores (gs://, s3://, ...) have no
+    atomic directory rename, so the files go straight to the numbered directory with
+    ``saved_model.pb`` last (TF Serving does not load a version without it). Then only the newest
+    `keep_versions` versions are kept.
+    """
+    if keep_versions < 1:
+        raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+    model_dir = os.path.join(base_dir, model_name)
+    tf.io.gfile.makedirs(model_dir)
+    remove_stale_temp_dirs(model_dir)
+    version = next_version(model_dir, now)
+    final = os.path.join(model_dir, str(version))
+    if tf.io.gfile.exists(final):  # next_version never picks one, but a concurrent pusher could
+        raise PushError(f"version directory {final} already exists; refusing to overwrite it")
+    if _is_local(model_dir):
+        temp = os.path.join(model_dir, f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex}")
+        try:
+            _copy_tree(export_dir, temp)
+            os.rename(_local(temp), _local(final))  # fails (rather than replaces) if final now exists
+        except BaseException:
+            if tf.io.gfile.exists(temp):
+                tf.io.gfile.rmtree(temp)
+            raise
+    else:
+        _copy_tree(export_dir, final)
+    for old in existing_versions(model_dir)[:-keep_versions]:
+        tf.io.gfile.rmtree(os.path.join(model_dir, str(old)))
+    return final, version
+
+
+def write_models_config(base_dir: str, model_name: str, model_base_path: Optional[str] = None) -> str:
+    """``<base_dir>/models.config`` serving the newest version of ``<base_dir>/<model_name>``."""
+    from serving import tf_serving_config
+    if _is_local(base_dir):
+        return tf_serving_config.write_model_config(_local(base_dir), model_name, model_base_path=model_base_path)
+    # write_model_config writes through the local filesystem; for object stores write the same text
+    # proto through tf.io.gfile (a whole-object write: readers see the old or the new file).
+    text = tf_serving_config.model_config_text(tf_serving_config.model_server_config(
+        [{"name": model_name, "base_path": model_base_path or os.path.join(base_dir, model_name)}]))
+    path = os.path.join(base_dir, tf_serving_config.MODEL_CONFIG_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@dataclasses.dataclass
+class PushResult:
+    path: str
+    version: int
+    report: PruningReport
+    size_before_bytes: int
+    size_after_bytes: int
+    parity_max_abs_error: float
+    warmup_requests: int
+    models_config: str
+
+
+def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_examples: Sequence[bytes],
+                   base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
+                   parity_tolerance: float = 1e-6, warmup_requests: int = 1000,
+                   staging_dir: Optional[str] = None, model_base_path: Optional[str] = None) -> PushResult:
+    """Prune, check parity, add warmup, publish and update models.config -- the whole push."""
+    own_staging = staging_dir is None
+    staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
+    try:
+        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir)
+        error = check_parity(trained_model_dir, staging_dir, eval_examples, parity_tolerance)
+        size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
+        warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)
+        path, version = publish(staging_dir, base_dir, model_name, keep_versions)
+        config = write_models_config(base_dir, model_name, model_base_path)
+        return PushResult(path, version, report, dir_size(trained_model_dir), size_after, error, warmups, config)
+    finally:
+        if own_staging:
+            shutil.rmtree(staging_dir, ignore_errors=True)
