@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
@@ -84,6 +85,16 @@ def check_kubeflow_config(config) -> None:
         raise ValueError("kubeflow.pipeline_root is not set")
 
 
+def local_path_warnings(config) -> List[str]:
+    """Paths without a scheme: KFP's step pods see them only if the volume is mounted into them."""
+    out = []
+    for key, value in (("data.data_root", config.data.data_root), ("serving.serving_dir", config.serving.serving_dir)):
+        if value and "://" not in value:
+            out.append(f"warning: {key} {value} is a local path: every Kubeflow step pod must have it mounted "
+                       f"(the compiled spec mounts no volumes; use gs://... or s3://...)")
+    return out
+
+
 def kubeflow_pipeline(config):
     """`create_pipeline(config)` for Kubeflow: runtime parameters, in-image schema, the KFP pipeline root."""
     from tfx import v1 as tfx
@@ -101,13 +112,12 @@ def kubeflow_pipeline(config):
 
     # Exec properties that create_pipeline sets from the config become runtime parameters whose
     # default is that value (the components validated them at construction).
-    by_type = {type(c): c for c in pipeline.components}
     example_gen = next(c for c in pipeline.components if isinstance(c, ClickLogExampleGen))
     example_gen.exec_properties["span_window"] = RuntimeParameter(
         name=PARAM_SPAN_WINDOW, ptype=int, default=int(example_gen.exec_properties["span_window"]))
     example_gen.exec_properties["max_bad_fraction"] = RuntimeParameter(
         name=PARAM_MAX_BAD_FRACTION, ptype=float, default=float(example_gen.exec_properties["max_bad_fraction"]))
-    trainer = by_type[tfx.components.Trainer]
+    trainer = next(c for c in pipeline.components if isinstance(c, tfx.components.Trainer))
     trainer.exec_properties["custom_config"] = RuntimeParameter(
         name=PARAM_TRAINER_CONFIG, ptype=str, default=trainer.exec_properties["custom_config"])
     return pipeline
@@ -231,6 +241,35 @@ def parse_params(items: Sequence[str]) -> Dict[str, Any]:
     return params
 
 
+def trainer_override(spec, items: Sequence[str]) -> Dict[str, Any]:
+    """`--trainer-arg KEY=VALUE` pairs as a `trainer_custom_config` runtime parameter.
+
+    Starts from the default compiled into the package and replaces fields of its TrainerConfig JSON
+    (values parse as YAML scalars: 8, 0.002, true, [128, 64], dnn).
+    """
+    if not items:
+        return {}
+    import dataclasses
+    import yaml
+    from pipelines.config import TrainerConfig
+    known = {f.name for f in dataclasses.fields(TrainerConfig)}
+    param = spec.root.input_definitions.parameters.get(PARAM_TRAINER_CONFIG)
+    if param is None or not param.default_value.string_value:
+        raise ValueError(f"the package has no {PARAM_TRAINER_CONFIG} parameter with a default: recompile it")
+    custom_config = json.loads(param.default_value.string_value)
+    trainer = json.loads(custom_config["trainer"])
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--trainer-arg {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        try:
+            trainer[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--trainer-arg {item!r}: cannot parse the value") from None
+    custom_config["trainer"] = json.dumps(trainer, sort_keys=True)
+    return {PARAM_TRAINER_CONFIG: json.dumps(custom_config, sort_keys=True)}
+
+
 @contextlib.contextmanager
 def _kfp_errors(endpoint: str):
     """Connection errors and API refusals as one-line EndpointErrors (no traceback, no retries' logs)."""
@@ -250,7 +289,7 @@ def _kfp_errors(endpoint: str):
                             + (f": {detail}" if detail else "")) from None
     except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or e
-        text = " ".join(str(reason).split())
+        text = re.sub(r"<[^>]*>:\s*", "", " ".join(str(reason).split())) or type(e).__name__
         raise EndpointError(f"cannot reach Kubeflow Pipelines at {endpoint}: {text}") from None
 
 
@@ -343,6 +382,9 @@ def _add_endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service-account", help="Kubernetes service account of the run's pods")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help=f"runtime parameter override (repeatable): {', '.join(RUNTIME_PARAMETERS)}")
+    p.add_argument("--trainer-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one TrainerConfig field for this run (repeatable), e.g. epochs=8, "
+                        "l21=0.002, optimizer=group_adagrad")
 
 
 def _kubeflow_config(args):
@@ -366,17 +408,20 @@ def _kubeflow_config(args):
 
 
 def _quiet() -> None:
+    """TF/TFX start-up notices say nothing about a compile; errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import logging
-    warnings.simplefilter("ignore")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.ERROR)
-    logging.getLogger().setLevel(logging.ERROR)
 
 
 def cmd_compile(args) -> int:
     config = _kubeflow_config(args)
     check_kubeflow_config(config)
+    for line in local_path_warnings(config):
+        print(line, file=sys.stderr)
     _quiet()
     path = compile_pipeline(config, args.output)
     print(f"compiled {config.pipeline_name} -> {path} (image {config.kubeflow.image}, "
@@ -393,6 +438,8 @@ def _package_and_config(args):
         load_package(args.package)  # fail on a bad file before anything else
         return args.package, config, None
     check_kubeflow_config(config)
+    for line in local_path_warnings(config):
+        print(line, file=sys.stderr)
     _quiet()
     tmp = tempfile.mkdtemp(prefix="sparsectr-kfp-")
     return compile_pipeline(config, os.path.join(tmp, DEFAULT_PACKAGE)), config, tmp
@@ -408,6 +455,7 @@ def cmd_submit(args) -> int:
         make_endpoint_check(args.endpoint)
     package, config, tmp = _package_and_config(args)
     try:
+        params.update(trainer_override(load_package(package), args.trainer_arg))
         result = submit(package, _endpoint(args, config), params=params, run_name=args.run_name,
                         experiment=args.experiment, pipeline_root=config.kubeflow.pipeline_root if config else None,
                         namespace=args.namespace, service_account=args.service_account)
@@ -425,6 +473,7 @@ def cmd_schedule(args) -> int:
         make_endpoint_check(args.endpoint)
     package, config, tmp = _package_and_config(args)
     try:
+        params.update(trainer_override(load_package(package), args.trainer_arg))
         result = schedule(package, _endpoint(args, config), args.cron, params=params, job_name=args.job_name,
                           experiment=args.experiment,
                           pipeline_root=config.kubeflow.pipeline_root if config else None,

@@ -197,8 +197,10 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
     pruned, report = prune_model(load_trained_model(trained_model_dir))
-    pruned.save(export_dir, save_format="tf", include_optimizer=False,
-                signatures=_signatures(pruned, tft_output, spec))
+    # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
+    # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
+    # is saved (the trained model's Group Adam slots are 3x its tables).
+    tf.saved_model.save(pruned, export_dir, signatures=_signatures(pruned, tft_output, spec))
     return report
 
 
@@ -383,14 +385,14 @@ class PushResult:
 
 def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_examples: Sequence[bytes],
                    base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
-                   parity_tolerance: float = 1e-6, warmup_requests: int = 1000,
+                   parity_tolerance: float = 1e-6, parity_examples: int = 1000, warmup_requests: int = 1000,
                    staging_dir: Optional[str] = None, model_base_path: Optional[str] = None) -> PushResult:
     """Prune, check parity, add warmup, publish and update models.config -- the whole push."""
     own_staging = staging_dir is None
     staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
     try:
         report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir)
-        error = check_parity(trained_model_dir, staging_dir, eval_examples, parity_tolerance)
+        error = check_parity(trained_model_dir, staging_dir, list(eval_examples)[:parity_examples], parity_tolerance)
         size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)
         path, version = publish(staging_dir, base_dir, model_name, keep_versions)

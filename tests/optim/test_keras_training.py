@@ -25,11 +25,19 @@ def _train(jit_compile, epochs=3, l21=0.01):
 
 
 def test_group_adam_under_compile_jit_prunes_noise_rows_and_learns():
-    model, history = _train(jit_compile=True)
+    # The planted problem of issue #3 (keras_problem.py: logistic regression on two embedded fields,
+    # all 40 rows of "a" informative, all 40 rows of "b" noise): Group Adam must zero >= 95% of the
+    # noise rows and keep >= 95% of the informative ones. Seeded data, initializers and batch order.
+    # Measured with l21=0.02 and 3 epochs: 40/40 noise rows zero, 0/40 informative rows zero; the
+    # same at 4 and 5 epochs and at l21=0.015. (l21=0.01 gave 39/40 at 3 epochs but only 34/40 at 5:
+    # too close to the threshold. 2 epochs are too few: informative rows are still pruned then.)
+    model, history = _train(jit_compile=True, epochs=3, l21=0.02)
     report = optim.sparsity(model)
     assert set(report["tables"]) == {"embedding_a", "embedding_b"}
-    assert report["tables"]["embedding_b"]["fraction"] >= 0.8, report
-    assert report["tables"]["embedding_a"]["fraction"] <= 0.1, report
+    noise, informative = report["tables"]["embedding_b"], report["tables"]["embedding_a"]
+    assert noise["rows"] == informative["rows"] == 40
+    assert noise["fraction"] >= 0.95, report  # zeroes >= 95% of the noise rows
+    assert 1.0 - informative["fraction"] >= 0.95, report  # keeps >= 95% of the informative rows
     assert report["rows"] == 80 and 0 < report["fraction"] < 1
     assert accuracy(model, *make_data(seed=1)) > 0.9
     assert history.history["loss"][-1] < history.history["loss"][0]

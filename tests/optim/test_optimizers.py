@@ -228,6 +228,70 @@ def test_group_momentum_matches_the_notes():
     assert (np.abs(expected).sum(axis=1) == 0).any()
 
 
+def test_group_momentum_step_is_the_exact_minimiser_of_its_subproblem():
+    """Each GroupMomentum step equals a numerical minimiser of Algorithm 1's subproblem (V_t = 1).
+
+    In the paper's notation (docs/paper-notes.md, Algorithm 1; alpha_t = lr, m_t = gamma*m_{t-1} + g_t,
+    V_t = 1, so Q_1 = 1 on a row's first step and Q_t = 0 after), per row:
+
+        z_t     = z_{t-1} + m_t - Q_t * x_t / alpha
+        x_{t+1} = argmin_x  z_t.x + ||x||^2 / (2 alpha) + l1 ||x||_1 + l21 sqrt(d) ||x||_2 + l2 ||x||^2
+
+    z_t is recomputed here from the gradients and the optimizer's own x_t (not read from its slots),
+    and the argmin is found by scipy's Nelder-Mead from several starts, none of them the closed form.
+    """
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    rows, d = 6, 3
+    lr, gamma, l1, l2, l21 = 0.5, 0.9, 0.3, 0.4, 0.35
+    rng = np.random.RandomState(0)
+    # Rows 4 and 5: small weights and weak gradients, so that l21 prunes them (row 5 comes back).
+    row_scale = np.array([2.0, 1.0, 1.0, 0.5, 0.1, 0.1])
+    table = rng.randn(rows, d) * 0.5 * np.array([1, 1, 1, 1, 0.1, 0.1])[:, None]
+    opt = optim.GroupMomentum(lr, momentum=gamma, l1=l1, l2=l2, l21=l21)
+    var = tf.Variable(table, name="embeddings")  # float64: the comparison is to ~1e-7
+    m, z = np.zeros((rows, d)), np.zeros((rows, d))
+    seen = np.zeros(rows, bool)
+
+    def objective(x, z_row):
+        return (z_row @ x + x @ x / (2 * lr) + l1 * np.abs(x).sum()
+                + l21 * np.sqrt(d) * np.linalg.norm(x) + l2 * x @ x)
+
+    def numerical_minimiser(z_row):
+        best = None
+        for start in (np.zeros(d), -lr * z_row, rng.randn(d)):  # origin, unregularized optimum, random
+            for _ in range(2):  # restart Nelder-Mead from where it stopped
+                result = scipy_optimize.minimize(
+                    objective, start, args=(z_row,), method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-14},
+                )
+                start = result.x
+            if best is None or result.fun < best.fun:
+                best = result
+        return best
+
+    kinds = set()
+    for _ in range(4):
+        ids = np.concatenate([rng.permutation(rows), rng.randint(0, rows, 3)])  # all rows, duplicates
+        values = rng.randn(len(ids), d) * row_scale[ids][:, None]
+        x_t = var.numpy().copy()
+        opt.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(ids),
+                                               tf.constant([rows, d], tf.int64)), var)])
+        x_next = var.numpy()
+        gradient = np.zeros((rows, d))
+        np.add.at(gradient, ids, values)
+        for r in range(rows):
+            m[r] = gamma * m[r] + gradient[r]
+            z[r] = z[r] + m[r] - (0.0 if seen[r] else 1.0) * x_t[r] / lr
+            seen[r] = True
+            best = numerical_minimiser(z[r])
+            np.testing.assert_allclose(x_next[r], best.x, rtol=0, atol=1e-5)
+            # The step is at least as good as anything the numerical search found.
+            assert objective(x_next[r], z[r]) <= best.fun + 1e-12
+            kinds.add("pruned" if np.all(x_next[r] == 0) else
+                      "some coordinates zero" if np.any(x_next[r] == 0) else "dense")
+    assert kinds == {"pruned", "some coordinates zero", "dense"}, "every branch of the closed form"
+
+
 # --- lazy rows, duplicates, pruning -------------------------------------------------------------------
 
 

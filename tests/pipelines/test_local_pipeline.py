@@ -55,7 +55,8 @@ def test_every_component_wrote_its_artifact(demo_run):
     out, summary, _ = demo_run
     arts = _artifacts(out)
     for type_name in ("Examples", "ExampleStatistics", "Schema", "ExampleAnomalies", "TransformGraph",
-                      "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel"):
+                      "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "sparsectr.GateReport",
+                      "PushedModel"):
         assert arts.get(type_name), f"no {type_name} artifact in the run"
     raw = [a for a in arts["Examples"] if "rows_read" in a.custom_properties][0]
     for split in ("train", "eval"):
@@ -64,10 +65,18 @@ def test_every_component_wrote_its_artifact(demo_run):
     assert os.path.exists(os.path.join(stats, "Split-train", "FeatureStats.pb"))
     assert os.path.exists(os.path.join(arts["Schema"][0].uri, "schema.pbtxt"))
     assert os.path.isdir(os.path.join(arts["TransformGraph"][0].uri, "transform_fn"))
-    model = arts["Model"][0].uri
+    trained = [a for a in arts["Model"] if "found" not in a.custom_properties]
+    baseline = [a for a in arts["Model"] if "found" in a.custom_properties]
+    assert len(trained) == 1 and len(baseline) == 1
+    assert baseline[0].custom_properties["found"].int_value == 0  # first run: nothing pushed before
+    model = trained[0].uri
     assert os.path.exists(os.path.join(model, "Format-Serving", "saved_model.pb"))
     assert os.path.exists(os.path.join(model, "sparsity.json"))
-    assert arts["ModelBlessing"][0].custom_properties["blessed"].int_value == 1
+    # The Evaluator's blessing and the SparsityGate's (the one the Pusher follows).
+    assert len(arts["ModelBlessing"]) == 2
+    assert all(b.custom_properties["blessed"].int_value == 1 for b in arts["ModelBlessing"])
+    report = json.load(open(os.path.join(arts["sparsectr.GateReport"][0].uri, "gate_report.json")))
+    assert report["blessed"] and set(report["gates"]) == {"auc", "sparsity"}
 
 
 def test_summary_has_every_stage(demo_run):

@@ -1,0 +1,91 @@
+"""PrunedPusher executor: TFX's Pusher executor, pushing the pruned model (serving.pruning).
+
+Blessing is checked by the stock ``CheckBlessing`` (model_blessing / infra_blessing): a model that is
+not blessed is not pushed and the PushedModel artifact gets ``pushed=0``, exactly like TFX's Pusher.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, List
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from absl import logging  # noqa: E402
+from tfx import types  # noqa: E402
+from tfx.components.pusher import executor as tfx_pusher_executor  # noqa: E402
+from tfx.proto import pusher_pb2  # noqa: E402
+from tfx.types import artifact_utils, standard_component_specs  # noqa: E402
+from tfx.utils import io_utils, proto_utils  # noqa: E402
+
+EXAMPLES_KEY = "examples"
+TRANSFORM_GRAPH_KEY = "transform_graph"
+MODEL_NAME_KEY = "model_name"
+KEEP_VERSIONS_KEY = "keep_versions"
+PARITY_TOLERANCE_KEY = "parity_tolerance"
+PARITY_EXAMPLES_KEY = "parity_examples"
+WARMUP_REQUESTS_KEY = "warmup_requests"
+EXAMPLES_SPLIT_KEY = "examples_split"
+MODEL_BASE_PATH_KEY = "model_base_path"
+
+DEFAULTS = {MODEL_NAME_KEY: "ctr", KEEP_VERSIONS_KEY: 3, PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
+            WARMUP_REQUESTS_KEY: 1000, EXAMPLES_SPLIT_KEY: "eval", MODEL_BASE_PATH_KEY: ""}
+
+
+class Executor(tfx_pusher_executor.Executor):
+    """Prune -> parity check -> warmup -> atomic versioned push -> models.config."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from serving import pruning
+
+        self._log_startup(input_dict, output_dict, exec_properties)
+        props = {k: exec_properties.get(k) if exec_properties.get(k) is not None else v for k, v in DEFAULTS.items()}
+        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
+
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        if destination.WhichOneof("destination") != "filesystem" or not destination.filesystem.base_directory:
+            raise ValueError("PrunedPusher needs push_destination.filesystem.base_directory (the TF Serving base "
+                             "directory; the model goes to <base>/<model_name>/<version>/)")
+        base_dir = destination.filesystem.base_directory
+
+        examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
+        split_uri = artifact_utils.get_split_uri([examples], props[EXAMPLES_SPLIT_KEY])
+        rows = pruning.read_examples([os.path.join(split_uri, "*")],
+                                     max(int(props[PARITY_EXAMPLES_KEY]), int(props[WARMUP_REQUESTS_KEY])))
+        transform_graph = artifact_utils.get_single_instance(input_dict[TRANSFORM_GRAPH_KEY])
+
+        with tempfile.TemporaryDirectory(prefix="pruned-export-") as staging:
+            result = pruning.prune_and_push(
+                model_path, transform_graph.uri, rows, base_dir,
+                model_name=props[MODEL_NAME_KEY], keep_versions=int(props[KEEP_VERSIONS_KEY]),
+                parity_tolerance=float(props[PARITY_TOLERANCE_KEY]),
+                parity_examples=int(props[PARITY_EXAMPLES_KEY]),
+                warmup_requests=int(props[WARMUP_REQUESTS_KEY]),
+                staging_dir=os.path.join(staging, "model"),
+                model_base_path=props[MODEL_BASE_PATH_KEY] or None)
+        # Like TFX's Pusher: the pushed model is also archived under the artifact's own uri.
+        io_utils.copy_dir(result.path, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=result.path, pushed_version=str(result.version))
+        report = result.report
+        for key, value in (("size_before_bytes", result.size_before_bytes),
+                           ("size_after_bytes", result.size_after_bytes),
+                           ("embedding_bytes_before", report.embedding_bytes_before),
+                           ("embedding_bytes_after", report.embedding_bytes_after),
+                           ("id_map_bytes", report.id_map_bytes),
+                           ("embedding_rows", report.rows),
+                           ("embedding_zero_rows", report.zero_rows),
+                           ("warmup_requests", result.warmup_requests)):
+            model_push.set_int_custom_property(key, int(value))
+        model_push.set_float_custom_property("row_sparsity", float(report.row_sparsity))
+        model_push.set_float_custom_property("parity_max_abs_error", float(result.parity_max_abs_error))
+        model_push.set_string_custom_property("models_config", result.models_config)
+        logging.info("pushed pruned model to %s: %d -> %d bytes, embeddings %d -> %d bytes (row sparsity %.4f), "
+                     "parity max |error| %.3g", result.path, result.size_before_bytes, result.size_after_bytes,
+                     report.embedding_bytes_before, report.embedding_bytes_after, report.row_sparsity,
+                     result.parity_max_abs_error)

@@ -1,0 +1,295 @@
+"""PrunedPusher on a real model: generated Criteo-layout rows -> ExampleGen's parser -> TF Transform
+(Beam, in memory) -> the project's DNN trained with Group Adam -> exported exactly like the Trainer
+(``_signatures`` + ``model.save``) -> pushed by the real TFX executor. Built once per module."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from serving import pruning  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL_NAME = "ctr"
+
+
+def _transform(spec, serialized, out_dir):
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tfx_bsl.public import tfxio
+
+    from components.preprocessing import preprocessing_fn
+    from components.schema import curated_schema
+
+    source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"],
+                                       schema=curated_schema(spec), raw_record_column_name=None)
+    with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
+            raw = p | beam.Create(serialized) | source.BeamSource()
+            transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
+                lambda inputs: preprocessing_fn(inputs, {"dataset_spec": spec.to_json()}))
+            _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A Trainer-layout Model artifact trained with Group Adam, its Transform output and eval rows."""
+    import tensorflow_transform as tft
+    import tf_keras as keras
+
+    import optim
+    from components import models
+    from components.click_log_example_gen.parsing import LineParser
+    from components.dataset_spec import load_spec
+    from components.preprocessing import LABEL_KEY
+    from components.trainer_module import _signatures
+    from components.vocabulary import FieldVocabulary
+    from pipelines.generator import generate
+
+    root = tmp_path_factory.mktemp("trained")
+    spec = load_spec("criteo")
+    data = generate(str(root / "data"), rows=2400)
+    parser = LineParser(spec)
+    with open(data["path"]) as f:
+        serialized = [parser.parse(line).example for line in f.read().splitlines()]
+    train_rows, eval_rows = serialized[:2000], serialized[2000:]
+
+    transform_dir = str(root / "transform_graph")
+    _transform(spec, train_rows, transform_dir)
+    tft_output = tft.TFTransformOutput(transform_dir)
+    transformed = tft_output.transform_features_layer()(
+        tf.io.parse_example(tf.constant(train_rows), tft_output.raw_feature_spec()))
+    labels = transformed.pop(LABEL_KEY)
+
+    keras.utils.set_random_seed(0)
+    vocabulary = FieldVocabulary(spec, tft_output)
+    model = models.build_model("dnn", spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
+                               embedding_dim=32, hidden_units=(16,), global_to_row=vocabulary.global_to_row,
+                               oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
+    model.compile(optimizer=optim.GroupAdam(learning_rate=0.01, l21=3e-3), loss="binary_crossentropy")
+    model.fit(dict(transformed), labels, batch_size=64, epochs=3, verbose=0)
+
+    model_uri = str(root / "model")
+    model.save(os.path.join(model_uri, "Format-Serving"), save_format="tf",
+               signatures=_signatures(model, tft_output, spec))
+
+    examples_uri = str(root / "examples")
+    os.makedirs(os.path.join(examples_uri, "Split-eval"))
+    with tf.io.TFRecordWriter(os.path.join(examples_uri, "Split-eval", "data_tfrecord-00000-of-00001.gz"),
+                              options="GZIP") as writer:
+        for row in eval_rows:
+            writer.write(row)
+    sparsity = optim.sparsity(models.embedding_tables(model))
+    assert 0.2 < sparsity["fraction"] < 0.95, sparsity  # Group Adam pruned rows, not all of them
+    return {"model_uri": model_uri, "transform_dir": transform_dir, "examples_uri": examples_uri,
+            "eval_rows": eval_rows, "sparsity": sparsity}
+
+
+def _artifacts(trained, out_root, blessed=True):
+    from tfx.types import artifact_utils, standard_artifacts
+    model = standard_artifacts.Model()
+    model.uri = trained["model_uri"]
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = os.path.join(out_root, "blessing")
+    blessing.set_int_custom_property("blessed", 1 if blessed else 0)
+    examples = standard_artifacts.Examples()
+    examples.uri = trained["examples_uri"]
+    examples.split_names = artifact_utils.encode_split_names(["eval"])
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = trained["transform_dir"]
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = os.path.join(out_root, "pushed_model")
+    inputs = {"model": [model], "model_blessing": [blessing], "examples": [examples],
+              "transform_graph": [transform_graph]}
+    return inputs, {"pushed_model": [pushed]}, pushed
+
+
+def _run_executor(trained, base_dir, out_root, blessed=True, **params):
+    from tfx.proto import pusher_pb2
+    from tfx.utils import proto_utils
+
+    from components.pruned_pusher.executor import Executor
+    inputs, outputs, pushed = _artifacts(trained, out_root, blessed)
+    destination = pusher_pb2.PushDestination(
+        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base_dir))
+    exec_properties = {"push_destination": proto_utils.proto_to_json(destination), "model_name": MODEL_NAME,
+                       "keep_versions": 3, "parity_tolerance": 1e-6, "parity_examples": 1000,
+                       "warmup_requests": 50, "examples_split": "eval", **params}
+    Executor().Do(inputs, outputs, exec_properties)
+    return pushed
+
+
+@pytest.fixture(scope="module")
+def pushed(trained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("push")
+    base = str(root / "serving")
+    artifact = _run_executor(trained, base, str(root))
+    return {"artifact": artifact, "base": base, "root": root}
+
+
+def test_push_writes_a_pruned_version_with_the_measured_properties(trained, pushed):
+    artifact, base = pushed["artifact"], pushed["base"]
+    props = {k: artifact.get_custom_property(k) for k in artifact.mlmd_artifact.custom_properties}
+    assert props["pushed"] == 1
+    version_dir = props["pushed_destination"]
+    assert os.path.dirname(version_dir) == os.path.join(base, MODEL_NAME)
+    assert os.path.basename(version_dir) == props["pushed_version"] and props["pushed_version"].isdigit()
+    for name in ("saved_model.pb", "variables/variables.index", "assets.extra/tf_serving_warmup_requests"):
+        assert os.path.exists(os.path.join(version_dir, name)), name
+    assert [n for n in os.listdir(os.path.join(base, MODEL_NAME))] == [props["pushed_version"]]  # no temp dir left
+    assert props["parity_max_abs_error"] <= 1e-6
+
+    # Embedding bytes shrink by exactly the zero rows (the trained model's own count).
+    sparsity = trained["sparsity"]
+    assert props["row_sparsity"] == pytest.approx(sparsity["fraction"])
+    assert props["embedding_bytes_after"] == pytest.approx(
+        props["embedding_bytes_before"] * (1 - sparsity["fraction"]), rel=1e-9)
+    assert props["embedding_bytes_before"] == sparsity["rows"] * 32 * 4
+    # ... and the SavedModel by at least that much (its Group Adam slots are not pushed either).
+    removed = props["embedding_bytes_before"] - props["embedding_bytes_after"]
+    assert props["size_after_bytes"] < props["size_before_bytes"] - removed
+    variables = lambda d: pruning.dir_size(os.path.join(d, "variables"))  # noqa: E731
+    assert variables(version_dir) < variables(os.path.join(trained["model_uri"], "Format-Serving")) - removed
+    # The archived copy under the artifact uri, like TFX's Pusher.
+    assert os.path.exists(os.path.join(artifact.uri, "saved_model.pb"))
+
+
+def test_pushed_model_keeps_the_three_signatures_and_scores_like_the_trained_model(trained, pushed):
+    version_dir = pushed["artifact"].get_string_custom_property("pushed_destination")
+    trained_dir = os.path.join(trained["model_uri"], "Format-Serving")
+    before, after = tf.saved_model.load(trained_dir), tf.saved_model.load(version_dir)
+    assert set(after.signatures) == set(before.signatures) == {"serving_default", "predict_raw", "transform_features"}
+    for name in before.signatures:
+        assert (after.signatures[name].structured_input_signature == before.signatures[name].structured_input_signature)
+        assert set(after.signatures[name].structured_outputs) == set(before.signatures[name].structured_outputs)
+    rows = trained["eval_rows"]
+    error = np.max(np.abs(pruning.score_examples(trained_dir, rows) - pruning.score_examples(version_dir, rows)))
+    assert error <= 1e-6
+    # The pruned graph really has compact tables: no variable of the unpruned tables' shape is left.
+    shapes = {tuple(v.shape) for v in after.variables}
+    tables = {(v.shape[0], 32) for v in before.variables if v.name.startswith("embedding_C")}
+    assert not (tables & shapes)
+
+
+def test_warmup_records_are_prediction_logs_the_signature_accepts(trained, pushed):
+    from tensorflow_serving.apis import prediction_log_pb2
+    version_dir = pushed["artifact"].get_string_custom_property("pushed_destination")
+    path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    assert len(records) == pushed["artifact"].get_int_custom_property("warmup_requests") == 50
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+    for record in records[:10]:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        assert request.model_spec.name == MODEL_NAME and request.model_spec.signature_name == "serving_default"
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        probability = signature(**{k: tf.constant(v) for k, v in inputs.items()})["probability"].numpy()
+        assert probability.shape == (1,) and 0 < probability[0] < 1
+
+
+def test_models_config_points_at_the_model_dir(pushed):
+    from serving.tf_serving_config import read_model_config
+    config = read_model_config(os.path.join(pushed["base"], "models.config"))
+    (entry,) = config.model_config_list.config
+    assert entry.name == MODEL_NAME and entry.base_path == os.path.join(os.path.abspath(pushed["base"]), MODEL_NAME)
+
+
+def test_not_blessed_pushes_nothing(trained, tmp_path):
+    base = str(tmp_path / "serving")
+    artifact = _run_executor(trained, base, str(tmp_path), blessed=False)
+    assert artifact.get_int_custom_property("pushed") == 0
+    assert not os.path.exists(base)
+
+
+def test_parity_failure_stops_the_push_with_the_measured_error(trained, pushed, tmp_path):
+    version_dir = pushed["artifact"].get_string_custom_property("pushed_destination")
+    # A pruned model that is off: the trained one scored against another trained model's export is
+    # not available cheaply, so compare the pruned export with itself shifted by a tolerance below 0.
+    with pytest.raises(pruning.ParityError, match=r"max \|Δprobability\| = .* > tolerance"):
+        pruning.check_parity(os.path.join(trained["model_uri"], "Format-Serving"), version_dir,
+                             trained["eval_rows"][:20], tolerance=-1.0)
+
+
+def test_versions_are_never_overwritten_and_only_the_last_n_kept(pushed, tmp_path):
+    source = pushed["artifact"].get_string_custom_property("pushed_destination")
+    base = str(tmp_path / "serving")
+    paths = [pruning.publish(source, base, MODEL_NAME, keep_versions=2, now=1000)[1] for _ in range(3)]
+    assert paths == [1000, 1001, 1002]  # same clock: bumped past the existing version
+    assert pruning.existing_versions(os.path.join(base, MODEL_NAME)) == [1001, 1002]
+    assert pruning.publish(source, base, MODEL_NAME, keep_versions=2, now=5)[1] == 1003  # clock went back
+
+
+_INTERRUPTED_PUSH = """
+import os, signal, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import tensorflow as tf
+from serving import pruning
+real_copy = tf.io.gfile.copy
+copied = []
+def copy_then_die(src, dst, overwrite=False):
+    real_copy(src, dst, overwrite=overwrite)
+    copied.append(dst)
+    if len(copied) == 2:  # killed between two files of the version
+        os.kill(os.getpid(), signal.SIGKILL)
+tf.io.gfile.copy = copy_then_die
+pruning.publish(sys.argv[1], sys.argv[2], "ctr", now=2000)
+"""
+
+
+def test_interrupted_push_leaves_no_loadable_partial_version_and_retry_succeeds(pushed, tmp_path):
+    source = pushed["artifact"].get_string_custom_property("pushed_destination")
+    base = str(tmp_path / "serving")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_USE_LEGACY_KERAS="1")
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_PUSH, source, base], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    model_dir = os.path.join(base, MODEL_NAME)
+    leftovers = os.listdir(model_dir)
+    assert any(n.startswith(".tmp-2000-") for n in leftovers), leftovers  # it died mid-copy ...
+    assert pruning.existing_versions(model_dir) == []  # ... and TF Serving sees no version at all
+
+    path, version = pruning.publish(source, base, MODEL_NAME, now=2000)
+    assert version == 2000 and os.listdir(model_dir) == ["2000"]  # stale temp dir cleaned up
+    assert sorted(os.listdir(path)) == sorted(os.listdir(source))
+    assert tf.saved_model.load(path).signatures["serving_default"] is not None
+
+
+def test_component_compiles_for_kubeflow_v2(tmp_path):
+    from tfx import v1 as tfx
+    from tfx.types import standard_artifacts
+
+    from components.pruned_pusher.component import PrunedPusher
+
+    def imported(name, artifact_type):
+        return tfx.dsl.Importer(source_uri=f"gs://bucket/{name}", artifact_type=artifact_type).with_id(name)
+    nodes = {n: imported(n, t) for n, t in (("model", standard_artifacts.Model),
+                                             ("blessing", standard_artifacts.ModelBlessing),
+                                             ("examples", standard_artifacts.Examples),
+                                             ("transform_graph", standard_artifacts.TransformGraph))}
+    pusher = PrunedPusher(model=nodes["model"].outputs["result"], model_blessing=nodes["blessing"].outputs["result"],
+                          examples=nodes["examples"].outputs["result"],
+                          transform_graph=nodes["transform_graph"].outputs["result"],
+                          push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+                              base_directory="gs://bucket/serving")),
+                          model_name="ctr", keep_versions=5)
+    pipeline = tfx.dsl.Pipeline(pipeline_name="pusher-compile", pipeline_root="gs://bucket/root",
+                                components=list(nodes.values()) + [pusher])
+    out = str(tmp_path / "pipeline.json")
+    tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image="sparsectr:test"),
+        output_filename=out).run(pipeline)
+    text = open(out).read()
+    for key in ("keep_versions", "model_name", "parity_tolerance", "warmup_requests", "transform_graph"):
+        assert key in text, key
+    with pytest.raises(ValueError, match="keep_versions"):
+        PrunedPusher(model=nodes["model"].outputs["result"], model_blessing=None,
+                     examples=nodes["examples"].outputs["result"],
+                     transform_graph=nodes["transform_graph"].outputs["result"],
+                     push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+                         base_directory="/x")), keep_versions=0)
