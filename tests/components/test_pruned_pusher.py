@@ -21,7 +21,9 @@ MODEL_NAME = "ctr"
 
 def _transform(spec, serialized, out_dir):
     import apache_beam as beam
+    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
     from tfx_bsl.public import tfxio
 
     from components.preprocessing import preprocessing_fn
@@ -35,6 +37,9 @@ def _transform(spec, serialized, out_dir):
             transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
                 lambda inputs: preprocessing_fn(inputs, {"dataset_spec": spec.to_json()}))
             _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    # TFX's Transform also writes the raw schema beside the transform function.
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(curated_schema(spec)),
+                               os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
 
 
 @pytest.fixture(scope="module")
