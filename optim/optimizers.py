@@ -271,10 +271,12 @@ class GroupAdam(GroupOptimizer):
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         return {
             "lr": lr,
-            # The moments decay with (1 - beta) taken from the Python floats, the bias correction with
-            # beta cast to the variable's dtype first, both exactly as tf_keras Adam does: tf.cast of
-            # a Python float goes through float32, so using the cast beta for the moments too (as
-            # this did first) drifts ~6e-6 relative per step from tf_keras at float32 and float64.
+            # The moments decay with (1 - beta) taken from the Python floats, the bias correction
+            # with beta cast to the variable's dtype, both exactly as tf_keras Adam does. tf.cast of
+            # a Python float goes through float32, so 1 - tf.cast(0.999) is 1.3e-5 (relative) off
+            # 0.001; using the cast beta for the moments too (as this did first) made every step
+            # ~6e-6 (relative) off tf_keras's: 8e-6 apart after 100 steps at lr 0.05, in float32
+            # and float64 alike.
             "one_minus_beta_1": 1.0 - self.beta_1,
             "one_minus_beta_2": 1.0 - self.beta_2,
             "alpha": gs.adam_step_size(lr, beta_1, beta_2, step),

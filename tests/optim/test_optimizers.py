@@ -81,7 +81,8 @@ def _slot(optimizer, var, name):
 # float64 variables: in float32 the two telescoping forms of the same update (w -= inc/D vs. z += ...,
 # w = -z/D) differ by round-off alone, which over 100 steps at weights of magnitude ~1 (float32 ulp
 # 1.2e-7) reached 1.07e-6 (measured, sparse Group AMSGrad); in float64 they agree to 1e-9 (Adagrad) and
-# 1e-13 (Adam, AMSGrad; momentum exactly). float32, the production dtype, is checked too, at 3e-6.
+# 1e-13 (Adam, AMSGrad; momentum exactly). float32, the production dtype, is checked too, at 3e-6
+# (on the sparse path and under the schedule; dense float32 measured 6e-7, left out for time).
 STEPS = 100
 TOLERANCE = {np.float64: 1e-6, np.float32: 3e-6}
 
@@ -113,12 +114,8 @@ def _assert_same_trajectory(ours, theirs, dtype):
 
 
 @pytest.mark.parametrize("kind", sorted(PAIRS))
-@pytest.mark.parametrize(
-    "path, dtype",
-    [("vanilla", np.float64), ("group", np.float64), ("group", np.float32)],
-    ids=["vanilla-float64", "group-float64", "group-float32"],
-)
-def test_zero_lambdas_equal_keras_on_dense_gradients(kind, path, dtype):
+@pytest.mark.parametrize("path", ["vanilla", "group"])
+def test_zero_lambdas_equal_keras_on_dense_gradients(kind, path, dtype=np.float64):
     group, keras = PAIRS[kind]
     regularize = "embeddings" if path == "group" else None
     table, grads = _initial_table(), _dense_gradients(STEPS)

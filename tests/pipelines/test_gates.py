@@ -97,3 +97,17 @@ def test_auc_fails_without_baseline_pushes_nothing(data, tmp_path):
     assert summary["baseline"]["found"] is False
     assert _failed(summary) == ["auc"]
     assert not summary["push"]["pushed"] and before == {} and after == {}
+
+
+def test_both_pass_with_baseline_pushes_a_new_version(data, with_baseline):
+    tmp, out, *_ = with_baseline
+    summary, before, after, _ = _run(tmp, data, out, "again", {"min_auc": 0.5, "max_auc_drop": 0.05,
+                                                               "min_sparsity": 0.0})
+    assert summary["baseline"]["found"] is True
+    gates = summary["gates"]["gates"]
+    # Same data and seed as the baseline: the same AUC, within the allowed drop.
+    assert gates["auc_vs_baseline"]["passed"] and abs(gates["auc_vs_baseline"]["value"] - gates["auc_vs_baseline"]["baseline"]) < 1e-6
+    assert summary["gates"]["blessed"] and summary["push"]["pushed"]
+    versions_before = {k for k in before if "/" not in k and k.isdigit()}
+    versions_after = {k for k in after if "/" not in k and k.isdigit()}
+    assert versions_before < versions_after and len(versions_after - versions_before) == 1
