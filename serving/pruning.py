@@ -137,7 +137,7 @@ def prune_model(model: keras.Model) -> Tuple[keras.Model, PruningReport]:
         table = layer.embeddings.numpy()
         kept = np.flatnonzero(np.any(table != 0, axis=1))
         compact = CompactEmbedding(kept, table.shape[1], table.shape[0], name=layer.name)
-        compact.build(tf.TensorShape([None]))
+        compact(tf.zeros([1], tf.int64))  # builds it under its name scope: variable embedding_<field>/embeddings
         compact.embeddings.assign(table[kept])
         replacements[id(layer)] = compact
         tables[layer.name[len(EMBEDDING_PREFIX):]] = {"rows": int(table.shape[0]),
@@ -310,12 +310,15 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 def remove_stale_temp_dirs(model_dir: str) -> List[str]:
-    """Temp directories left by interrupted pushes (one pusher per model directory is assumed)."""
+    """What interrupted pushes left (one pusher per model directory is assumed): temp directories,
+    and on object stores numbered versions without ``saved_model.pb`` (never loadable)."""
     removed = []
     if tf.io.gfile.isdir(model_dir):
         for name in tf.io.gfile.listdir(model_dir):
-            if name.startswith(TEMP_PREFIX):
-                path = os.path.join(model_dir, name.rstrip("/"))
+            name = name.rstrip("/")
+            path = os.path.join(model_dir, name)
+            incomplete = name.isdigit() and not tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_PB))
+            if name.startswith(TEMP_PREFIX) or incomplete:
                 tf.io.gfile.rmtree(path)
                 removed.append(path)
     return removed

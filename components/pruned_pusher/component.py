@@ -79,7 +79,8 @@ class PrunedPusher(tfx_pusher_component.Pusher):
         if int(keep_versions) < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
         if not 0 <= int(warmup_requests) <= 1000:
-            raise ValueError(f"warmup_requests must be in [0, 1000] (TF Serving reads at most 1000), got {warmup_requests}")
+            raise ValueError(f"warmup_requests must be in [0, 1000] (TF Serving reads at most 1000), "
+                             f"got {warmup_requests}")
         if int(parity_examples) < 1 or float(parity_tolerance) < 0:
             raise ValueError(f"parity_examples must be >= 1 and parity_tolerance >= 0, got "
                              f"{parity_examples}, {parity_tolerance}")
