@@ -8,6 +8,7 @@ A sparsity report (``sparsity.json``) is written beside the exported model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Dict
@@ -153,7 +154,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     )
 
     final = {k: float(v[-1]) for k, v in history.history.items()}
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), final.values())):
+    if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"training ended with non-finite metrics {final}; no model was exported")
 
     fit_seconds = time.time() - fit_started

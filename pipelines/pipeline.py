@@ -6,6 +6,7 @@ path, so the same definition runs locally and in the pipeline image on Kubeflow.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import List, Optional
@@ -126,6 +127,4 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
 
 
 def _json(section) -> str:
-    import dataclasses
-    import json
     return json.dumps(dataclasses.asdict(section), sort_keys=True)
