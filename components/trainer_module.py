@@ -22,7 +22,7 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from components import models  # noqa: E402
+from components import models, warm_start  # noqa: E402
 from components.dataset_spec import DatasetSpec  # noqa: E402
 from components.preprocessing import LABEL_KEY  # noqa: E402
 from components.vocabulary import FieldVocabulary  # noqa: E402
@@ -136,6 +136,8 @@ def run_fn(fn_args: tfx.components.FnArgs):
     model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc")], jit_compile=cfg["jit_compile"])
 
+    warm = _warm_start(fn_args, cfg, model, vocabulary)
+
     train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
     evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], False)
     if fn_args.train_steps:
@@ -161,18 +163,42 @@ def run_fn(fn_args: tfx.components.FnArgs):
     report = sparsity_report(model)
     export_started = time.time()
     signatures = _signatures(model, tft_output, spec)
-    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
-    export_seconds = time.time() - export_started
+    # The optimizer state goes to the warm-start folder, not into the serving model (3x its tables).
+    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures, include_optimizer=False)
     model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+    warm["state_bytes"] = warm_start.save(
+        warm_start.state_dir(model_root), model, model.optimizer, vocabulary.path,
+        {"model": cfg["model"], "optimizer": cfg["optimizer"], "table_rows": table_rows})
+    export_seconds = time.time() - export_started
     training = {"model": cfg["model"], "optimizer": cfg["optimizer"],
-                "steps": int(model.optimizer.iterations.numpy()), "epochs": len(history.epoch),
-                "final": final, "table_rows": table_rows,
+                # This run's steps; a warm start continues the optimizer's step counter.
+                "steps": int(model.optimizer.iterations.numpy()) - int(warm.get("steps_before", 0))
+                if warm.get("optimizer_state") else int(model.optimizer.iterations.numpy()),
+                "epochs": len(history.epoch),
+                "final": final, "table_rows": table_rows, "warm_start": warm,
                 "fit_seconds": round(fit_seconds, 1), "export_seconds": round(export_seconds, 1)}
     for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
         with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
             f.write(json.dumps(payload, indent=1, sort_keys=True))
     logging.info("embedding-row sparsity %.4f (%d of %d rows are zero)",
                  report["fraction"], report["zero_rows"], report["rows"])
+
+
+def _warm_start(fn_args, cfg, model, vocabulary) -> Dict[str, Any]:
+    """Continue from the last pushed model (fn_args.base_model, from LatestPushedModel) if any."""
+    if not cfg.get("warm_start", True):
+        return {"restored": False, "reason": "trainer.warm_start is off"}
+    if not fn_args.base_model or not tf.io.gfile.exists(os.path.join(fn_args.base_model, "saved_model.pb")):
+        return {"restored": False, "reason": "no pushed model yet"}
+    report = warm_start.restore(warm_start.state_dir(fn_args.base_model), model, model.optimizer, vocabulary,
+                                cfg["model"], cfg["optimizer"])
+    if report["restored"]:
+        logging.info("warm start from %s: %d embedding rows carried over, %d new, %d dropped; optimizer "
+                     "state %s", report["source"], report["rows_carried"], report["rows_new"],
+                     report["rows_dropped"], "restored" if report["optimizer_state"] else "fresh")
+    else:
+        logging.warning("cold start: %s", report["reason"])
+    return report
 
 
 def sparsity_report(model) -> Dict[str, Any]:

@@ -9,7 +9,7 @@ global ids to a field's rows with one gather.
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -24,13 +24,17 @@ from components.preprocessing import FIELD_SEPARATOR, VOCABULARY_NAME, bucket_fi
 class FieldVocabulary:
     """Per-field values and the global-id -> field-row map of one Transform output."""
 
-    def __init__(self, spec: DatasetSpec, tft_output):
+    def __init__(self, spec: DatasetSpec, tft_output=None, vocabulary_path: Optional[str] = None):
+        """From a Transform output, or from a copy of its vocabulary file (`vocabulary_path`)."""
         self.spec = spec
         self.fields = vocab_fields(spec)
         self.values: Dict[str, List[bytes]] = {f: [] for f in self.fields}
         global_to_row: List[int] = []
+        self.path = vocabulary_path
+        if self.fields and self.path is None:
+            self.path = tft_output.vocabulary_file_by_name(VOCABULARY_NAME)
         if self.fields:
-            path = tft_output.vocabulary_file_by_name(VOCABULARY_NAME)
+            path = self.path
             with tf.io.gfile.GFile(path, "rb") as f:
                 lines = f.read().split(b"\n")
             if lines and lines[-1] == b"":
@@ -38,7 +42,7 @@ class FieldVocabulary:
             sep = FIELD_SEPARATOR.encode()
             for line in lines:
                 field, value = line.split(sep, 1)
-                rows = self.values[field.decode()]
+                rows = self.values.setdefault(field.decode(), [])
                 global_to_row.append(len(rows))
                 rows.append(value)
         self.global_to_row = np.asarray(global_to_row, dtype=np.int64)

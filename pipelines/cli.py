@@ -22,6 +22,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="folder of click-log files (default: generate Criteo-layout logs)")
     p.add_argument("--format", dest="dataset_format",
                    help="criteo | criteo-kaggle | avazu | path/to/spec.yaml (default: criteo)")
+    p.add_argument("--input-pattern", metavar="GLOB",
+                   help="files under --data to read; {SPAN} (e.g. 'day-{SPAN:5}/*') reads the newest daily span")
+    p.add_argument("--span-window", type=int, metavar="N", help="with {SPAN}: read the newest N spans (default 1)")
     p.add_argument("--output", help="output folder (default: ./output)")
     p.add_argument("--rows", type=int, help="rows to generate when --data is not given (default 20000)")
     p.add_argument("--model", choices=["dnn", "deepfm", "wide_deep", "dcn"])
@@ -51,6 +54,12 @@ def _config_from_args(args):
         if args.rows <= 0:
             raise ValueError(f"--rows must be positive, got {args.rows}")
         overrides["data"]["generated_rows"] = args.rows
+    if args.input_pattern:
+        overrides["data"]["input_pattern"] = args.input_pattern
+    if args.span_window is not None:
+        if args.span_window < 1:
+            raise ValueError(f"--span-window must be >= 1, got {args.span_window}")
+        overrides["data"]["span_window"] = args.span_window
     if args.beam_preset:
         overrides["beam_preset"] = args.beam_preset
     if args.beam_arg:

@@ -43,7 +43,6 @@ class TrainerConfig:
     hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
     optimizer: str = "group_adam"  # group_adam | group_adagrad | group_momentum | group_amsgrad | adam
     learning_rate: float = 0.005
-    dense_learning_rate: float = 0.001
     l1: float = 0.0
     l2: float = 0.0
     l21: float = 1e-3
@@ -70,6 +69,9 @@ class ServingConfig:
     model_name: str = "ctr"
     serving_dir: Optional[str] = None  # None = <output>/serving
     keep_versions: int = 3
+    # base_path written into <serving_dir>/models.config when TF Serving sees the model folder under
+    # another path than the pipeline does (a Pod's mount, say); None = <serving_dir>/<model_name>.
+    model_base_path: Optional[str] = None
 
 
 @dataclasses.dataclass

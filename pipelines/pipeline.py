@@ -1,7 +1,8 @@
 """`create_pipeline(config)`: the one sparsectr pipeline definition, shared by every runner.
 
 ExampleGen -> StatisticsGen -> SchemaGen (curated) -> ExampleValidator -> ValidationGate ->
-Transform -> Trainer -> Evaluator (baseline: LatestPushedModel) -> SparsityGate -> Pusher. Module code (preprocessing, training) lives in `components/` and is referenced by module
+Transform -> Trainer (warm start: LatestPushedModel) -> Evaluator (baseline: LatestPushedModel) ->
+SparsityGate -> Pusher (PrunedPusher: embedding-pruned, parity-checked, atomic). Module code (preprocessing, training) lives in `components/` and is referenced by module
 path, so the same definition runs locally and in the pipeline image on Kubeflow.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tfx.orchestration import metadata  # noqa: E402
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
+from components.pruned_pusher.component import PrunedPusher  # noqa: E402
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
 from components.schema import schema_file_for  # noqa: E402
 from components.validation_gate import ValidationGate  # noqa: E402
@@ -90,6 +92,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
         custom_config={"trainer": _json(config.trainer), "dataset_spec": spec.to_json()},
+        # Warm start from the last pushed model (components.warm_start); found=0 -> a cold start.
+        base_model=latest_pushed.outputs["model"] if config.trainer.warm_start else None,
     )
     evaluator = BaselineEvaluator(
         examples=example_gen.outputs["examples"],
@@ -106,12 +110,19 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         min_sparsity=config.gates.min_sparsity,
         min_sparsity_per_table=json.dumps(config.gates.min_sparsity_per_table, sort_keys=True),
     )
-    pusher = tfx.components.Pusher(
+    # TFX's Pusher with the pruning executor: zero embedding rows dropped, parity-checked, warmup
+    # requests added, pushed atomically to <serving_dir>/<model_name>/<version>/ with models.config.
+    pusher = PrunedPusher(
         model=trainer.outputs["model"],
         model_blessing=sparsity_gate.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-            base_directory=os.path.join(config.serving_dir, config.serving.model_name))),
-    )
+            base_directory=config.serving_dir)),
+        model_name=config.serving.model_name,
+        keep_versions=config.serving.keep_versions,
+        model_base_path=config.serving.model_base_path or "",
+    ).with_id("Pusher")
     components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform,
                    latest_pushed, trainer, evaluator, sparsity_gate, pusher]
     if metadata_connection_config is None:

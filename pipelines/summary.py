@@ -131,11 +131,21 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
             "path": props.get("pushed_destination"),
             "version": props.get("pushed_version"),
         }
+        for key in PUSH_PROPERTIES:
+            if key in props:
+                summary["push"][key] = props[key]
         if summary["push"]["pushed"] and summary["push"]["path"]:
-            summary["push"]["size_bytes"] = _dir_size(summary["push"]["path"])
+            # The served SavedModel (what TF Serving loads), without the warm-start state beside it.
+            summary["push"]["size_bytes"] = props.get("size_after_bytes", _dir_size(summary["push"]["path"]))
         elif summary.get("gates"):
             summary["push"]["reason"] = summary["gates"].get("reason")
     return summary
+
+
+# PrunedPusher's output properties copied into the push block (docs/contracts.md).
+PUSH_PROPERTIES = ("size_before_bytes", "size_after_bytes", "embedding_bytes_before", "embedding_bytes_after",
+                   "id_map_bytes", "embedding_rows", "embedding_zero_rows", "row_sparsity",
+                   "parity_max_abs_error", "warmup_requests", "warm_start_bytes", "models_config")
 
 
 def _anomalies_block(uri: str) -> Dict[str, Any]:
@@ -182,6 +192,13 @@ def render(summary: Dict[str, Any]) -> str:
         lines.append(f"  training: {tr.get('model')} with {tr.get('optimizer')}, {tr.get('steps')} steps; "
                      f"embedding-row sparsity {sp.get('fraction', 0):.1%} "
                      f"({sp.get('zero_rows', 0)} of {sp.get('rows', 0)} rows zero)")
+        warm = tr.get("warm_start") or {}
+        if warm.get("restored"):
+            lines.append(f"  warm start: from {warm['source']} ({warm['steps_before']} steps before); rows "
+                         f"carried {warm['rows_carried']}, new {warm['rows_new']}, dropped {warm['rows_dropped']}; "
+                         f"optimizer state {'restored' if warm['optimizer_state'] else 'fresh'}")
+        elif warm:
+            lines.append(f"  cold start: {warm.get('reason')}")
     ev = summary.get("evaluation")
     if ev:
         parts = [f"{k} {ev[k]:.4f}" for k in ("auc", "binary_crossentropy", "calibration") if k in ev]
@@ -203,7 +220,12 @@ def render(summary: Dict[str, Any]) -> str:
     push = summary.get("push")
     if push:
         if push["pushed"]:
-            lines.append(f"  pushed: {push['path']} ({push.get('size_bytes', 0) / 1e6:.2f} MB)")
+            line = f"  pushed: {push['path']} ({push.get('size_bytes', 0) / 1e6:.2f} MB"
+            if "size_before_bytes" in push:
+                line += (f"; trained model {push['size_before_bytes'] / 1e6:.2f} MB, embeddings "
+                         f"{push['embedding_bytes_before'] / 1e6:.3f} -> {push['embedding_bytes_after'] / 1e6:.3f} MB, "
+                         f"parity max |error| {push['parity_max_abs_error']:.2g}")
+            lines.append(line + ")")
         else:
             lines.append(f"  not pushed: {push.get('reason', 'model not blessed')}")
     demo = summary.get("demo_scores")

@@ -185,18 +185,23 @@ def spec_from_saved_model(loaded, tft_output):
     return DatasetSpec(name="trained-model", columns=tuple(columns))
 
 
-def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: str) -> PruningReport:
+def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: str,
+                  prune: bool = True) -> PruningReport:
     """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
 
     The signatures are built by the trainer's own ``_signatures`` over the same Transform output, so
-    their names, inputs and outputs are those of the trained model.
+    their names, inputs and outputs are those of the trained model. ``prune=False`` writes the same
+    export with the full tables: the like-for-like size to compare the pruned one with.
     """
     import tensorflow_transform as tft
 
     from components.trainer_module import _signatures
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
-    pruned, report = prune_model(load_trained_model(trained_model_dir))
+    trained = load_trained_model(trained_model_dir)
+    pruned, report = prune_model(trained)
+    if not prune:
+        pruned = trained
     # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
     # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
     # is saved (the trained model's Group Adam slots are 3x its tables).
@@ -389,8 +394,14 @@ class PushResult:
 def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_examples: Sequence[bytes],
                    base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
                    parity_tolerance: float = 1e-6, parity_examples: int = 1000, warmup_requests: int = 1000,
-                   staging_dir: Optional[str] = None, model_base_path: Optional[str] = None) -> PushResult:
-    """Prune, check parity, add warmup, publish and update models.config -- the whole push."""
+                   staging_dir: Optional[str] = None, model_base_path: Optional[str] = None,
+                   carry_dirs: Optional[Dict[str, str]] = None) -> PushResult:
+    """Prune, check parity, add warmup, publish and update models.config -- the whole push.
+
+    `carry_dirs` ({name: source dir}) are copied into the version directory as ``<version>/<name>/``
+    before it is published (the Trainer's warm-start state goes along with the model it belongs to;
+    TF Serving reads only the SavedModel files and ignores them).
+    """
     own_staging = staging_dir is None
     staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
     try:
@@ -398,6 +409,8 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
         error = check_parity(trained_model_dir, staging_dir, list(eval_examples)[:parity_examples], parity_tolerance)
         size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)
+        for name, source in (carry_dirs or {}).items():
+            _copy_tree(source, os.path.join(staging_dir, name))
         path, version = publish(staging_dir, base_dir, model_name, keep_versions)
         config = write_models_config(base_dir, model_name, model_base_path)
         return PushResult(path, version, report, dir_size(trained_model_dir), size_after, error, warmups, config)

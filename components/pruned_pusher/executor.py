@@ -11,6 +11,7 @@ from typing import Any, Dict, List
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 from tfx import types  # noqa: E402
 from tfx.components.pusher import executor as tfx_pusher_executor  # noqa: E402
@@ -59,6 +60,11 @@ class Executor(tfx_pusher_executor.Executor):
         rows = pruning.read_examples([os.path.join(split_uri, "*")],
                                      max(int(props[PARITY_EXAMPLES_KEY]), int(props[WARMUP_REQUESTS_KEY])))
         transform_graph = artifact_utils.get_single_instance(input_dict[TRANSFORM_GRAPH_KEY])
+        # The Trainer's warm-start state (components.warm_start) travels inside the pushed version, so
+        # the next scheduled run finds it beside the model it continues.
+        from components import warm_start
+        state = warm_start.state_dir(os.path.dirname(model_path.rstrip("/")))
+        carry = {warm_start.STATE_DIR: state} if tf.io.gfile.isdir(state) else {}
 
         with tempfile.TemporaryDirectory(prefix="pruned-export-") as staging:
             result = pruning.prune_and_push(
@@ -68,7 +74,7 @@ class Executor(tfx_pusher_executor.Executor):
                 parity_examples=int(props[PARITY_EXAMPLES_KEY]),
                 warmup_requests=int(props[WARMUP_REQUESTS_KEY]),
                 staging_dir=os.path.join(staging, "model"),
-                model_base_path=props[MODEL_BASE_PATH_KEY] or None)
+                model_base_path=props[MODEL_BASE_PATH_KEY] or None, carry_dirs=carry)
         # Like TFX's Pusher: the pushed model is also archived under the artifact's own uri.
         io_utils.copy_dir(result.path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=result.path, pushed_version=str(result.version))
@@ -80,7 +86,8 @@ class Executor(tfx_pusher_executor.Executor):
                            ("id_map_bytes", report.id_map_bytes),
                            ("embedding_rows", report.rows),
                            ("embedding_zero_rows", report.zero_rows),
-                           ("warmup_requests", result.warmup_requests)):
+                           ("warmup_requests", result.warmup_requests),
+                           ("warm_start_bytes", pruning.dir_size(state) if carry else 0)):
             model_push.set_int_custom_property(key, int(value))
         model_push.set_float_custom_property("row_sparsity", float(report.row_sparsity))
         model_push.set_float_custom_property("parity_max_abs_error", float(result.parity_max_abs_error))

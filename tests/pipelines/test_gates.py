@@ -83,19 +83,11 @@ def test_auc_below_baseline_fails_alone(data, with_baseline):
     assert not summary["push"]["pushed"] and after == before
 
 
-def test_both_fail_with_baseline(data, with_baseline):
-    tmp, out, *_ = with_baseline
-    summary, before, after, _ = _run(tmp, data, out, "both", {"min_auc": 0.999, "max_auc_drop": 1.0,
-                                                              "min_sparsity": 0.999})
-    assert _failed(summary) == ["auc", "sparsity"]
-    assert not summary["push"]["pushed"] and after == before
-
-
-def test_auc_fails_without_baseline_pushes_nothing(data, tmp_path):
+def test_both_fail_without_baseline_pushes_nothing(data, tmp_path):
     out = tmp_path / "out"
-    summary, before, after, _ = _run(tmp_path, data, out, "alone", {"min_auc": 0.999, "min_sparsity": 0.0})
+    summary, before, after, _ = _run(tmp_path, data, out, "alone", {"min_auc": 0.999, "min_sparsity": 0.999})
     assert summary["baseline"]["found"] is False
-    assert _failed(summary) == ["auc"]
+    assert _failed(summary) == ["auc", "sparsity"]
     assert not summary["push"]["pushed"] and before == {} and after == {}
 
 
@@ -105,8 +97,10 @@ def test_both_pass_with_baseline_pushes_a_new_version(data, with_baseline):
                                                                "min_sparsity": 0.0})
     assert summary["baseline"]["found"] is True
     gates = summary["gates"]["gates"]
-    # Same data and seed as the baseline: the same AUC, within the allowed drop.
-    assert gates["auc_vs_baseline"]["passed"] and abs(gates["auc_vs_baseline"]["value"] - gates["auc_vs_baseline"]["baseline"]) < 1e-6
+    # Warm-started from the baseline on the same rows: no worse than it, within the allowed drop.
+    assert summary["training"]["warm_start"]["restored"]
+    vs = gates["auc_vs_baseline"]
+    assert vs["passed"] and vs["value"] >= vs["baseline"] - 0.05
     assert summary["gates"]["blessed"] and summary["push"]["pushed"]
     versions_before = {k for k in before if "/" not in k and k.isdigit()}
     versions_after = {k for k in after if "/" not in k and k.isdigit()}

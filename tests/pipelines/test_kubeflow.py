@@ -128,7 +128,12 @@ def test_runtime_parameters_with_config_defaults(compiled):
     assert os.path.isfile(os.path.join(REPO_ROOT, os.path.relpath(schema_file, "/app")))
     # The Pusher writes where TF Serving reads, not into the local output folder.
     push = tasks["Pusher"].inputs.parameters["push_destination"].runtime_value.constant.string_value
-    assert json.loads(push)["filesystem"]["base_directory"] == SERVING_DIR + "/ctr"
+    assert json.loads(push)["filesystem"]["base_directory"] == SERVING_DIR
+    assert tasks["Pusher"].inputs.parameters["model_name"].runtime_value.constant.string_value == "ctr"
+    # The pruning Pusher reads eval rows and the Transform graph; the Trainer warm-starts from the
+    # last pushed model (LatestPushedModel, no Resolver).
+    assert set(tasks["Pusher"].inputs.artifacts) >= {"model", "model_blessing", "examples", "transform_graph"}
+    assert tasks["Trainer"].inputs.artifacts["base_model"].task_output_artifact.producer_task == "LatestPushedModel"
 
 
 # -- submit / schedule against kfp's HTTP boundary -------------------------------------------------

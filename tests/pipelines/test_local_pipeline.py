@@ -150,3 +150,42 @@ def test_drifted_day_stops_before_training(tmp_path):
     assert "training" not in summary and not summary.get("push")
     assert not os.path.exists(out / "serving")
     assert "FAILED" in proc.stdout and "C5" in proc.stdout
+
+
+def test_next_span_warm_starts_from_the_pushed_model_and_pushes_through_the_gates(demo_run, tmp_path):
+    # A scheduled run: the next day's span lands beside the first; the run reads only the newest
+    # span, warm-starts from the pushed model (its weights, Group Adam slots and vocabulary) and,
+    # with half the first run's steps, must at least match the pushed model's AUC on the new day's
+    # eval rows (the Evaluator's change threshold, max_auc_drop 0, both models on the same rows).
+    import shutil
+
+    import yaml
+
+    from pipelines import generator
+    first_out, first, _ = demo_run
+    out = tmp_path / "out"
+    shutil.copytree(first_out / "serving", out / "serving")
+    data = tmp_path / "data"
+    shutil.copytree(first_out / "generated" / "data", data)
+    generator.generate(str(data), ROWS, span=1, truth_path=str(tmp_path / "truth.json"))
+    config = tmp_path / "next.yaml"
+    config.write_text(yaml.safe_dump({"data": {"input_pattern": "clicks-{SPAN:5}.tsv"},
+                                      "trainer": {"epochs": 1}, "gates": {"max_auc_drop": 0.0}}))
+    proc = run_cli("run", "--data", str(data), "--output", str(out), "--config", str(config))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.load(open(out / "summary.json"))
+
+    assert summary["ingestion"]["span"] == 1 and summary["ingestion"]["rows_read"] == ROWS
+    warm = summary["training"]["warm_start"]
+    assert warm["restored"] and warm["optimizer_state"], warm
+    assert warm["source"].startswith(first["push"]["path"].rstrip("/"))
+    assert warm["steps_before"] == first["training"]["steps"]
+    assert summary["training"]["steps"] * 2 <= first["training"]["steps"] + 1
+    # The vocabulary of the new day differs: rows were matched by value, new values start fresh.
+    assert warm["rows_carried"] > 0 and warm["rows_new"] > 0
+    gate = summary["gates"]["gates"]["auc_vs_baseline"]
+    assert summary["baseline"]["found"] and gate["passed"] and gate["value"] >= gate["baseline"], gate
+    assert summary["push"]["pushed"] and summary["push"]["version"] != first["push"]["version"]
+    versions = sorted(p.name for p in (out / "serving" / "ctr").iterdir() if p.name.isdigit())
+    assert versions == sorted([first["push"]["version"], summary["push"]["version"]])
+    assert "warm start: from" in proc.stdout
