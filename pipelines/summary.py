@@ -124,6 +124,9 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
         props = _props(baseline)
         if "found" in props:
             summary["baseline"] = {"found": bool(props["found"]), "path": props.get("source_path")}
+    warm = (summary.get("training") or {}).get("warm_start") or {}
+    if warm.get("restored") and summary.get("baseline", {}).get("found"):
+        warm["pushed_model"] = summary["baseline"]["path"]  # the version the state was pushed with
     for pushed in arts.get("PushedModel", []):
         props = _props(pushed)
         summary["push"] = {
@@ -144,7 +147,8 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
 
 # PrunedPusher's output properties copied into the push block (docs/contracts.md).
 PUSH_PROPERTIES = ("size_before_bytes", "size_after_bytes", "embedding_bytes_before", "embedding_bytes_after",
-                   "id_map_bytes", "embedding_rows", "embedding_zero_rows", "row_sparsity",
+                   "id_map_bytes", "embedding_rows", "embedding_zero_rows", "embedding_rows_dropped",
+                   "compacted_tables", "row_sparsity",
                    "parity_max_abs_error", "warmup_requests", "warm_start_bytes", "models_config")
 
 
@@ -194,7 +198,7 @@ def render(summary: Dict[str, Any]) -> str:
                      f"({sp.get('zero_rows', 0)} of {sp.get('rows', 0)} rows zero)")
         warm = tr.get("warm_start") or {}
         if warm.get("restored"):
-            lines.append(f"  warm start: from {warm['source']} ({warm['steps_before']} steps before); rows "
+            lines.append(f"  warm start: from {warm.get('pushed_model', warm['source'])} ({warm['steps_before']} steps before); rows "
                          f"carried {warm['rows_carried']}, new {warm['rows_new']}, dropped {warm['rows_dropped']}; "
                          f"optimizer state {'restored' if warm['optimizer_state'] else 'fresh'}")
         elif warm:

@@ -52,42 +52,48 @@ class PushError(RuntimeError):
 class CompactEmbedding(keras.layers.Layer):
     """An embedding table that stores only its kept (non-zero) rows.
 
-    ``row ids -> StaticHashTable(kept row -> compact row, default -1) -> gather``; ids of dropped rows
-    give a zero vector. Input and output shapes are those of ``keras.layers.Embedding`` ([batch] int
-    ids -> [batch, d]).
+    ``embeddings`` holds one zero row followed by the kept rows; ``compact_row`` (an int32 variable,
+    one entry per row of the unpruned table) gives each row's index there, 0 for a dropped row. So a
+    lookup is two gathers, and a dropped row gives the zero vector its all-zero row gave. Costs 4 bytes
+    per unpruned row plus one row, and two graph ops per table. Input and output shapes are those of
+    ``keras.layers.Embedding`` ([batch] int ids -> [batch, d]).
     """
 
     def __init__(self, kept_rows, output_dim: int, input_dim: int, **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
-        self.kept_rows = np.asarray(kept_rows, dtype=np.int64)
+        self._kept = np.asarray(kept_rows, dtype=np.int64)
         self.output_dim = int(output_dim)
-        self.input_dim = int(input_dim)  # rows of the unpruned table, for the record
+        self.input_dim = int(input_dim)  # rows of the unpruned table
+        if self.input_dim >= 2 ** 31:
+            raise ValueError(f"{self.name}: {self.input_dim} rows do not fit int32 row indices")
 
     def build(self, input_shape):
+        # Values are assigned after building (set_rows): as initializers they would also be stored
+        # as graph constants in saved_model.pb.
         self.embeddings = self.add_weight(
-            name="embeddings", shape=[len(self.kept_rows), self.output_dim], dtype=tf.float32,
+            name="embeddings", shape=[len(self._kept) + 1, self.output_dim], dtype=tf.float32,
             initializer="zeros", trainable=False)
-        if len(self.kept_rows):
-            self.row_to_compact = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self.kept_rows, tf.int64),
-                    tf.range(len(self.kept_rows), dtype=tf.int64)),
-                default_value=tf.constant(-1, tf.int64), name=f"{self.name}_row_to_compact")
+        self.compact_row = self.add_weight(name="compact_row", shape=[self.input_dim], dtype=tf.int32,
+                                           initializer="zeros", trainable=False)
         super().build(input_shape)
 
+    def set_rows(self, table: np.ndarray) -> None:
+        """Copy the kept rows of the full `table` in."""
+        compact_row = np.zeros([self.input_dim], np.int32)
+        compact_row[self._kept] = np.arange(1, len(self._kept) + 1, dtype=np.int32)
+        self.compact_row.assign(compact_row)
+        self.embeddings.assign(np.concatenate([np.zeros([1, self.output_dim], table.dtype), table[self._kept]]))
+
     def call(self, ids):
-        ids = tf.cast(ids, tf.int64)
-        zeros = tf.zeros(tf.concat([tf.shape(ids), [self.output_dim]], axis=0), tf.float32)
-        if not len(self.kept_rows):  # a fully pruned table: every id scores as a zero row
-            return zeros
-        compact = self.row_to_compact.lookup(ids)
-        found = compact >= 0
-        vectors = tf.gather(self.embeddings, tf.where(found, compact, tf.zeros_like(compact)))
-        return tf.where(tf.expand_dims(found, -1), vectors, zeros)
+        # Two gathers: these ops are traced into every signature of the SavedModel, for every table.
+        return tf.gather(self.embeddings, tf.gather(self.compact_row, ids))
 
     def get_config(self):
-        return dict(super().get_config(), kept_rows=self.kept_rows.tolist(), output_dim=self.output_dim,
+        # Not the kept ids themselves: tf.saved_model.save stores every Keras layer's config as JSON
+        # in saved_model.pb, where a list of row ids would cost ~10 bytes per kept row (they are in
+        # the `kept_rows` variable already). The pushed model is served, not rebuilt from configs.
+        return dict(super().get_config(), kept=len(self._kept), output_dim=self.output_dim,
                     input_dim=self.input_dim)
 
 
@@ -104,10 +110,10 @@ def load_trained_model(saved_model_dir: str) -> keras.Model:
 
 @dataclasses.dataclass
 class PruningReport:
-    tables: Dict[str, Dict[str, int]]  # field -> rows, zero_rows, dim
+    tables: Dict[str, Dict[str, int]]  # field -> rows, zero_rows, dim, compacted
     embedding_bytes_before: int        # the unpruned tables
     embedding_bytes_after: int         # the compact tables
-    id_map_bytes: int                  # keys + values of the kept-row lookups (int64 each)
+    id_map_bytes: int                  # the row -> compact row maps (int32 per unpruned row)
 
     @property
     def rows(self) -> int:
@@ -118,15 +124,33 @@ class PruningReport:
         return sum(t["zero_rows"] for t in self.tables.values())
 
     @property
+    def dropped_rows(self) -> int:
+        """Zero rows actually removed (those of the compacted tables)."""
+        return sum(t["zero_rows"] for t in self.tables.values() if t["compacted"])
+
+    @property
+    def compacted_tables(self) -> int:
+        return sum(1 for t in self.tables.values() if t["compacted"])
+
+    @property
     def row_sparsity(self) -> float:
         return self.zero_rows / self.rows if self.rows else 0.0
 
 
-def prune_model(model: keras.Model) -> Tuple[keras.Model, PruningReport]:
+# A compact table adds its two gathers to every traced signature of the SavedModel (a few KB per
+# table in saved_model.pb): tables whose dropped rows weigh less than this stay whole.
+MIN_SAVED_BYTES = 8192
+
+
+def prune_model(model: keras.Model, prune: bool = True,
+                min_saved_bytes: int = MIN_SAVED_BYTES) -> Tuple[keras.Model, PruningReport]:
     """A copy of `model` whose ``embedding_<field>`` tables keep only their non-zero rows.
 
-    The other layers are copies with the same weights; the call arguments of every node (e.g.
-    FieldRows' per-field ``oov_row``) are kept by ``clone_model``.
+    A table is compacted when that saves at least `min_saved_bytes` (its zero rows, less the row map
+    and the zero row); a smaller one stays a full ``Embedding`` (same scores, fewer graph bytes). The
+    other layers are copies with the same weights; the call arguments of every node (e.g. FieldRows'
+    per-field ``oov_row``) are kept by ``clone_model``. ``prune=False`` makes the same copy with every
+    table full (the like-for-like unpruned export).
     """
     replacements: Dict[int, keras.layers.Layer] = {}
     tables: Dict[str, Dict[str, int]] = {}
@@ -136,17 +160,23 @@ def prune_model(model: keras.Model) -> Tuple[keras.Model, PruningReport]:
             continue
         table = layer.embeddings.numpy()
         kept = np.flatnonzero(np.any(table != 0, axis=1))
-        compact = CompactEmbedding(kept, table.shape[1], table.shape[0], name=layer.name)
-        compact(tf.zeros([1], tf.int64))  # builds it under its name scope: variable embedding_<field>/embeddings
-        compact.embeddings.assign(table[kept])
-        replacements[id(layer)] = compact
-        tables[layer.name[len(EMBEDDING_PREFIX):]] = {"rows": int(table.shape[0]),
-                                                      "zero_rows": int(table.shape[0] - len(kept)),
-                                                      "dim": int(table.shape[1])}
+        rows, dim = table.shape
+        row_bytes = table[:1].nbytes
+        saved = (rows - len(kept)) * row_bytes - 4 * rows - row_bytes
+        compacted = prune and saved >= min_saved_bytes
+        tables[layer.name[len(EMBEDDING_PREFIX):]] = {"rows": int(rows), "zero_rows": int(rows - len(kept)),
+                                                      "dim": int(dim), "compacted": bool(compacted)}
         before += table.nbytes
-        after += table[kept].nbytes
-        id_map += 2 * 8 * len(kept)
-    if not replacements:
+        if not compacted:
+            after += table.nbytes
+            continue
+        compact = CompactEmbedding(kept, dim, rows, name=layer.name)
+        compact(tf.zeros([1], tf.int64))  # builds it under its name scope: variable embedding_<field>/embeddings
+        compact.set_rows(table)
+        replacements[id(layer)] = compact
+        after += (len(kept) + 1) * row_bytes  # the kept rows and the shared zero row
+        id_map += 4 * rows
+    if not tables:
         raise ValueError(f"model {model.name!r} has no {EMBEDDING_PREFIX}<field> Embedding layers to prune")
     # The other layers are re-created from their configs with the trained weights. Reusing the
     # loaded layer objects would also work, but a revived layer carries its restored call graphs and
@@ -198,10 +228,7 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
     from components.trainer_module import _signatures
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
-    trained = load_trained_model(trained_model_dir)
-    pruned, report = prune_model(trained)
-    if not prune:
-        pruned = trained
+    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune)
     # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
     # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
     # is saved (the trained model's Group Adam slots are 3x its tables).

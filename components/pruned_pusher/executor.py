@@ -86,6 +86,8 @@ class Executor(tfx_pusher_executor.Executor):
                            ("id_map_bytes", report.id_map_bytes),
                            ("embedding_rows", report.rows),
                            ("embedding_zero_rows", report.zero_rows),
+                           ("embedding_rows_dropped", report.dropped_rows),
+                           ("compacted_tables", report.compacted_tables),
                            ("warmup_requests", result.warmup_requests),
                            ("warm_start_bytes", pruning.dir_size(state) if carry else 0)):
             model_push.set_int_custom_property(key, int(value))

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -14,32 +13,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from serving import pruning  # noqa: E402
+from tests.components.transform_helper import analyze  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_NAME = "ctr"
-
-
-def _transform(spec, serialized, out_dir):
-    import apache_beam as beam
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-    from tfx_bsl.public import tfxio
-
-    from components.preprocessing import preprocessing_fn
-    from components.schema import curated_schema
-
-    source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"],
-                                       schema=curated_schema(spec), raw_record_column_name=None)
-    with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
-        with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
-            raw = p | beam.Create(serialized) | source.BeamSource()
-            transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
-                lambda inputs: preprocessing_fn(inputs, {"dataset_spec": spec.to_json()}))
-            _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
-    # TFX's Transform also writes the raw schema beside the transform function.
-    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(curated_schema(spec)),
-                               os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +50,7 @@ def trained(tmp_path_factory):
     train_rows, eval_rows = serialized[:1300], serialized[1300:]
 
     transform_dir = str(root / "transform_graph")
-    _transform(spec, train_rows, transform_dir)
+    analyze(spec, train_rows, transform_dir)
     tft_output = tft.TFTransformOutput(transform_dir)
     transformed = tft_output.transform_features_layer()(
         tf.io.parse_example(tf.constant(train_rows), tft_output.raw_feature_spec()))
@@ -157,22 +134,51 @@ def test_push_writes_a_pruned_version_with_the_measured_properties(trained, push
     assert [n for n in os.listdir(os.path.join(base, MODEL_NAME))] == [props["pushed_version"]]  # no temp dir left
     assert props["parity_max_abs_error"] <= 1e-6
 
-    # Embedding bytes shrink by exactly the zero rows (the trained model's own count).
+    # Embedding bytes shrink by exactly the zero rows of the compacted tables (the trained model's
+    # own count); a table whose zero rows weigh less than MIN_SAVED_BYTES stays whole.
     sparsity = trained["sparsity"]
     assert props["row_sparsity"] == pytest.approx(sparsity["fraction"])
-    assert props["embedding_bytes_after"] == pytest.approx(
-        props["embedding_bytes_before"] * (1 - sparsity["fraction"]), rel=1e-9)
     assert props["embedding_bytes_before"] == sparsity["rows"] * 32 * 4
-    # ... and the SavedModel by at least that much: its Group Adam slots are not pushed either, and
-    # the kept-row lookups (id_map_bytes, plus their ops in each signature) weigh less than the
-    # dropped rows of these 32-wide tables.
+    compacted = {f: t for f, t in sparsity["tables"].items()
+                 if (t["zero_rows"] * 128 - 4 * t["rows"] - 128) >= pruning.MIN_SAVED_BYTES}
+    assert len(compacted) >= 4 and props["compacted_tables"] == len(compacted)
+    assert props["embedding_rows_dropped"] == sum(t["zero_rows"] for t in compacted.values())
     removed = props["embedding_bytes_before"] - props["embedding_bytes_after"]
-    assert props["id_map_bytes"] == 16 * (sparsity["rows"] - sparsity["zero_rows"])
+    assert removed == sum(t["zero_rows"] - 1 for t in compacted.values()) * 128
+    assert props["id_map_bytes"] == 4 * sum(t["rows"] for t in compacted.values())
+    # On the compacted tables: ~ unpruned x (1 - their row sparsity).
+    rows = sum(t["rows"] for t in compacted.values())
+    zero = sum(t["zero_rows"] for t in compacted.values())
+    assert rows * 128 - removed == pytest.approx(rows * 128 * (1 - zero / rows), abs=128 * len(compacted))
+    # ... and the SavedModel by more: the Trainer's SavedModel here also holds Group Adam's slots.
     assert props["size_after_bytes"] < props["size_before_bytes"] - removed
     variables = lambda d: pruning.dir_size(os.path.join(d, "variables"))  # noqa: E731
     assert variables(version_dir) < variables(os.path.join(trained["model_uri"], "Format-Serving")) - removed
     # The archived copy under the artifact uri, like TFX's Pusher.
     assert os.path.exists(os.path.join(artifact.uri, "saved_model.pb"))
+
+
+def test_saved_model_shrinks_by_the_dropped_rows_against_the_same_export_unpruned(trained, pushed, tmp_path):
+    # Like for like: the same export (tf.saved_model.save, same signatures, no optimizer state) with
+    # the full tables. The served model is smaller by the zero rows, less the kept-row id map.
+    artifact = pushed["artifact"]
+    props = {k: artifact.get_custom_property(k) for k in artifact.mlmd_artifact.custom_properties}
+    unpruned = str(tmp_path / "unpruned")
+    pruning.export_pruned(os.path.join(trained["model_uri"], "Format-Serving"), trained["transform_dir"], unpruned,
+                          prune=False)
+    removed = props["embedding_bytes_before"] - props["embedding_bytes_after"]
+    net = removed - props["id_map_bytes"]
+    assert net > 0
+    variables = lambda d: pruning.dir_size(os.path.join(d, "variables"))  # noqa: E731
+    version_dir = props["pushed_destination"]
+    assert variables(unpruned) - variables(version_dir) == pytest.approx(net, rel=0.02)
+    # The whole SavedModel shrinks by the same bytes less the lookups' ops in saved_model.pb: a fixed
+    # cost per compacted table (two gathers in each traced signature), whatever its number of rows.
+    graph_growth = (os.path.getsize(os.path.join(version_dir, "saved_model.pb"))
+                    - os.path.getsize(os.path.join(unpruned, "saved_model.pb")))
+    assert 0 < graph_growth < pruning.MIN_SAVED_BYTES * props["compacted_tables"], graph_growth
+    whole = pruning.dir_size(unpruned) - props["size_after_bytes"]
+    assert whole == pytest.approx(net - graph_growth, rel=0.02, abs=2048)
 
 
 def test_pushed_model_keeps_the_three_signatures_and_scores_like_the_trained_model(trained, pushed):
@@ -186,13 +192,17 @@ def test_pushed_model_keeps_the_three_signatures_and_scores_like_the_trained_mod
     rows = trained["eval_rows"]
     error = np.max(np.abs(pruning.score_examples(trained_dir, rows) - pruning.score_examples(version_dir, rows)))
     assert error <= 1e-6
-    # The pruned graph really holds compact tables: as many rows as the trained tables' non-zero rows.
+    # The pruned graph really holds compact tables: the non-zero rows (plus one zero row) of each
+    # compacted table.
     def table_rows(loaded):
-        return sum(int(v.shape[0]) for v in loaded.variables if v.name.startswith("embedding_C")
-                   and v.name.endswith("/embeddings:0") and v.shape.rank == 2)
-    sparsity = trained["sparsity"]
-    assert table_rows(before) == sparsity["rows"]
-    assert table_rows(after) == sparsity["rows"] - sparsity["zero_rows"]
+        return {v.name.split("/")[0][len("embedding_"):]: int(v.shape[0]) for v in loaded.variables
+                if v.name.startswith("embedding_C") and v.name.endswith("/embeddings:0") and v.shape.rank == 2}
+    props = pushed["artifact"].mlmd_artifact.custom_properties
+    tables = trained["sparsity"]["tables"]
+    assert table_rows(before) == {f: t["rows"] for f, t in tables.items()}
+    compact = {f: n for f, n in table_rows(after).items() if n != tables[f]["rows"]}
+    assert len(compact) == props["compacted_tables"].int_value >= 4
+    assert compact == {f: tables[f]["rows"] - tables[f]["zero_rows"] + 1 for f in compact}
 
 
 def test_warmup_records_are_prediction_logs_the_signature_accepts(trained, pushed):
@@ -350,8 +360,14 @@ def test_compact_embedding_matches_the_full_table(zero_rows):
     full.set_weights([table])
     inputs = keras.Input(shape=(), dtype=tf.int64, name="C1")
     model = keras.Model(inputs, full(inputs))
-    pruned, report = pruning.prune_model(model)
+    pruned, report = pruning.prune_model(model, min_saved_bytes=0)
     ids = tf.constant([0, 1, 2, 3, 4, 4, 1], tf.int64)
     np.testing.assert_array_equal(pruned(ids).numpy(), model(ids).numpy())
-    assert report.tables == {"C1": {"rows": 5, "zero_rows": len(zero_rows), "dim": 4}}
-    assert report.embedding_bytes_after == (5 - len(zero_rows)) * 4 * 4
+    assert isinstance(pruned.get_layer("embedding_C1"), pruning.CompactEmbedding)
+    assert report.tables == {"C1": {"rows": 5, "zero_rows": len(zero_rows), "dim": 4, "compacted": True}}
+    assert report.embedding_bytes_after == (5 - len(zero_rows) + 1) * 4 * 4
+    # With the default threshold this 80-byte table is not worth its lookup ops: it stays whole.
+    kept, report = pruning.prune_model(model)
+    assert not report.tables["C1"]["compacted"] and report.embedding_bytes_after == 5 * 4 * 4
+    assert isinstance(kept.get_layer("embedding_C1"), keras.layers.Embedding)
+    np.testing.assert_array_equal(kept(ids).numpy(), model(ids).numpy())

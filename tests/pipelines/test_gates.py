@@ -6,11 +6,12 @@ import os
 import pytest
 import yaml
 
-from pipelines import generator
+from tests.conftest import SHARED_DATA
 from tests.pipelines.test_local_pipeline import run_cli
 
 pytestmark = pytest.mark.e2e
 
+ROWS = 2000
 FAST = {"trainer": {"epochs": 1, "jit_compile": False}}
 
 
@@ -37,9 +38,16 @@ def _failed(summary):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gates")
-    generator.generate(str(root / "data"), 1500)
-    return root / "data"
+    """Real Criteo rows (the first 2,000 of ../shared/data's sample): every gate run, and the push's
+    pruning parity check, on real data."""
+    source = os.path.join(SHARED_DATA, "criteo", "wide-resdnn", "train.csv")
+    if not os.path.exists(source):
+        pytest.skip(f"real Criteo sample not found at {source}")
+    root = tmp_path_factory.mktemp("gates") / "data"
+    root.mkdir()
+    with open(source) as f, open(root / "criteo-day.tsv", "w") as out:
+        out.writelines(line for _, line in zip(range(ROWS), f))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,16 @@ def test_both_pass_without_baseline_pushes(with_baseline):
     assert summary["gates"]["blessed"] and _failed(summary) == []
     assert "auc_vs_baseline" not in summary["gates"]["gates"]
     assert summary["push"]["pushed"] and before == {} and len([k for k in after if "/" not in k]) == 1
+    # The pruned push on real Criteo rows: parity with the trained model on the eval split, the
+    # zero rows gone from the served tables, the warm-start state beside the model.
+    push = summary["push"]
+    assert summary["ingestion"]["rows_read"] == ROWS
+    assert 0 <= push["parity_max_abs_error"] <= 1e-6 and push["warmup_requests"] > 0
+    assert push["embedding_zero_rows"] == summary["training"]["sparsity"]["zero_rows"]
+    # Rows of width 8 (32 bytes): the compacted tables lost their zero rows, kept one shared zero row.
+    assert push["embedding_bytes_before"] - push["embedding_bytes_after"] == \
+        (push["embedding_rows_dropped"] - push["compacted_tables"]) * 32
+    assert push["warm_start_bytes"] > 0 and os.path.isdir(os.path.join(push["path"], "warm_start"))
     assert "BLESSED" in proc.stdout
 
 

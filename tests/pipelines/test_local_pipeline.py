@@ -178,7 +178,9 @@ def test_next_span_warm_starts_from_the_pushed_model_and_pushes_through_the_gate
     assert summary["ingestion"]["span"] == 1 and summary["ingestion"]["rows_read"] == ROWS
     warm = summary["training"]["warm_start"]
     assert warm["restored"] and warm["optimizer_state"], warm
-    assert warm["source"].startswith(first["push"]["path"].rstrip("/"))
+    # From the version the first run pushed (the serving folder was copied to this output).
+    assert warm["pushed_model"] == str(out / "serving" / "ctr" / first["push"]["version"])
+    assert summary["baseline"]["path"] == warm["pushed_model"]
     assert warm["steps_before"] == first["training"]["steps"]
     assert summary["training"]["steps"] * 2 <= first["training"]["steps"] + 1
     # The vocabulary of the new day differs: rows were matched by value, new values start fresh.

@@ -1,0 +1,156 @@
+"""`run_fn` run by TFX's own Trainer executor on real artifacts (Transform output of generated rows):
+a NaN loss stops training with no model, a seed gives the same model twice, and the three
+signatures give the same scores."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.components.transform_helper import analyze, transformed
+
+ROWS = 2400
+FAST = {"epochs": 1, "jit_compile": False, "hidden_units": [16]}
+
+
+def _example(features, i):
+    feature = {}
+    for name, values in features.items():
+        value = values[i]
+        if values.dtype.kind == "f":
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+        else:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Examples (transformed, train/eval splits), TransformGraph and Schema artifacts as Transform and
+    SchemaGen write them, plus the raw eval rows."""
+    import tensorflow_transform as tft
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from components.click_log_example_gen.parsing import LineParser
+    from components.dataset_spec import load_spec
+    from components.schema import curated_schema
+    from pipelines import generator
+    from tfx.utils import io_utils
+
+    root = tmp_path_factory.mktemp("trainer")
+    spec = load_spec("criteo")
+    report = generator.generate(str(root / "data"), ROWS)
+    parser = LineParser(spec)
+    with open(report["path"]) as f:
+        raw = [parser.parse(line).example for line in f.read().splitlines()]
+    transform_dir = str(root / "transform_graph")
+    analyze(spec, raw, transform_dir)
+    features = transformed(tft.TFTransformOutput(transform_dir), raw)
+
+    def artifacts(feature_overrides=None):
+        data = dict(features, **(feature_overrides or {}))
+        name = "examples" if not feature_overrides else "examples-" + "-".join(sorted(feature_overrides))
+        examples = standard_artifacts.Examples()
+        examples.uri = str(root / name)
+        examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+        for split, rows in (("train", range(0, ROWS - 400)), ("eval", range(ROWS - 400, ROWS))):
+            os.makedirs(os.path.join(examples.uri, f"Split-{split}"), exist_ok=True)
+            with tf.io.TFRecordWriter(os.path.join(examples.uri, f"Split-{split}", "data.gz"),
+                                      options="GZIP") as writer:
+                for i in rows:
+                    writer.write(_example(data, i))
+        graph = standard_artifacts.TransformGraph()
+        graph.uri = transform_dir
+        schema = standard_artifacts.Schema()
+        schema.uri = str(root / "schema")
+        io_utils.write_pbtxt_file(os.path.join(schema.uri, "schema.pbtxt"), curated_schema(spec))
+        return {"examples": [examples], "transform_graph": [graph], "schema": [schema]}
+
+    return {"artifacts": artifacts, "spec": spec, "raw_eval": raw[ROWS - 400:], "features": features}
+
+
+def _train(inputs, out, trainer=None, feature_overrides=None):
+    from tfx.components.trainer.executor import GenericExecutor
+    from tfx.proto import trainer_pb2
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+
+    from pipelines.config import TrainerConfig
+    import dataclasses
+
+    cfg = dict(dataclasses.asdict(TrainerConfig()), **FAST, **(trainer or {}))
+    model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+    model.uri, model_run.uri = str(out / "model"), str(out / "model_run")
+    GenericExecutor().Do(
+        inputs["artifacts"](feature_overrides), {"model": [model], "model_run": [model_run]},
+        {"run_fn": "components.trainer_module.run_fn",
+         "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs()),
+         "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs()),
+         "custom_config": json.dumps({"trainer": json.dumps(cfg), "dataset_spec": inputs["spec"].to_json()})})
+    return model.uri
+
+
+@pytest.fixture(scope="module")
+def trained(inputs, tmp_path_factory):
+    return _train(inputs, tmp_path_factory.mktemp("first"))
+
+
+def test_nan_loss_stops_training_and_exports_no_model(inputs, tmp_path):
+    from components.trainer_module import NonFiniteLossError
+    bad = inputs["features"]["I1"].copy()
+    bad[::7] = np.nan  # a broken upstream feature
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step \d+.*No model was exported"):
+        _train(inputs, tmp_path, feature_overrides={"I1": bad})
+    assert not os.path.exists(tmp_path / "model" / "Format-Serving")
+
+
+def test_same_seed_gives_the_same_model(inputs, trained, tmp_path):
+    again = _train(inputs, tmp_path)
+    first = tf.train.load_checkpoint(os.path.join(trained, "warm_start", "state"))
+    second = tf.train.load_checkpoint(os.path.join(again, "warm_start", "state"))
+    names = sorted(first.get_variable_to_shape_map())
+    assert names == sorted(second.get_variable_to_shape_map()) and len(names) > 10
+    for name in names:
+        np.testing.assert_array_equal(first.get_tensor(name), second.get_tensor(name), err_msg=name)
+    a, b = (json.load(open(os.path.join(m, "training.json"))) for m in (trained, again))
+    assert a["final"] == b["final"]
+    # ... and a different seed does not (the test can fail).
+    other = _train(inputs, tmp_path / "other", trainer={"seed": 7})
+    third = tf.train.load_checkpoint(os.path.join(other, "warm_start", "state"))
+    assert not np.array_equal(first.get_tensor("logit/kernel"), third.get_tensor("logit/kernel"))
+
+
+def test_three_signatures_give_the_same_scores(inputs, trained):
+    from components.preprocessing import LABEL_KEY
+    loaded = tf.saved_model.load(os.path.join(trained, "Format-Serving"))
+    rows = inputs["raw_eval"][:200]
+    by_examples = loaded.signatures["serving_default"](examples=tf.constant(rows))["probability"].numpy()
+
+    spec = inputs["spec"]
+    parsed = [tf.train.Example.FromString(r).features.feature for r in rows]
+    raw = {c: tf.constant([f[c].int64_list.value[0] if f[c].int64_list.value else 0 for f in parsed], tf.int64)
+           for c in spec.int_columns}
+    raw.update({c: tf.constant([f[c].bytes_list.value[0] if f[c].bytes_list.value else b"" for f in parsed])
+                for c in spec.categorical_columns})
+    by_raw = loaded.signatures["predict_raw"](**raw)["probability"].numpy()
+
+    features = loaded.signatures["transform_features"](examples=tf.constant(rows))
+    features = {k: v for k, v in features.items() if k != LABEL_KEY}
+    by_transformed = loaded(features).numpy()
+
+    assert by_examples.shape == (200,) and by_examples.std() > 1e-4
+    np.testing.assert_allclose(by_raw, by_examples, atol=1e-6)
+    np.testing.assert_allclose(by_transformed, by_examples, atol=1e-6)
+
+
+def test_training_report_and_warm_start_state_beside_the_model(trained):
+    training = json.load(open(os.path.join(trained, "training.json")))
+    assert training["warm_start"]["restored"] is False and training["warm_start"]["reason"] == "no pushed model yet"
+    assert training["steps"] == -(-(ROWS - 400) // 256)
+    meta = json.load(open(os.path.join(trained, "warm_start", "meta.json")))
+    assert meta["model"] == "dnn" and meta["optimizer"] == "group_adam" and meta["steps"] == training["steps"]
+    assert any(n.startswith("z/embedding_") for n in meta["variables"])  # Group Adam's dual is saved
+    assert os.path.exists(os.path.join(trained, "warm_start", "vocabulary.txt"))
+    sparsity = json.load(open(os.path.join(trained, "sparsity.json")))
+    assert 0 <= sparsity["fraction"] <= 1 and len(sparsity["tables"]) == 26
