@@ -1,0 +1,413 @@
+"""Training throughput (examples/s) of the Trainer's models: DNN and DeepFM on 26-field data, Group
+Adam vs tf_keras Adam, XLA on and off, at about 1e4 and 1e6 total embedding rows (16 cells).
+
+    TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python -m benchmarks.trainer_bench [--quick] \
+        [--out DIR] [--cells PATTERN,...] [--steps 600] [--steps-1e6 150] [--batch-size 256] \
+        [--repeats 1] [--eager]
+
+Writes <out>/trainer_<device>.json (machine, load average before and after, TF version, every run
+and every cell) and <out>/trainer_<device>.txt (the table and the ratios Group Adam / Adam and XLA
+on / off at each size and model). ``--quick`` (a smoke test: a few steps, small data) writes
+trainer_<device>_quick.json/.txt instead, so it never overwrites the committed results. A cell is
+``<model>-<optimizer>-<xla_on|xla_off>-<1e4|1e6>``; ``--cells`` keeps the cells matching any of the
+comma-separated fnmatch patterns (``--cells 'dnn-*-xla_off-1e4'``). ``--eager`` compiles with
+``run_eagerly=True`` (no tracing): only for smoke tests of the harness, its numbers are not the Trainer's.
+
+What a cell runs is the Trainer's own code (components/trainer_module.py run_fn): the model from
+``components.models.build_model`` (26 categorical inputs that are already row ids, 13 float inputs,
+embedding_dim 8, hidden units [64, 32]), the optimizer from ``trainer_module.make_optimizer`` with the
+pipeline's defaults (learning rate 0.005, l1 = l2 = 0, l21 = 1e-3 for Group Adam), compiled as the
+Trainer compiles (BinaryCrossentropy, AUC metric, ``jit_compile``), fitted with the Trainer's per-step
+callback (stop on a non-finite loss; no TensorBoard callback, no validation). Only the input differs:
+synthetic in-memory tf.data instead of Transform's TFRecords, so the input pipeline costs ~nothing.
+
+Data: 26 fields of equal table size (385 rows each = 10,010 rows; 38,462 each = 1,000,012 rows);
+per field, Zipf(1.1) row ranks bounded at the table size and mapped to rows by a random permutation
+(popular rows scattered over the table, as hashed ids are); 13 log1p(exponential) float features;
+labels drawn from a planted logistic rule (per-row effects in 8 fields + 2 float features), so the
+loss and AUC move. Batches of 256 (the pipeline default), one array of examples repeated.
+
+Each cell is its own child process (``python -m benchmarks.trainer_bench --child ...``), so XLA and
+graph caches, memory and thread pools do not leak between cells; cells go in an interleaved order
+(per size, per model: the four optimizer x XLA cells back to back, and the order reversed on every
+other repetition) so that load from other work biases no single column. In the child:
+
+* warm-up fit: one epoch of ``--warmup-steps`` steps (tracing, XLA compilation, optimizer slots);
+  its wall time is reported as ``first_epoch_s`` (the compile cost, plus the warm-up steps);
+* timed fit: ``--epochs`` epochs of steps/epochs steps each, each epoch timed from on_epoch_begin to
+  on_epoch_end (fit's set-up is not counted); examples/s = the median of the epochs' rates (robust to
+  bursts of other load on a shared machine; ``examples_per_s_mean``, all timed examples / their time,
+  is in the JSON too, and the slowest and fastest epochs are in the table).
+
+Peak RSS is the child's ru_maxrss (the whole process: TF, TFX imports, data, model, optimizer);
+``rss_before_model_mib`` (psutil, after imports and data) shows what the model and training add.
+The machine may be shared: the 1-minute load average is recorded before and after each cell.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = ("dnn", "deepfm")
+OPTIMIZERS = ("group_adam", "adam")
+XLA = ("xla_off", "xla_on")
+SIZES = {"1e4": 385, "1e6": 38_462}  # rows per field; x 26 fields = 10,010 and 1,000,012 rows
+FIELDS, INT_FEATURES = 26, 13
+CAT_FIELDS = [f"C{i}" for i in range(1, FIELDS + 1)]
+INT_FIELDS = [f"I{i}" for i in range(1, INT_FEATURES + 1)]
+ZIPF_EXPONENT = 1.1
+EMBEDDING_DIM, HIDDEN_UNITS = 8, [64, 32]
+TRAINER_CONFIG = {"learning_rate": 0.005, "l1": 0.0, "l2": 0.0, "l21": 1e-3}  # pipelines/config.py
+
+
+def cell_name(model: str, optimizer: str, xla: str, size: str) -> str:
+    return f"{model}-{optimizer}-{xla}-{size}"
+
+
+def all_cells() -> List[Dict[str, str]]:
+    return [{"model": m, "optimizer": o, "xla": x, "size": s}
+            for s in SIZES for m in MODELS for x in XLA for o in OPTIMIZERS]
+
+
+# ------------------------------------------------------------------------------------------------
+# child: one cell
+# ------------------------------------------------------------------------------------------------
+def _zipf_rows(rng, n: int, rows: int):
+    import numpy as np
+
+    weights = np.arange(1, rows + 1, dtype=np.float64) ** -ZIPF_EXPONENT
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    ranks = np.minimum(np.searchsorted(cdf, rng.random_sample(n)), rows - 1)
+    return rng.permutation(rows)[ranks].astype(np.int64)
+
+
+def synthetic_data(examples: int, rows_per_field: int, seed: int = 0):
+    """(features: name -> array, labels, mean label), from the planted rule in the module docstring."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    features = {f: np.log1p(rng.exponential(10.0, examples)).astype(np.float32) for f in INT_FIELDS}
+    logit = -1.0 + 0.4 * (features["I1"] - features["I1"].mean()) - 0.3 * (features["I2"] - features["I2"].mean())
+    for i, f in enumerate(CAT_FIELDS):
+        features[f] = _zipf_rows(rng, examples, rows_per_field)
+        if i < 8:
+            effect = rng.normal(0.0, 0.7, rows_per_field)
+            logit = logit + effect[features[f]]
+    labels = (rng.random_sample(examples) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    return features, labels, float(labels.mean())
+
+
+def child_main(args) -> None:
+    import resource
+    import statistics
+
+    import psutil
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from components import models, trainer_module
+
+    keras.utils.set_random_seed(0)
+    rows_per_field = SIZES[args.size]
+    total_steps = args.warmup_steps + args.steps
+    examples = min(args.examples, total_steps * args.batch_size)
+    features, labels, positive_rate = synthetic_data(examples, rows_per_field)
+    dataset = (tf.data.Dataset.from_tensor_slices((features, labels))
+               .repeat().batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    rss_before_model = psutil.Process().memory_info().rss
+
+    table_rows = {f: rows_per_field for f in CAT_FIELDS}
+    model = models.build_model(args.model, INT_FIELDS, CAT_FIELDS, table_rows,
+                               embedding_dim=EMBEDDING_DIM, hidden_units=HIDDEN_UNITS)
+    optimizer = trainer_module.make_optimizer(dict(TRAINER_CONFIG, optimizer=args.optimizer))
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=args.xla == "xla_on",
+                  run_eagerly=args.eager or None)
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: List[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._started)
+
+    callbacks = [trainer_module._StopOnNonFiniteLoss()]
+    started = time.perf_counter()
+    warm = model.fit(dataset, epochs=1, steps_per_epoch=args.warmup_steps, callbacks=callbacks, verbose=0)
+    first_epoch_s = time.perf_counter() - started
+    timer = EpochTimer()
+    steps_per_epoch = max(1, args.steps // args.epochs)
+    history = model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+                        callbacks=callbacks + [timer], verbose=0)
+    timed_steps = steps_per_epoch * args.epochs
+    timed_s = sum(timer.seconds)
+    per_epoch = [steps_per_epoch * args.batch_size / s for s in timer.seconds]
+    median_rate = statistics.median(per_epoch)
+    result = {
+        "tensorflow": tf.__version__,
+        "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+        "rows_per_field": rows_per_field,
+        "total_rows": rows_per_field * FIELDS,
+        "parameters": int(model.count_params()),
+        "examples_in_memory": examples,
+        "positive_rate": round(positive_rate, 4),
+        "warmup_steps": args.warmup_steps,
+        "first_epoch_s": round(first_epoch_s, 3),
+        # the first epoch less its steps at the timed rate: tracing (AutoGraph), XLA compilation, slots
+        "compile_s_est": round(first_epoch_s - args.warmup_steps * timed_s / timed_steps, 3),
+        "timed_steps": timed_steps,
+        "timed_s": round(timed_s, 3),
+        "examples_per_s": median_rate,  # median over the timed epochs: robust to bursts of other load
+        "ms_per_step": 1e3 * args.batch_size / median_rate,
+        "examples_per_s_mean": timed_steps * args.batch_size / timed_s,  # all timed steps / their time
+        "epoch_examples_per_s": [round(x, 1) for x in per_epoch],
+        "loss_first": float(warm.history["loss"][0]),
+        "loss_last": float(history.history["loss"][-1]),
+        "auc_last": float(history.history["auc"][-1]),
+        "rss_before_model_mib": round(rss_before_model / 2 ** 20, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# parent: cells in child processes, report
+# ------------------------------------------------------------------------------------------------
+def run_cell(cell: Dict[str, str], steps: int, args, timeout_s: float) -> Dict:
+    cmd = [sys.executable, "-m", "benchmarks.trainer_bench", "--child",
+           "--model", cell["model"], "--optimizer", cell["optimizer"], "--xla", cell["xla"],
+           "--size", cell["size"], "--steps", str(steps), "--warmup-steps", str(args.warmup_steps),
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           "--examples", str(args.examples)] + (["--eager"] if args.eager else [])
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    run = dict(cell, cell=cell_name(**cell), load_average_before=round(os.getloadavg()[0], 2))
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        run["error"] = f"timed out after {timeout_s:.0f} s"
+        return run
+    run["process_wall_s"] = round(time.perf_counter() - started, 1)
+    run["load_average_after"] = round(os.getloadavg()[0], 2)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        run["error"] = f"exit {proc.returncode}: {' | '.join(tail)}"
+        return run
+    run.update(json.loads(line[len("RESULT "):]))
+    return run
+
+
+def summarize(runs: List[Dict]) -> Dict[str, Dict]:
+    """cell name -> the cell's numbers: the median over its successful runs (per field)."""
+    import statistics
+
+    cells: Dict[str, Dict] = {}
+    for cell in all_cells():
+        name = cell_name(**cell)
+        ok = [r for r in runs if r["cell"] == name and "error" not in r]
+        if not ok:
+            continue
+        cells[name] = dict(cell, runs=len(ok), total_rows=ok[0]["total_rows"],
+                           parameters=ok[0]["parameters"], timed_steps=ok[0]["timed_steps"],
+                           examples_per_s=statistics.median(r["examples_per_s"] for r in ok),
+                           ms_per_step=statistics.median(r["ms_per_step"] for r in ok),
+                           first_epoch_s=statistics.median(r["first_epoch_s"] for r in ok),
+                           compile_s_est=statistics.median(r["compile_s_est"] for r in ok),
+                           epoch_min=min(min(r["epoch_examples_per_s"]) for r in ok),
+                           epoch_max=max(max(r["epoch_examples_per_s"]) for r in ok),
+                           load_average=statistics.mean(
+                               (r["load_average_before"] + r["load_average_after"]) / 2 for r in ok),
+                           peak_rss_mib=max(r["peak_rss_mib"] for r in ok),
+                           loss_last=statistics.median(r["loss_last"] for r in ok),
+                           auc_last=statistics.median(r["auc_last"] for r in ok))
+    return cells
+
+
+def ratios(cells: Dict[str, Dict]) -> Dict[str, Dict[str, float]]:
+    """Throughput ratios within the run: Group Adam / Adam (per model, XLA, size), XLA on / off
+    (per model, optimizer, size) and 1e6 / 1e4 rows (per model, optimizer, XLA)."""
+
+    def ratio(a: str, b: str) -> Optional[float]:
+        if a in cells and b in cells:
+            return cells[a]["examples_per_s"] / cells[b]["examples_per_s"]
+        return None
+
+    out: Dict[str, Dict[str, float]] = {"group_adam_over_adam": {}, "xla_on_over_off": {},
+                                        "1e6_over_1e4": {}}
+    for size in SIZES:
+        for model in MODELS:
+            for xla in XLA:
+                value = ratio(cell_name(model, "group_adam", xla, size), cell_name(model, "adam", xla, size))
+                if value is not None:
+                    out["group_adam_over_adam"][f"{model}-{xla}-{size}"] = value
+            for opt in OPTIMIZERS:
+                value = ratio(cell_name(model, opt, "xla_on", size), cell_name(model, opt, "xla_off", size))
+                if value is not None:
+                    out["xla_on_over_off"][f"{model}-{opt}-{size}"] = value
+    for model in MODELS:
+        for opt in OPTIMIZERS:
+            for xla in XLA:
+                value = ratio(cell_name(model, opt, xla, "1e6"), cell_name(model, opt, xla, "1e4"))
+                if value is not None:
+                    out["1e6_over_1e4"][f"{model}-{opt}-{xla}"] = value
+    return out
+
+
+def format_text(record: Dict) -> str:
+    machine = record["machine"]
+    cells = record["cells"]
+    lines = [
+        "Trainer throughput (benchmarks/trainer_bench.py): model.fit examples/s, synthetic 26-field data",
+        f"{machine['cpus']} CPUs ({machine['machine']}), TF {machine['tensorflow']}; 1-min load average "
+        f"{machine['load_average_before']} before, {machine['load_average_after']} after "
+        f"(per-cell 1-min load {machine['cell_load_min']:.2f}..{machine['cell_load_max']:.2f}); shared machine: "
+        "compare cells within this run",
+        f"batch {record['batch_size']}, embedding_dim {EMBEDDING_DIM}, hidden {HIDDEN_UNITS}, warm-up "
+        f"{record['warmup_steps']} steps (not timed), timed steps {record['steps']}, "
+        f"{record['repeats']} run(s) per cell (median); {len(record['runs'])} child processes in "
+        f"{record['wall_s'] / 60:.1f} min"
+        + ("; QUICK" if record["quick"] else "") + ("; EAGER (run_eagerly, not the Trainer's numbers)"
+                                                    if record["eager"] else ""),
+        "examples/s = median of the timed epochs' rates (min..max: the slowest and fastest epoch); first epoch s"
+        " = the warm-up fit (tracing, XLA compilation, optimizer slots, warm-up steps); compile s = first epoch"
+        " s less the warm-up steps at the mean timed rate; peak MiB = the child process's max RSS; load = the"
+        " 1-min load average around the cell",
+        "",
+        f"{'cell':<30}{'rows':>11}{'examples/s':>12}{'epochs min..max':>17}{'ms/step':>9}"
+        f"{'first epoch s':>15}{'compile s':>11}{'peak MiB':>10}{'auc':>7}{'load':>6}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for cell in all_cells():
+        name = cell_name(**cell)
+        if name not in cells:
+            lines.append(f"{name:<30}{'-':>11}{'(not run)':>12}")
+            continue
+        c = cells[name]
+        spread = f"{c['epoch_min']:.0f}..{c['epoch_max']:.0f}"
+        lines.append(f"{name:<30}{c['total_rows']:>11,d}{c['examples_per_s']:>12.1f}{spread:>17}"
+                     f"{c['ms_per_step']:>9.2f}{c['first_epoch_s']:>15.1f}{c['compile_s_est']:>11.1f}"
+                     f"{c['peak_rss_mib']:>10.0f}{c['auc_last']:>7.3f}{c['load_average']:>6.1f}")
+    titles = {"group_adam_over_adam": "Group Adam / Adam throughput",
+              "xla_on_over_off": "XLA on / XLA off throughput",
+              "1e6_over_1e4": "1e6 rows / 1e4 rows throughput"}
+    for kind, title in titles.items():
+        lines += ["", title]
+        for key, value in record["ratios"][kind].items():
+            lines.append(f"  {key:<28}{value:>8.2f}")
+    errors = [r for r in record["runs"] if "error" in r]
+    if errors:
+        lines += ["", "errors"] + [f"  {r['cell']}: {r['error']}" for r in errors]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 warm-up + 4 timed steps")
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"), help="output folder")
+    parser.add_argument("--cells", default="*", help="comma-separated fnmatch patterns of cell names")
+    parser.add_argument("--steps", type=int, default=600, help="timed steps per cell at 1e4 rows")
+    parser.add_argument("--steps-1e6", type=int, default=150, help="timed steps per cell at 1e6 rows")
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6, help="the timed steps are split into this many epochs")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--examples", type=int, default=65_536, help="at most this many examples in memory")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--eager", action="store_true",
+                        help="compile with run_eagerly=True: no tracing, so a cell starts in seconds (for "
+                             "smoke tests of the harness; its numbers are not the Trainer's)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
+    # child mode
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help=argparse.SUPPRESS)
+    parser.add_argument("--xla", choices=XLA, help=argparse.SUPPRESS)
+    parser.add_argument("--size", choices=list(SIZES), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+    if args.quick:
+        args.steps, args.steps_1e6, args.warmup_steps, args.epochs, args.examples = 4, 4, 2, 2, 2048
+    steps_by_size = {"1e4": args.steps, "1e6": args.steps_1e6}
+
+    patterns = [p.strip() for p in args.cells.split(",") if p.strip()]
+    selected = [c for c in all_cells() if any(fnmatch.fnmatchcase(cell_name(**c), p) for p in patterns)]
+    if not selected:
+        raise SystemExit(f"error: no cell matches {args.cells!r}; cells are e.g. {cell_name(**all_cells()[0])}")
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
+    runs: List[Dict] = []
+    for repeat in range(args.repeats):
+        order = selected if repeat % 2 == 0 else selected[::-1]
+        for cell in order:
+            run = run_cell(cell, steps_by_size[cell["size"]], args, args.timeout)
+            run["repeat"] = repeat
+            runs.append(run)
+            if "error" in run:
+                print(f"{run['cell']:<30} ERROR {run['error']}", flush=True)
+            else:
+                print(f"{run['cell']:<30} {run['examples_per_s']:>10.1f} ex/s  first epoch {run['first_epoch_s']:.1f} s"
+                      f"  peak {run['peak_rss_mib']:.0f} MiB  load {run['load_average_before']}"
+                      f"->{run['load_average_after']}  wall {run['process_wall_s']} s", flush=True)
+    ok = [r for r in runs if "error" not in r]
+    cell_loads = [r[k] for r in runs for k in ("load_average_before", "load_average_after") if k in r]
+    device = ok[0]["device"] if ok else "cpu"
+    record = {
+        "benchmark": "trainer_bench",
+        "device": device,
+        "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                    "tensorflow": ok[0]["tensorflow"] if ok else None,
+                    "load_average_before": load_before,
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "cell_load_min": min(cell_loads), "cell_load_max": max(cell_loads)},
+        "wall_s": round(time.perf_counter() - started, 1),
+        "quick": args.quick,
+        "eager": args.eager,
+        "batch_size": args.batch_size,
+        "steps": steps_by_size,
+        "warmup_steps": args.warmup_steps,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "fields": FIELDS,
+        "int_features": INT_FEATURES,
+        "rows_per_field": SIZES,
+        "embedding_dim": EMBEDDING_DIM,
+        "hidden_units": HIDDEN_UNITS,
+        "trainer_config": TRAINER_CONFIG,
+        "zipf_exponent": ZIPF_EXPONENT,
+        "unit": "examples per second (median over the timed epochs; median over runs)",
+        "runs": runs,
+    }
+    record["cells"] = summarize(runs)
+    record["ratios"] = ratios(record["cells"])
+    text = format_text(record)
+    print(text)
+    stem = f"trainer_{device}" + ("_quick" if args.quick else "")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(args.out, stem + ".txt"), "w") as f:
+        f.write(text)
+    if not ok or len(ok) < len(runs):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
