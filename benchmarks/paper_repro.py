@@ -583,6 +583,12 @@ def _size(b):
     return f"{b / 1024:.0f} KiB" if b < 1 << 20 else f"{b / (1 << 20):.2f} MiB"
 
 
+def dataset_order(results: Dict) -> List[str]:
+    """The datasets of a results dict in report order (the JSON is written with sorted keys)."""
+    known = ["criteo", "avazu", "generated"]
+    return sorted(results["datasets"], key=lambda d: (known.index(d) if d in known else len(known), d))
+
+
 def comparisons(results: Dict) -> List[Dict]:
     """One row per (dataset, model, Group method, l21): the Group method vs Adam + row pruning at the
     same (paired) sparsity, and vs tfmot at the same target."""
@@ -590,7 +596,7 @@ def comparisons(results: Dict) -> List[Dict]:
     out = []
     keys = sorted({(r["dataset"], r["model"], r["method"], r["l21"]) for r in runs
                    if r["method"] in ("group_adam", "group_adagrad")},
-                  key=lambda k: (list(results["datasets"]).index(k[0]), k[1], k[2], k[3]))
+                  key=lambda k: (dataset_order(results).index(k[0]), k[1], k[2], k[3]))
     for ds, kind, method, l21 in keys:
         group = sorted((r for r in runs if (r["dataset"], r["model"], r["method"], r.get("l21")) == (ds, kind, method, l21)),
                        key=lambda r: r["seed"])
@@ -657,7 +663,8 @@ def render_markdown(results: Dict, command: str) -> str:
     L.append("")
     L.append("| dataset | train rows | test rows | test CTR | epochs x batch | steps | embedding rows |")
     L.append("|---|---|---|---|---|---|---|")
-    for ds, info in results["datasets"].items():
+    for ds in dataset_order(results):
+        info = results["datasets"][ds]
         L.append(f"| {ds} | {info['train_rows']} | {info['test_rows']} | {info['test_ctr']:.3f} | "
                  f"{info['epochs']} x {info['batch_size']} | {info['steps']} | {info['table_rows']} |")
     L.append("")
@@ -692,7 +699,7 @@ def render_markdown(results: Dict, command: str) -> str:
     L.append("AUC mean ± standard deviation over seeds. Δ = Group − (Adam + l2 row pruning), mean over seeds "
              "(± sd of the paired per-seed differences).")
     L.append("")
-    for ds in results["datasets"]:
+    for ds in dataset_order(results):
         for kind in s["models"]:
             block = [r for r in rows if r["dataset"] == ds and r["model"] == kind]
             if not block:
@@ -801,7 +808,7 @@ def render_plot(results: Dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     s = results["settings"]
-    datasets = list(results["datasets"])
+    datasets = dataset_order(results)
     fig, axes = plt.subplots(len(s["models"]), len(datasets), figsize=(5.2 * len(datasets), 4.0 * len(s["models"])),
                              squeeze=False)
     styles = {"adam_rowprune": ("tab:blue", "o"), "tfmot": ("tab:green", "s"), "group_adam": ("tab:red", "^"),
@@ -917,7 +924,7 @@ def parse_args(argv=None):
                    help="merge the results of runs over disjoint datasets (same grids and seeds) into --json, "
                         "then write the report")
     p.add_argument("--quick", action="store_true",
-                   help="smoke mode: generated data only, 3000 rows, one seed, DNN, one l21 per optimizer")
+                   help="smoke mode: generated data only, 2000 rows, one seed, DNN, one l21 per optimizer")
     return p.parse_args(argv)
 
 
@@ -929,8 +936,8 @@ def settings_from(args) -> Settings:
                  group_adam_l21=args.group_adam_l21, group_adagrad_l21=args.group_adagrad_l21,
                  tfmot=not args.no_tfmot, jit_compile=args.jit_compile, cache_dir=args.cache_dir)
     if args.quick:
-        s = dataclasses.replace(s, datasets=("generated",), models=("dnn",), seeds=1, generated_rows=3000,
-                                generated_test_rows=1000, epochs_generated=2, batch_size_generated=256,
+        s = dataclasses.replace(s, datasets=("generated",), models=("dnn",), seeds=1, generated_rows=2000,
+                                generated_test_rows=1000, epochs_generated=1, batch_size_generated=256,
                                 group_adam_l21=(3e-3,), group_adagrad_l21=(1e-3,))
     return s
 
@@ -946,6 +953,7 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=1, sort_keys=True)
     else:
         s = settings_from(args)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         results = run(s, log=lambda m: print(m, flush=True), partial_path=args.json + ".partial")
         results["command"] = "TF_USE_LEGACY_KERAS=1 PYTHONPATH=. python -m benchmarks.paper_repro " + " ".join(
             shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
