@@ -57,7 +57,7 @@ SHARED_DATA = os.environ.get("SPARSECTR_SHARED_DATA", os.path.join(os.path.dirna
 
 METHODS = ("adam", "adam_rowprune", "tfmot", "group_adam", "group_adagrad")
 METHOD_LABELS = {"adam": "Adam (dense)", "adam_rowprune": "Adam + l2 row pruning",
-                 "tfmot": "Adam + tfmot prune_low_magnitude (rows)", "group_adam": "Group Adam",
+                 "tfmot": "Adam + tfmot prune_low_magnitude (weights)", "group_adam": "Group Adam",
                  "group_adagrad": "Group Adagrad"}
 
 
