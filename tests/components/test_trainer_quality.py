@@ -4,7 +4,13 @@ accurate as the data allows, and sparse exactly where the truth is.
 Generated span 0 trains, span 1 (same truth, other rows) tests. Transform is the project's
 `preprocessing_fn` analysed by TF Transform; model, optimizer and compile are built by the Trainer's
 own functions from `pipelines.config.TrainerConfig`'s defaults (XLA off: its equivalence is tested in
-tests/optim)."""
+tests/optim), with one change: l21 = 1e-2 instead of the default 1e-3.
+
+Why: the generator's noise fields and values carry no signal at all, so on 60k rows the default
+l21 keeps too many of their rows and overfits them (test AUC 0.837 after one epoch, 0.815 after
+the default four; 18% of the noise rows zero), while l21 = 1e-2 holds 0.836-0.839 over four epochs
+with 99% of them zero. On the real Criteo sample the default 1e-3 is the better choice (README,
+"Training")."""
 import dataclasses
 import os
 
@@ -49,6 +55,7 @@ def trained(tmp_path_factory):
 
     cfg = dataclasses.asdict(TrainerConfig())
     cfg["jit_compile"] = False
+    cfg["l21"] = 1e-2
     keras.utils.set_random_seed(cfg["seed"])
     vocabulary = FieldVocabulary(spec, tft_output)
     model = models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
