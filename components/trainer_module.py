@@ -44,6 +44,23 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
                 " lower the learning rate or check the input features. No model was exported.")
 
 
+class _SparsityToTensorBoard(keras.callbacks.Callback):
+    """Embedding-row sparsity (overall and per table) after each epoch, beside Keras' loss and AUC."""
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "sparsity"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        import optim
+        report = optim.sparsity(models.embedding_tables(self.model))
+        with self.writer.as_default(step=epoch):
+            tf.summary.scalar("embedding_row_sparsity", report["fraction"])
+            for field, table in report["tables"].items():
+                tf.summary.scalar(f"embedding_row_sparsity/{field}", table["fraction"])
+        self.writer.flush()
+
+
 def make_optimizer(cfg: Dict[str, Any]):
     name = cfg["optimizer"]
     lr = cfg["learning_rate"]
@@ -151,7 +168,8 @@ def run_fn(fn_args: tfx.components.FnArgs):
         steps_per_epoch=fn_args.train_steps or None,
         validation_data=evaluation,
         callbacks=[_StopOnNonFiniteLoss(),
-                   keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
+                   keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+                   _SparsityToTensorBoard(fn_args.model_run_dir)],
         verbose=2,
     )
 

@@ -72,6 +72,9 @@ class ServingConfig:
     # base_path written into <serving_dir>/models.config when TF Serving sees the model folder under
     # another path than the pipeline does (a Pod's mount, say); None = <serving_dir>/<model_name>.
     model_base_path: Optional[str] = None
+    # The Pusher compacts a table only when that saves at least this many bytes (its two lookup ops
+    # cost a few KB of graph per signature; smaller tables stay whole).
+    min_compact_bytes: int = 8192
 
 
 @dataclasses.dataclass

@@ -122,6 +122,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         model_name=config.serving.model_name,
         keep_versions=config.serving.keep_versions,
         model_base_path=config.serving.model_base_path or "",
+        min_saved_bytes=config.serving.min_compact_bytes,
     ).with_id("Pusher")
     components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform,
                    latest_pushed, trainer, evaluator, sparsity_gate, pusher]

@@ -216,7 +216,7 @@ def spec_from_saved_model(loaded, tft_output):
 
 
 def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: str,
-                  prune: bool = True) -> PruningReport:
+                  prune: bool = True, min_saved_bytes: int = MIN_SAVED_BYTES) -> PruningReport:
     """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
 
     The signatures are built by the trainer's own ``_signatures`` over the same Transform output, so
@@ -228,7 +228,7 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
     from components.trainer_module import _signatures
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
-    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune)
+    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune, min_saved_bytes=min_saved_bytes)
     # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
     # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
     # is saved (the trained model's Group Adam slots are 3x its tables).
@@ -422,7 +422,8 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
                    base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
                    parity_tolerance: float = 1e-6, parity_examples: int = 1000, warmup_requests: int = 1000,
                    staging_dir: Optional[str] = None, model_base_path: Optional[str] = None,
-                   carry_dirs: Optional[Dict[str, str]] = None) -> PushResult:
+                   carry_dirs: Optional[Dict[str, str]] = None,
+                   min_saved_bytes: int = MIN_SAVED_BYTES) -> PushResult:
     """Prune, check parity, add warmup, publish and update models.config -- the whole push.
 
     `carry_dirs` ({name: source dir}) are copied into the version directory as ``<version>/<name>/``
@@ -432,7 +433,7 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
     own_staging = staging_dir is None
     staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
     try:
-        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir)
+        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir, min_saved_bytes=min_saved_bytes)
         error = check_parity(trained_model_dir, staging_dir, list(eval_examples)[:parity_examples], parity_tolerance)
         size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)

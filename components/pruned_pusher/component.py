@@ -29,6 +29,7 @@ class PrunedPusherSpec(standard_component_specs.PusherSpec):
         executor.WARMUP_REQUESTS_KEY: ExecutionParameter(type=int),
         executor.EXAMPLES_SPLIT_KEY: ExecutionParameter(type=str),
         executor.MODEL_BASE_PATH_KEY: ExecutionParameter(type=str, optional=True),
+        executor.MIN_SAVED_BYTES_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         **standard_component_specs.PusherSpec.INPUTS,
@@ -55,7 +56,8 @@ class PrunedPusher(tfx_pusher_component.Pusher):
                  push_destination: pusher_pb2.PushDestination,
                  model_name: str = "ctr", keep_versions: int = 3, parity_tolerance: float = 1e-6,
                  parity_examples: int = 1000, warmup_requests: int = 1000, examples_split: str = "eval",
-                 model_base_path: str = "", infra_blessing: Optional[types.BaseChannel] = None):
+                 model_base_path: str = "", min_saved_bytes: int = 8192,
+                 infra_blessing: Optional[types.BaseChannel] = None):
         """
         Args:
           model: the Trainer's ``model``.
@@ -73,6 +75,8 @@ class PrunedPusher(tfx_pusher_component.Pusher):
           warmup_requests: PredictionLog records in ``assets.extra/tf_serving_warmup_requests`` (<= 1000).
           model_base_path: base_path written into models.config when the model server sees the
             model directory under another path (a Pod mount, gs://...); default ``<base>/<model_name>``.
+          min_saved_bytes: a table is compacted only when that saves at least this many bytes (its
+            lookup ops cost a few KB of graph in every signature); smaller tables stay whole.
         """
         if not model_name or "/" in model_name:
             raise ValueError(f"model_name must be non-empty and contain no '/', got {model_name!r}")
@@ -92,7 +96,7 @@ class PrunedPusher(tfx_pusher_component.Pusher):
             push_destination=push_destination, custom_config=None,
             model_name=model_name, keep_versions=int(keep_versions), parity_tolerance=float(parity_tolerance),
             parity_examples=int(parity_examples), warmup_requests=int(warmup_requests),
-            examples_split=examples_split, model_base_path=model_base_path,
+            examples_split=examples_split, model_base_path=model_base_path, min_saved_bytes=int(min_saved_bytes),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         # tfx Pusher.__init__ builds a PusherSpec of its own; skip to the base component.
         base_component.BaseComponent.__init__(self, spec=spec)

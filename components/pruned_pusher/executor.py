@@ -28,9 +28,11 @@ PARITY_EXAMPLES_KEY = "parity_examples"
 WARMUP_REQUESTS_KEY = "warmup_requests"
 EXAMPLES_SPLIT_KEY = "examples_split"
 MODEL_BASE_PATH_KEY = "model_base_path"
+MIN_SAVED_BYTES_KEY = "min_saved_bytes"
 
 DEFAULTS = {MODEL_NAME_KEY: "ctr", KEEP_VERSIONS_KEY: 3, PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
-            WARMUP_REQUESTS_KEY: 1000, EXAMPLES_SPLIT_KEY: "eval", MODEL_BASE_PATH_KEY: ""}
+            WARMUP_REQUESTS_KEY: 1000, EXAMPLES_SPLIT_KEY: "eval", MODEL_BASE_PATH_KEY: "",
+            MIN_SAVED_BYTES_KEY: 8192}
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -74,7 +76,8 @@ class Executor(tfx_pusher_executor.Executor):
                 parity_examples=int(props[PARITY_EXAMPLES_KEY]),
                 warmup_requests=int(props[WARMUP_REQUESTS_KEY]),
                 staging_dir=os.path.join(staging, "model"),
-                model_base_path=props[MODEL_BASE_PATH_KEY] or None, carry_dirs=carry)
+                model_base_path=props[MODEL_BASE_PATH_KEY] or None, carry_dirs=carry,
+                min_saved_bytes=int(props[MIN_SAVED_BYTES_KEY]))
         # Like TFX's Pusher: the pushed model is also archived under the artifact's own uri.
         io_utils.copy_dir(result.path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=result.path, pushed_version=str(result.version))

@@ -155,3 +155,14 @@ def test_training_report_and_warm_start_state_beside_the_model(trained):
     assert os.path.exists(os.path.join(trained, "warm_start", "vocabulary.txt"))
     sparsity = json.load(open(os.path.join(trained, "sparsity.json")))
     assert 0 <= sparsity["fraction"] <= 1 and len(sparsity["tables"]) == 26
+
+
+def test_tensorboard_logs_loss_auc_and_sparsity(trained):
+    run_dir = os.path.join(os.path.dirname(trained), "model_run")
+    tags = set()
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            if name.startswith("events.out.tfevents"):
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    tags.update(v.tag for v in event.summary.value)
+    assert {"epoch_loss", "epoch_auc", "embedding_row_sparsity", "embedding_row_sparsity/C1"} <= tags, tags

@@ -12,7 +12,9 @@ from tests.pipelines.test_local_pipeline import run_cli
 pytestmark = pytest.mark.e2e
 
 ROWS = 2000
-FAST = {"trainer": {"epochs": 1, "jit_compile": False}}
+# min_compact_bytes 0: every table whose zero rows outweigh its row map is compacted, so the parity
+# check runs on compacted tables even at these small sizes.
+FAST = {"trainer": {"epochs": 1, "jit_compile": False}, "serving": {"min_compact_bytes": 0}}
 
 
 def _serving_state(out):
@@ -70,6 +72,7 @@ def test_both_pass_without_baseline_pushes(with_baseline):
     push = summary["push"]
     assert summary["ingestion"]["rows_read"] == ROWS
     assert 0 <= push["parity_max_abs_error"] <= 1e-6 and push["warmup_requests"] > 0
+    assert push["compacted_tables"] >= 5 and push["embedding_rows_dropped"] > 0
     assert push["embedding_zero_rows"] == summary["training"]["sparsity"]["zero_rows"]
     # Rows of width 8 (32 bytes): the compacted tables lost their zero rows, kept one shared zero row.
     assert push["embedding_bytes_before"] - push["embedding_bytes_after"] == \
