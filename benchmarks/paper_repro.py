@@ -11,10 +11,10 @@ set with planted features) and each model (DNN, DeepFM):
   one global threshold over all tables, at exactly the sparsity that each Group run of the same seed
   reached (paired); evaluated without fine-tuning.
 * ``tfmot``          -- TF Model Optimization's ``prune_low_magnitude`` on every Embedding layer,
-  ``block_size=(1, d)`` so that whole rows are pruned (by mean |w| of the row), a polynomial schedule
-  from 0 to the target over the first 70% of the steps, the target being the mean sparsity Group Adam
-  reached at that lambda (tfmot applies it per table, not globally). Its row sparsity is measured
-  like the others'.
+  weight-level (tfmot 0.8.0's ``block_size=(1, d)``, whole rows, fails on Embedding layers), a
+  polynomial schedule from 0 to the target over the first 70% of the steps, the target being the
+  mean sparsity Group Adam reached at that lambda (tfmot applies it per table, not globally). Its
+  row sparsity is measured like the others' and is far below the target.
 * ``group_adam`` / ``group_adagrad`` -- the project's optimizers over an l21 grid.
 
 It reuses the project's code end to end: ExampleGen's line parser (``LineParser``), Transform's
@@ -680,11 +680,13 @@ def render_markdown(results: Dict, command: str) -> str:
     L.append("- **Adam + l2 row pruning**: the Adam model of the same seed, with the embedding rows of smallest l2 "
              "norm set to zero (one global threshold over all tables) until exactly the sparsity that the Group "
              "run reached; no fine-tuning. Paired by seed, so the difference per seed is also reported.")
-    L.append("- **tfmot**: `tfmot.sparsity.keras.prune_low_magnitude` on every Embedding layer with "
-             "`block_size=(1, dim)` (whole rows, ranked by mean |w|), PolynomialDecay 0 -> target over the first "
-             "70% of the steps, trained with Adam; target = the mean sparsity Group Adam reached at that l21. tfmot "
-             "applies the target per table (not globally); the final mask is applied before stripping. Only at "
-             "the Group Adam points.")
+    L.append("- **tfmot**: `tfmot.sparsity.keras.prune_low_magnitude` on every Embedding layer, weight-level "
+             "(individual weights; `block_size=(1, dim)`, which would prune whole rows, fails on Embedding layers "
+             "in tfmot 0.8.0: \"Input tensor must be rank 2\"), PolynomialDecay 0 -> target over the first "
+             "70% of the steps, trained with Adam; target = the mean sparsity Group Adam reached at that l21, as "
+             "a fraction of weights. tfmot applies the target per table (not globally); the final mask is applied "
+             "before stripping. Only at the Group Adam points. Its *row* sparsity (in parentheses) is far below "
+             "the target, so its AUC is not at a matched row sparsity.")
     L.append("- **Sparsity** = fraction of all embedding rows (OOV rows included) that are entirely zero "
              "(`optim.sparsity`). **Size** = float32 bytes of the non-zero embedding rows + all dense weights "
              "(what a pruned export holds, the id map excluded).")
