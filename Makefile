@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED := 1
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast serve lock clean
+.PHONY: setup demo test test-serial test-fast serve lock clean
 
 setup:
 	@scripts/setup_env.sh
@@ -15,7 +15,20 @@ setup:
 demo: setup
 	$(PY) -m pipelines run --score-rows 5 $(ARGS)
 
+# The whole-pipeline (e2e) tests run beside the others: each is mostly single-threaded Beam/TFX work,
+# so two pytest processes keep both cores busy (CI on a 2-core machine: ~32 min in series). Each has
+# its own basetemp; e2e lines are prefixed "[e2e]"; the target fails if either fails.
+E2E_BASETEMP ?= $(or $(TMPDIR),/tmp)/sparsectr-e2e-tests
 test: setup
+	@set -o pipefail; \
+	( $(PY) -m pytest -m e2e -p no:cacheprovider --basetemp=$(E2E_BASETEMP) $(PYTEST_ARGS) tests 2>&1 \
+	  | sed -u 's/^/[e2e] /' ) & e2e=$$!; \
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS) tests; rest=$$?; \
+	wait $$e2e; e2e_rc=$$?; \
+	echo "make test: tests without e2e exit $$rest, e2e exit $$e2e_rc"; \
+	[ $$rest -eq 0 ] && [ $$e2e_rc -eq 0 ]
+
+test-serial: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 test-fast: setup
