@@ -5,7 +5,7 @@ the real Criteo sample and on generated data: the measurements behind README "Ch
 
 Each dataset is analysed once by TF Transform with the project's `preprocessing_fn` (Beam in memory);
 each configuration is the Trainer's model and optimizer (`pipelines.config.TrainerConfig` defaults,
-`components.models.build_model`, `components.trainer_module.make_optimizer`) with the overrides shown,
+`components.trainer_module.build_model` and `make_optimizer`) with the overrides shown,
 XLA off, evaluated on held-out rows after every epoch. Datasets: the real Criteo sample
 (../shared/data/criteo/wide-resdnn: train.csv, reported on dev.csv + test.csv) and generated spans
 (span 0 trains, span 1 tests; the truth gives the Bayes-optimal AUC, the noise fields and the signal
@@ -62,7 +62,7 @@ def _run(spec, tft_output, train, test, truth, override):
     import optim
     from components import models
     from components.preprocessing import LABEL_KEY
-    from components.trainer_module import make_optimizer
+    from components.trainer_module import build_model, make_optimizer
     from components.vocabulary import FieldVocabulary
     from pipelines.config import TrainerConfig
 
@@ -71,10 +71,7 @@ def _run(spec, tft_output, train, test, truth, override):
     cfg = dict(dataclasses.asdict(TrainerConfig()), jit_compile=False, **override)
     keras.utils.set_random_seed(cfg["seed"])
     vocab = FieldVocabulary(spec, tft_output)
-    model = models.build_model(cfg["model"], spec.int_columns, vocab.embedded_fields, vocab.table_rows(),
-                               embedding_dim=cfg["embedding_dim"], hidden_units=cfg["hidden_units"],
-                               global_to_row=vocab.global_to_row,
-                               oov_rows={f: vocab.oov_row(f) for f in vocab.fields})
+    model = build_model(cfg, spec, vocab)
     model.compile(optimizer=make_optimizer(cfg), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=2000)])
     aucs = []

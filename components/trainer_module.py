@@ -61,6 +61,14 @@ class _SparsityToTensorBoard(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def build_model(cfg: Dict[str, Any], spec: DatasetSpec, vocabulary: FieldVocabulary):
+    """The (uncompiled) model of a trainer config over one Transform output's vocabulary."""
+    return models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
+                              embedding_dim=cfg["embedding_dim"], embedding_dims=cfg["embedding_dims"],
+                              hidden_units=cfg["hidden_units"], global_to_row=vocabulary.global_to_row,
+                              oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
+
+
 def make_optimizer(cfg: Dict[str, Any]):
     name = cfg["optimizer"]
     lr = cfg["learning_rate"]
@@ -146,10 +154,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
 
     vocabulary = FieldVocabulary(spec, tft_output)
     table_rows = vocabulary.table_rows()
-    model = models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, table_rows,
-                               embedding_dim=cfg["embedding_dim"], embedding_dims=cfg["embedding_dims"],
-                               hidden_units=cfg["hidden_units"], global_to_row=vocabulary.global_to_row,
-                               oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
+    model = build_model(cfg, spec, vocabulary)
     model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc")], jit_compile=cfg["jit_compile"])
 

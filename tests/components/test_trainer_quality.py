@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     from components.click_log_example_gen.parsing import LineParser
     from components.dataset_spec import load_spec
     from components.preprocessing import LABEL_KEY
-    from components.trainer_module import make_optimizer
+    from components.trainer_module import build_model, make_optimizer
     from components.vocabulary import FieldVocabulary
     from pipelines import generator
     from pipelines.config import TrainerConfig
@@ -58,10 +58,7 @@ def trained(tmp_path_factory):
     cfg["l21"] = 1e-2
     keras.utils.set_random_seed(cfg["seed"])
     vocabulary = FieldVocabulary(spec, tft_output)
-    model = models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
-                               embedding_dim=cfg["embedding_dim"], hidden_units=cfg["hidden_units"],
-                               global_to_row=vocabulary.global_to_row,
-                               oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
+    model = build_model(cfg, spec, vocabulary)
     model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=2000)])
     model.fit(train, train_labels, batch_size=cfg["batch_size"], epochs=cfg["epochs"], shuffle=True, verbose=2)
