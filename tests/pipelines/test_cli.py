@@ -72,6 +72,11 @@ def test_bad_rows_option(tmp_path):
     assert_one_line_error(proc, "--rows")
 
 
+def test_bad_span_window_option(tmp_path):
+    proc = run_cli("run", "--span-window", "0", "--output", str(tmp_path / "o"))
+    assert_one_line_error(proc, "--span-window")
+
+
 def test_help_lists_subcommands():
     proc = run_cli("--help")
     assert proc.returncode == 0
