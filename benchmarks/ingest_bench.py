@@ -141,6 +141,7 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
            "--workers", str(workers), "--data", data, "--examples", examples]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -174,7 +175,8 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
     result.update({"stage": stage, "mode": mode, "workers": 1 if mode == "in_memory" else workers,
                    "rows_per_s": round(result["rows"] / result["seconds"], 1),
                    "seconds": round(result["seconds"], 2), "process_wall_s": round(wall, 2),
-                   "peak_rss_mib": round(peak[0] / 2 ** 20, 1)})
+                   "peak_rss_mib": round(peak[0] / 2 ** 20, 1),
+                   "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
     return result
 
 
@@ -190,13 +192,15 @@ def generate_data(root: str, rows: int, files: int) -> str:
 
 
 def format_table(runs: List[Dict]) -> str:
-    lines = [f"{'rows':>9} {'stage':<11} {'mode':<17} {'workers':>7} {'seconds':>8} {'rows/s':>9} {'peak MiB':>9}"]
+    lines = [f"{'rows':>9} {'stage':<11} {'mode':<17} {'workers':>7} {'seconds':>8} {'rows/s':>9} {'peak MiB':>9}"
+             f"  {'1-min load start->end':>21}"]
     for r in runs:
         if "error" in r:
             lines.append(f"{r.get('size', ''):>9} {r['stage']:<11} {r['mode']:<17} ERROR {r['error']}")
             continue
         lines.append(f"{r['size']:>9} {r['stage']:<11} {r['mode']:<17} {r['workers']:>7} {r['seconds']:>8.1f} "
-                     f"{r['rows_per_s']:>9.0f} {r['peak_rss_mib']:>9.0f}")
+                     f"{r['rows_per_s']:>9.0f} {r['peak_rss_mib']:>9.0f}"
+                     + (f"  {r['load_average'][0]:>10.2f} -> {r['load_average'][1]:<7.2f}" if "load_average" in r else ""))
     return "\n".join(lines)
 
 
@@ -213,6 +217,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp dir)")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "ingest"),
                         help="writes OUT.json and OUT.txt")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="write one report (--out) from earlier reports' runs; later ones replace earlier")
     # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=("examplegen", "transform"), help=argparse.SUPPRESS)
@@ -222,6 +228,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         child_main(args)
+        return
+    if args.merge:
+        merge(args.merge, args.out)
         return
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="ingest_bench_")
@@ -243,38 +252,69 @@ def main(argv: Optional[List[str]] = None) -> None:
                 r["size"] = size
                 runs.append(r)
                 print(format_table([r]).splitlines()[-1], flush=True)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+               "load_average_before": [round(x, 2) for x in load_before],
+               "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    write_report(runs, [machine], args.files, args.out)
+
+
+def combine(runs: List[Dict]) -> List[Dict]:
+    """ExampleGen + Transform of the same size and mode as one "both" row."""
     combined = []
-    for size in args.rows:
-        for mode in args.modes:
-            eg = next((r for r in runs if r.get("size") == size and r["mode"] == mode
-                       and r["stage"] == "examplegen" and "error" not in r), None)
-            tf_ = next((r for r in runs if r.get("size") == size and r["mode"] == mode
-                        and r["stage"] == "transform" and "error" not in r), None)
-            if eg and tf_:
-                seconds = eg["seconds"] + tf_["seconds"]
-                combined.append({"size": size, "stage": "both", "mode": mode, "workers": eg["workers"],
-                                 "seconds": round(seconds, 2), "rows_per_s": round(size / seconds, 1),
-                                 "peak_rss_mib": max(eg["peak_rss_mib"], tf_["peak_rss_mib"])})
+    keys = sorted({(r["size"], r["mode"]) for r in runs if "size" in r}, key=lambda k: (k[0], MODES.index(k[1])))
+    for size, mode in keys:
+        eg = next((r for r in runs if r.get("size") == size and r["mode"] == mode
+                   and r["stage"] == "examplegen" and "error" not in r), None)
+        tf_ = next((r for r in runs if r.get("size") == size and r["mode"] == mode
+                    and r["stage"] == "transform" and "error" not in r), None)
+        if eg and tf_:
+            seconds = eg["seconds"] + tf_["seconds"]
+            combined.append({"size": size, "stage": "both", "mode": mode, "workers": eg["workers"],
+                             "seconds": round(seconds, 2), "rows_per_s": round(size / seconds, 1),
+                             "peak_rss_mib": max(eg["peak_rss_mib"], tf_["peak_rss_mib"])})
+    return combined
+
+
+def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str) -> None:
     report = {
         "benchmark": "ClickLogExampleGen (+ Transform) ingestion on generated Criteo-layout logs",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
-        "files_per_set": args.files,
+        "machine": machines[0] if len(machines) == 1 else machines,
+        "files_per_set": files,
         "timing": "executor Do() / Beam pipeline wall time, excluding process and TensorFlow start-up",
         "peak_memory": "max over 0.2 s samples of the summed RSS of the stage's process tree",
-        "runs": runs + combined,
+        "runs": runs + combine(runs),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    text = (f"{report['benchmark']}\n{report['machine']['cpus']} CPUs, load average before "
-            f"{report['machine']['load_average_before']}, after {report['machine']['load_average_after']}; "
-            f"{args.files} files per set\n{report['timing']}; {report['peak_memory']}\n\n"
-            + format_table(runs + combined) + "\n")
-    with open(args.out + ".txt", "w") as f:
+    loads = "; ".join(f"load average before {m['load_average_before']}, after {m['load_average_after']}"
+                      for m in machines)
+    text = (f"{report['benchmark']}\n{machines[0]['cpus']} CPUs, {loads}"
+            f"{' (one per merged run)' if len(machines) > 1 else ''}; {files} files per set\n"
+            f"{report['timing']}; {report['peak_memory']}\n\n" + format_table(report["runs"]) + "\n")
+    with open(out + ".txt", "w") as f:
         f.write(text)
     print(text)
+
+
+def merge(paths: List[str], out: str) -> None:
+    """Runs of several reports in one; a later report's (size, stage, mode) replaces an earlier one's."""
+    by_key: Dict = {}
+    machines, files = [], None
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        for m in report["machine"] if isinstance(report["machine"], list) else [report["machine"]]:
+            if m not in machines:
+                machines.append(m)
+        files = report["files_per_set"] if files is None else files
+        if report["files_per_set"] != files:
+            raise SystemExit(f"cannot merge {path}: {report['files_per_set']} files per set, not {files}")
+        for r in report["runs"]:
+            if r["stage"] != "both":
+                by_key[(r["size"], r["stage"], r["mode"])] = r
+    runs = sorted(by_key.values(), key=lambda r: (r["size"], MODES.index(r["mode"]), r["stage"] != "examplegen"))
+    write_report(runs, machines, files, out)
 
 
 if __name__ == "__main__":
