@@ -1,0 +1,73 @@
+"""benchmarks/ingest_bench.py: the committed results cover what the README quotes, and merging reports."""
+import json
+import os
+
+import pytest
+
+from benchmarks import ingest_bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "ingest.json")
+
+
+def test_committed_results_cover_both_sizes_stages_and_modes():
+    with open(RESULTS) as f:
+        report = json.load(f)
+    runs = {(r["size"], r["stage"], r["mode"]): r for r in report["runs"]}
+    for size in (100_000, 1_000_000):
+        for mode in ingest_bench.MODES:
+            for stage in ("examplegen", "transform", "both"):
+                r = runs.get((size, stage, mode))
+                assert r is not None and "error" not in r, (size, stage, mode)
+                assert r["rows_per_s"] == pytest.approx(size / r["seconds"], rel=0.01)
+                assert r["peak_rss_mib"] > 100
+            eg, tf_ = runs[(size, "examplegen", mode)], runs[(size, "transform", mode)]
+            assert eg["rows"] == size  # every generated row read and emitted
+            assert eg["rows_read"] == eg["rows"] + eg["rows_quarantined"]
+            assert tf_["rows"] == size  # Transform counted every row of both splits
+            assert runs[(size, "both", mode)]["seconds"] == pytest.approx(eg["seconds"] + tf_["seconds"], abs=0.05)
+    with open(RESULTS[:-len(".json")] + ".txt") as f:
+        text = f.read()
+    assert "1000000 transform" in text.replace("  ", " ").replace("  ", " ")
+
+
+def _run(size, stage, mode, seconds, **extra):
+    return dict({"size": size, "stage": stage, "mode": mode, "workers": 1, "seconds": seconds, "rows": size,
+                 "rows_per_s": round(size / seconds, 1), "peak_rss_mib": 500.0}, **extra)
+
+
+def _report(path, runs, load):
+    machine = {"cpus": 2, "python": "3.10", "platform": "x", "load_average_before": [load] * 3,
+               "load_average_after": [load] * 3}
+    path.write_text(json.dumps({"machine": machine, "files_per_set": 4, "runs": runs}))
+    return str(path)
+
+
+def test_merge_replaces_same_runs_keeps_others_and_recombines(tmp_path):
+    old = _report(tmp_path / "old.json", [
+        _run(100, "examplegen", "in_memory", 1.0), _run(100, "transform", "in_memory", 4.0),
+        _run(1000, "examplegen", "in_memory", 10.0),
+        {"size": 100, "stage": "both", "mode": "in_memory", "seconds": 5.0}], load=1.0)
+    new = _report(tmp_path / "new.json", [
+        _run(1000, "examplegen", "in_memory", 12.0), _run(1000, "transform", "in_memory", 30.0)], load=3.0)
+    ingest_bench.merge([old, new], str(tmp_path / "out"))
+    merged = json.loads((tmp_path / "out.json").read_text())
+    runs = {(r["size"], r["stage"], r["mode"]): r for r in merged["runs"]}
+    assert set(runs) == {(100, "examplegen", "in_memory"), (100, "transform", "in_memory"), (100, "both", "in_memory"),
+                         (1000, "examplegen", "in_memory"), (1000, "transform", "in_memory"),
+                         (1000, "both", "in_memory")}
+    assert runs[(1000, "examplegen", "in_memory")]["seconds"] == 12.0  # the later report wins
+    assert runs[(1000, "both", "in_memory")]["seconds"] == 42.0
+    assert runs[(100, "both", "in_memory")]["seconds"] == 5.0
+    assert len(merged["machine"]) == 2
+    text = (tmp_path / "out.txt").read_text()
+    assert "load average before [1.0, 1.0, 1.0]" in text and "load average before [3.0, 3.0, 3.0]" in text
+
+
+def test_merge_refuses_reports_with_different_file_counts(tmp_path):
+    a = _report(tmp_path / "a.json", [_run(100, "examplegen", "in_memory", 1.0)], load=1.0)
+    data = json.loads(open(a).read())
+    data["files_per_set"] = 8
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="8 files per set"):
+        ingest_bench.merge([a, str(tmp_path / "b.json")], str(tmp_path / "out"))
