@@ -125,3 +125,32 @@ def test_report_table_values_equal_the_json(committed):
                 assert ("beyond spread" in cells[8] and "no difference" not in cells[8]) == bool(beyond), line
                 checked += 1
     assert checked >= len(DATASETS) * len(MODELS) * 2
+
+
+def _part(tmp_path, name, models, train_rows=1000, l21=(1e-3,)):
+    settings = {"seeds": 3, "embedding_dim": 8, "hidden_units": [64, 32], "tfmot": True, "jit_compile": False,
+                "models": list(models), "learning_rate": 0.005, "adagrad_learning_rate": 0.05,
+                "group_adam_l21": list(l21), "group_adagrad_l21": [0.05], "generated_rows": train_rows,
+                "generated_test_rows": 100, "epochs_generated": 1, "batch_size_generated": 1024}
+    info = {"train_rows": train_rows, "test_rows": 100, "table_rows": 50, "steps": 1,
+            "group_adam_l21": list(l21)}
+    runs = [{"dataset": "generated", "model": m, "method": "adam", "seed": s, "auc": 0.7} for m in models
+            for s in range(3)]
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"settings": settings, "datasets": {"generated": info}, "runs": runs,
+                                "command": f"cmd {name}", "wall_seconds": 60.0}))
+    return str(path)
+
+
+def test_merge_joins_model_blocks_of_one_dataset_and_refuses_overlaps(tmp_path):
+    from benchmarks.paper_repro import merge_results
+    merged = merge_results([_part(tmp_path, "a", ["dnn"]), _part(tmp_path, "b", ["deepfm"])])
+    assert merged["settings"]["models"] == ["dnn", "deepfm"]
+    assert merged["commands"] == ["cmd a", "cmd b"]
+    assert {(r["model"], r["seed"]) for r in merged["runs"]} == {(m, s) for m in ("dnn", "deepfm") for s in range(3)}
+    assert merged["datasets"]["generated"]["group_adam_l21"] == [1e-3]
+    assert merged["datasets"]["generated"]["adagrad_learning_rate"] == 0.05  # filled from the part's settings
+    with pytest.raises(ValueError, match="in two parts"):
+        merge_results([_part(tmp_path, "a", ["dnn"]), _part(tmp_path, "c", ["dnn"])])
+    with pytest.raises(ValueError, match="differs between parts"):
+        merge_results([_part(tmp_path, "a", ["dnn"]), _part(tmp_path, "d", ["deepfm"], l21=(3e-3,))])
