@@ -81,7 +81,7 @@ class Settings:
     # The generated set has ~100x the rows of the real samples, so the same l21 gives another sparsity
     # there, and Group Adagrad at 0.05 barely trains in one epoch: its own grids and Adagrad rate,
     # chosen on a 200k-row set (benchmarks/paper_repro_calibrate.py). None = the values above.
-    generated_group_adam_l21: Optional[Sequence[float]] = (1e-4, 1e-3, 3e-3)
+    generated_group_adam_l21: Optional[Sequence[float]] = (1e-4, 1e-3, 3e-3, 1e-2)
     generated_group_adagrad_l21: Optional[Sequence[float]] = (0.01, 0.015, 0.02)
     generated_adagrad_learning_rate: Optional[float] = 0.3
     tfmot: bool = True

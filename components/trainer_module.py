@@ -84,6 +84,35 @@ def make_optimizer(cfg: Dict[str, Any]):
     return getattr(optim, classes[name])(learning_rate=lr, **regularizers)
 
 
+DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+
+
+def distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """The tf.distribute strategy that `run_fn` trains under (config `trainer.distribution`).
+
+    ``none``: the default (one device). ``mirrored``: MirroredStrategy over this machine's GPUs, or
+    its logical CPUs when it has none. ``multi_worker``: MultiWorkerMirroredStrategy, cluster from
+    ``TF_CONFIG`` (as a Kubeflow TFJob or Vertex AI training job sets it). ``auto``: multi_worker when
+    ``TF_CONFIG`` names more than one task, mirrored when there are several GPUs, else none.
+    """
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"trainer.distribution {name!r} not in {list(DISTRIBUTIONS)}")
+    if name == "auto":
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+        if sum(len(tasks) for role, tasks in cluster.items() if role in ("chief", "worker")) > 1:
+            name = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "none"
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
+
+
 def _dataset(file_pattern, data_accessor, tft_output, batch_size: int, seed: int, shuffle: bool):
     return data_accessor.tf_dataset_factory(
         file_pattern,
@@ -154,11 +183,18 @@ def run_fn(fn_args: tfx.components.FnArgs):
 
     vocabulary = FieldVocabulary(spec, tft_output)
     table_rows = vocabulary.table_rows()
-    model = build_model(cfg, spec, vocabulary)
-    model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=cfg["jit_compile"])
-
-    warm = _warm_start(fn_args, cfg, model, vocabulary)
+    strategy = distribution_strategy(cfg.get("distribution", "auto"))
+    replicas = strategy.num_replicas_in_sync
+    jit_compile = cfg["jit_compile"]
+    if jit_compile and replicas > 1:
+        # tf_keras's compiled train step cannot reach the other replicas' variables (README, optim).
+        logging.warning("jit_compile off: %d replicas under %s", replicas, type(strategy).__name__)
+        jit_compile = False
+    with strategy.scope():  # variables (model, optimizer slots, metrics) mirrored on every replica
+        model = build_model(cfg, spec, vocabulary)
+        model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile)
+        warm = _warm_start(fn_args, cfg, model, vocabulary)
 
     train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
     evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], False)
@@ -199,6 +235,9 @@ def run_fn(fn_args: tfx.components.FnArgs):
                 if warm.get("optimizer_state") else int(model.optimizer.iterations.numpy()),
                 "epochs": len(history.epoch),
                 "final": final, "table_rows": table_rows, "warm_start": warm,
+                # batch_size is the global batch: each replica gets batch_size / replicas rows.
+                "distribution": {"strategy": type(strategy).__name__.lstrip("_"), "replicas": replicas,
+                                 "jit_compile": jit_compile},
                 "fit_seconds": round(fit_seconds, 1), "export_seconds": round(export_seconds, 1)}
     for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
         with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:

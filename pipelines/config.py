@@ -51,6 +51,7 @@ class TrainerConfig:
     train_steps: Optional[int] = None  # None = epochs over the train split
     eval_steps: Optional[int] = None
     jit_compile: bool = True
+    distribution: str = "auto"  # auto | none | mirrored | multi_worker (components.trainer_module)
     seed: int = 42
     warm_start: bool = True
 

@@ -70,24 +70,30 @@ def inputs(tmp_path_factory):
     return {"artifacts": artifacts, "spec": spec, "raw_eval": raw[ROWS - 400:], "features": features}
 
 
-def _train(inputs, out, trainer=None, feature_overrides=None):
-    from tfx.components.trainer.executor import GenericExecutor
+def _exec_properties(inputs, trainer=None):
+    import dataclasses
+
     from tfx.proto import trainer_pb2
-    from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
 
     from pipelines.config import TrainerConfig
-    import dataclasses
 
-    cfg = dict(dataclasses.asdict(TrainerConfig()), **FAST, **(trainer or {}))
+    cfg = dict(dataclasses.asdict(TrainerConfig()), **FAST)
+    cfg.update(trainer or {})
+    return {"run_fn": "components.trainer_module.run_fn",
+            "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs()),
+            "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs()),
+            "custom_config": json.dumps({"trainer": json.dumps(cfg), "dataset_spec": inputs["spec"].to_json()})}
+
+
+def _train(inputs, out, trainer=None, feature_overrides=None):
+    from tfx.components.trainer.executor import GenericExecutor
+    from tfx.types import standard_artifacts
+
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = str(out / "model"), str(out / "model_run")
-    GenericExecutor().Do(
-        inputs["artifacts"](feature_overrides), {"model": [model], "model_run": [model_run]},
-        {"run_fn": "components.trainer_module.run_fn",
-         "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs()),
-         "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs()),
-         "custom_config": json.dumps({"trainer": json.dumps(cfg), "dataset_spec": inputs["spec"].to_json()})})
+    GenericExecutor().Do(inputs["artifacts"](feature_overrides), {"model": [model], "model_run": [model_run]},
+                         _exec_properties(inputs, trainer))
     return model.uri
 
 
@@ -166,3 +172,75 @@ def test_tensorboard_logs_loss_auc_and_sparsity(trained):
                 for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
                     tags.update(v.tag for v in event.summary.value)
     assert {"epoch_loss", "epoch_auc", "embedding_row_sparsity", "embedding_row_sparsity/C1"} <= tags, tags
+
+
+# TFX's Trainer executor in a fresh process whose one CPU is split into two logical devices (that
+# must happen before TensorFlow initializes, so not in this test process).
+_TWO_DEVICE_TRAINER = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfx.components.trainer.executor import GenericExecutor
+from google.protobuf import json_format
+from ml_metadata.proto import metadata_store_pb2
+from tfx.types import artifact_utils, standard_artifacts
+args = json.loads(sys.argv[1])
+inputs = {key: [artifact_utils.deserialize_artifact(
+              json_format.ParseDict(a["artifact_type"], metadata_store_pb2.ArtifactType()),
+              json_format.ParseDict(a["artifact"], metadata_store_pb2.Artifact()))]
+          for key, a in args["inputs"].items()}
+model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+model.uri, model_run.uri = args["out"] + "/model", args["out"] + "/model_run"
+GenericExecutor().Do(inputs, {"model": [model], "model_run": [model_run]}, args["exec_properties"])
+"""
+
+
+def test_mirrored_strategy_on_two_devices_trains_the_same_model(inputs, trained, tmp_path):
+    import subprocess
+    import sys
+
+    from google.protobuf import json_format
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    artifacts = {key: {"artifact_type": json_format.MessageToDict(values[0].artifact_type),
+                       "artifact": json_format.MessageToDict(values[0].mlmd_artifact)}
+                 for key, values in inputs["artifacts"]().items()}
+    args = {"inputs": artifacts, "out": str(tmp_path),
+            "exec_properties": _exec_properties(inputs, {"distribution": "mirrored", "jit_compile": True})}
+    done = subprocess.run([sys.executable, "-c", _TWO_DEVICE_TRAINER, json.dumps(args)], cwd=root,
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = str(tmp_path / "model")
+    training = json.load(open(os.path.join(model, "training.json")))
+    # Two replicas; jit_compile asked for but turned off (tf_keras cannot compile across replicas).
+    assert training["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2, "jit_compile": False}
+    # Each replica took half of every batch: the summed gradients equal one device's, so the weights
+    # and optimizer state match the single-device run of the same seed.
+    single = tf.train.load_checkpoint(os.path.join(trained, "warm_start", "state"))
+    mirrored = tf.train.load_checkpoint(os.path.join(model, "warm_start", "state"))
+    names = sorted(single.get_variable_to_shape_map())
+    assert names == sorted(mirrored.get_variable_to_shape_map())
+    for name in names:
+        np.testing.assert_allclose(mirrored.get_tensor(name), single.get_tensor(name), rtol=1e-3, atol=1e-5,
+                                   err_msg=name)
+    loaded = tf.saved_model.load(os.path.join(model, "Format-Serving"))
+    scores = loaded.signatures["serving_default"](examples=tf.constant(inputs["raw_eval"][:50]))["probability"]
+    assert np.all(np.isfinite(scores.numpy()))
+
+
+def test_unknown_distribution_is_one_clear_error():
+    from components.trainer_module import distribution_strategy
+    with pytest.raises(ValueError, match="trainer.distribution 'tpu' not in"):
+        distribution_strategy("tpu")
+
+
+def test_auto_distribution_reads_tf_config(monkeypatch):
+    from components import trainer_module
+    monkeypatch.setenv("TF_CONFIG", "")
+    assert trainer_module.distribution_strategy("auto").num_replicas_in_sync == 1
+    made = []
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: made.append(1) or "mwms")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                                                "task": {"type": "chief", "index": 0}}))
+    assert trainer_module.distribution_strategy("auto") == "mwms" and made == [1]
