@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Dict
 
@@ -111,6 +113,17 @@ def distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
+
+
+def is_chief(cluster_resolver) -> bool:
+    """Whether this task writes the model: the chief, or worker 0 of a cluster without one; always
+    when not in a cluster (no resolver, or one without a task type)."""
+    if cluster_resolver is None or not cluster_resolver.task_type:
+        return True
+    cluster = cluster_resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return cluster_resolver.task_type == "chief"
+    return cluster_resolver.task_type == "worker" and cluster_resolver.task_id == 0
 
 
 def _dataset(file_pattern, data_accessor, tft_output, batch_size: int, seed: int, shuffle: bool):
@@ -222,9 +235,14 @@ def run_fn(fn_args: tfx.components.FnArgs):
     report = sparsity_report(model)
     export_started = time.time()
     signatures = _signatures(model, tft_output, spec)
+    # Under MultiWorkerMirroredStrategy every task must save (saving runs collectives), but only the
+    # chief's copy is the model: the others write to a scratch folder, deleted below.
+    chief = is_chief(getattr(strategy, "cluster_resolver", None))
+    serving_model_dir = fn_args.serving_model_dir if chief else os.path.join(
+        tempfile.mkdtemp(prefix="non-chief-"), "Format-Serving")
     # The optimizer state goes to the warm-start folder, not into the serving model (3x its tables).
-    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures, include_optimizer=False)
-    model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+    model.save(serving_model_dir, save_format="tf", signatures=signatures, include_optimizer=False)
+    model_root = os.path.dirname(serving_model_dir.rstrip("/"))
     warm["state_bytes"] = warm_start.save(
         warm_start.state_dir(model_root), model, model.optimizer, vocabulary.path,
         {"model": cfg["model"], "optimizer": cfg["optimizer"], "table_rows": table_rows})
@@ -242,6 +260,8 @@ def run_fn(fn_args: tfx.components.FnArgs):
     for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
         with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
             f.write(json.dumps(payload, indent=1, sort_keys=True))
+    if not chief:
+        shutil.rmtree(model_root, ignore_errors=True)
     logging.info("embedding-row sparsity %.4f (%d of %d rows are zero)",
                  report["fraction"], report["zero_rows"], report["rows"])
 

@@ -244,3 +244,18 @@ def test_auto_distribution_reads_tf_config(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
                                                 "task": {"type": "chief", "index": 0}}))
     assert trainer_module.distribution_strategy("auto") == "mwms" and made == [1]
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"chief": ["c:1"], "worker": ["w0:1", "w1:1"]}, ("chief", 0), True),
+    ({"chief": ["c:1"], "worker": ["w0:1", "w1:1"]}, ("worker", 0), False),
+    ({"worker": ["w0:1", "w1:1"]}, ("worker", 0), True),
+    ({"worker": ["w0:1", "w1:1"]}, ("worker", 1), False),
+    ({}, (None, None), True),
+])
+def test_only_the_chief_writes_the_model(cluster, task, chief):
+    from components.trainer_module import is_chief
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
+    assert is_chief(resolver) is chief
+    assert is_chief(None) is True
