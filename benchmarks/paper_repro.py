@@ -61,6 +61,10 @@ METHOD_LABELS = {"adam": "Adam (dense)", "adam_rowprune": "Adam + l2 row pruning
                  "group_adagrad": "Group Adagrad"}
 
 
+# The settings that may differ per dataset (Settings.for_dataset); results keep them per dataset.
+OPTIMIZER_FIELDS = ("learning_rate", "adagrad_learning_rate", "group_adam_l21", "group_adagrad_l21")
+
+
 @dataclasses.dataclass
 class Settings:
     datasets: Sequence[str] = ("criteo", "avazu", "generated")
@@ -93,15 +97,11 @@ class Settings:
         if dataset != "generated":
             return self
         out = self
-        for name in ("group_adam_l21", "group_adagrad_l21", "adagrad_learning_rate"):
-            value = getattr(self, "generated_" + name)
+        for name in OPTIMIZER_FIELDS:
+            value = getattr(self, "generated_" + name, None)
             if value is not None:
                 out = dataclasses.replace(out, **{name: value})
         return out
-
-    @staticmethod
-    def optimizer_fields() -> Sequence[str]:
-        return ("learning_rate", "adagrad_learning_rate", "group_adam_l21", "group_adagrad_l21")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -531,7 +531,7 @@ def prune_rows(fields_tables: Dict, target: float):
 # ------------------------------------------------------------------------------------------------
 # The experiment
 # ------------------------------------------------------------------------------------------------
-def run_block(trainer: Trainer, kind: str, s: Settings, log=print) -> List[Dict]:
+def run_block(trainer: Trainer, kind: str, log=print) -> List[Dict]:
     """Every method and seed for one (dataset, model)."""
     import tf_keras as keras
     truth = None
@@ -539,7 +539,7 @@ def run_block(trainer: Trainer, kind: str, s: Settings, log=print) -> List[Dict]
         from pipelines.generator import GroundTruth
         truth = GroundTruth.load(trainer.data.info["truth_path"]).signal_values()
     ds = trainer.data.name
-    s = trainer.s  # with the dataset's own grids
+    s = trainer.s  # the settings with this dataset's own grids
     runs: List[Dict] = []
 
     def record(method, seed, metrics, **extra):
@@ -594,11 +594,11 @@ def run(s: Settings, log=print, partial_path: Optional[str] = None) -> Dict:
         trainer = Trainer(data, s)
         results["datasets"][ds] = dict(data.info, table_rows=sum(trainer.vocab.table_rows().values()),
                                        epochs=trainer.epochs, batch_size=trainer.batch_size, steps=trainer.steps,
-                                       **{k: getattr(trainer.s, k) for k in Settings.optimizer_fields()})
+                                       **{k: getattr(trainer.s, k) for k in OPTIMIZER_FIELDS})
         results["datasets"][ds].pop("truth_path", None)
         for kind in s.models:
             t = time.time()
-            results["runs"].extend(run_block(trainer, kind, s, log))
+            results["runs"].extend(run_block(trainer, kind, log))
             log(f"[{ds}/{kind}] done in {time.time() - t:.0f}s")
             if partial_path:  # what has finished so far, in case a long run is cut short
                 with open(partial_path, "w") as f:
@@ -628,6 +628,12 @@ def _pm(values, digits=4):
 
 def _size(b):
     return f"{b / 1024:.0f} KiB" if b < 1 << 20 else f"{b / (1 << 20):.2f} MiB"
+
+
+def dataset_settings(settings: Dict, info: Dict) -> Dict:
+    """A dataset's results info with its optimizer settings; results written before they were kept per
+    dataset take them from the run's settings."""
+    return dict({k: settings[k] for k in OPTIMIZER_FIELDS}, **info)
 
 
 def dataset_order(results: Dict) -> List[str]:
@@ -711,7 +717,7 @@ def render_markdown(results: Dict, command: str) -> str:
              "Adam / Group Adam lr | Group Adam l21 | Group Adagrad lr | Group Adagrad l21 |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for ds in dataset_order(results):
-        info = dict({k: s[k] for k in Settings.optimizer_fields()}, **results["datasets"][ds])
+        info = dataset_settings(results["settings"], results["datasets"][ds])
         grid = lambda values: ", ".join(f"{v:g}" for v in values)  # noqa: E731
         L.append(f"| {ds} | {info['train_rows']} | {info['test_rows']} | {info['test_ctr']:.3f} | "
                  f"{info['epochs']} x {info['batch_size']} | {info['steps']} | {info['table_rows']} | "
@@ -804,8 +810,8 @@ def render_markdown(results: Dict, command: str) -> str:
                  f"Transform's analyze pass alone took {gen.get('analyze_seconds', float('nan')):.0f} s for that set "
                  "(DirectRunner) and every method x point x seed is a separate training run, so 1M rows did not fit "
                  "the time budget. `--generated-rows 1000000` runs the full spec on a bigger machine.")
-    rates = sorted({dict({k: s[k] for k in Settings.optimizer_fields()}, **results["datasets"][ds])
-                    ["adagrad_learning_rate"] for ds in dataset_order(results)})
+    rates = sorted({dataset_settings(s, results["datasets"][ds])["adagrad_learning_rate"]
+                    for ds in dataset_order(results)})
     L.append(f"- **Group Adagrad** steps all its weights (dense layers included) with Adagrad, at learning rate "
              f"{' / '.join(f'{r:g}' for r in rates)} (per dataset, table above). On the real samples the rate was "
              "not tuned. On the generated set it was chosen on a 200k-row set "
@@ -937,10 +943,10 @@ def merge_results(paths: Sequence[str]) -> Dict:
             raise ValueError(f"cannot merge: {sorted(part_blocks & blocks)} in two parts")
         blocks |= part_blocks
         for ds, info in part["datasets"].items():  # results written before per-dataset grids: from settings
-            info = dict({k: part["settings"][k] for k in Settings.optimizer_fields()}, **info)
+            info = dataset_settings(part["settings"], info)
             known = merged["datasets"].get(ds)
             if known is not None:
-                differ = [k for k in ("train_rows", "test_rows", "table_rows", "steps") + Settings.optimizer_fields()
+                differ = [k for k in ("train_rows", "test_rows", "table_rows", "steps") + OPTIMIZER_FIELDS
                           if known.get(k) != info.get(k)]
                 if differ:
                     raise ValueError(f"cannot merge: dataset {ds} differs between parts in {differ}")
@@ -1003,8 +1009,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", default=DEFAULT_PLOT)
     p.add_argument("--report-only", action="store_true", help="rebuild the report and figure from --json")
     p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="merge the results of runs over disjoint datasets (same grids and seeds) into --json, "
-                        "then write the report")
+                   help="merge the results of runs over disjoint (dataset, model) blocks (same seeds) into "
+                        "--json, then write the report")
     p.add_argument("--prepare-only", action="store_true",
                    help="parse, Transform and cache the datasets (under --cache-dir), train nothing")
     p.add_argument("--quick", action="store_true",
