@@ -32,7 +32,7 @@ def _data(name, workdir):
     from components.click_log_example_gen.parsing import LineParser
     from components.dataset_spec import load_spec
     from pipelines import generator
-    from tests.components.transform_helper import analyze, transformed
+    from components.local_transform import analyze, transformed
 
     spec = load_spec("criteo")
     parser = LineParser(spec)

@@ -18,8 +18,8 @@ set with planted features) and each model (DNN, DeepFM):
 * ``group_adam`` / ``group_adagrad`` -- the project's optimizers over an l21 grid.
 
 It reuses the project's code end to end: ExampleGen's line parser (``LineParser``), Transform's
-``preprocessing_fn`` run by TF Transform (``AnalyzeDataset`` on the DirectRunner, applied with
-``transform_features_layer``), ``FieldVocabulary``, ``models.build_model``, ``trainer_module.make_optimizer``
+``preprocessing_fn`` run by TF Transform (``components.local_transform``: ``AnalyzeDataset`` on the
+DirectRunner, applied with ``transform_features_layer``), ``FieldVocabulary``, ``models.build_model``, ``trainer_module.make_optimizer``
 and ``optim.sparsity``. Training runs in-process on the transformed tensors (no TFX orchestration).
 
 Outputs: a JSON with every run (``benchmarks/results/paper_repro.json``), the report
@@ -146,42 +146,6 @@ def _parse(spec, lines: Sequence[str]):
     return out, rejected
 
 
-def _analyze(spec, serialized: Sequence[bytes], out_dir: str) -> None:
-    """TF Transform's analyze phase of the project's preprocessing_fn, written like TFX's Transform."""
-    import apache_beam as beam
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-    from tfx_bsl.public import tfxio
-
-    from components.preprocessing import preprocessing_fn
-    from components.schema import curated_schema
-
-    source = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["paper_repro"],
-                                       schema=curated_schema(spec), raw_record_column_name=None)
-    spec_json = spec.to_json()
-    with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
-        with tft_beam.Context(temp_dir=tempfile.mkdtemp(dir=out_dir), desired_batch_size=4096):
-            raw = p | beam.Create(serialized, reshuffle=False) | source.BeamSource(batch_size=4096)
-            transform_fn = (raw, source.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
-                lambda inputs: preprocessing_fn(inputs, {"dataset_spec": spec_json}))
-            _ = transform_fn | tft_beam.WriteTransformFn(os.path.join(out_dir, "transform_graph"))
-    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(curated_schema(spec)),
-                               os.path.join(out_dir, "transform_graph", tft.TFTransformOutput.RAW_METADATA_DIR))
-
-
-def _apply(tft_output, serialized: Sequence[bytes], chunk: int = 65536) -> Dict[str, np.ndarray]:
-    import tensorflow as tf
-    layer = tft_output.transform_features_layer()
-    raw_spec = tft_output.raw_feature_spec()
-    parts: Dict[str, List[np.ndarray]] = {}
-    for start in range(0, len(serialized), chunk):
-        out = layer(tf.io.parse_example(tf.constant(serialized[start:start + chunk]), raw_spec))
-        for k, v in out.items():
-            parts.setdefault(k, []).append(v.numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 @dataclasses.dataclass
 class Data:
     name: str
@@ -238,6 +202,7 @@ def prepare(dataset: str, s: Settings, log=print) -> Data:
     """Parse, Transform (cached under s.cache_dir) and materialize one dataset's train/test splits."""
     import tensorflow_transform as tft
     from components.dataset_spec import load_spec
+    from components.local_transform import analyze, transformed
 
     info: Dict = {}
     if dataset == "criteo":
@@ -275,11 +240,11 @@ def prepare(dataset: str, s: Settings, log=print) -> Data:
     transform_dir = os.path.join(cache, "transform_graph")
     if not os.path.exists(os.path.join(transform_dir, "transform_fn")):
         t = time.time()
-        _analyze(spec, train_ser, cache)
+        analyze(spec, train_ser, transform_dir, batch_size=4096, temp_dir=cache)
         info["analyze_seconds"] = round(time.time() - t, 1)
     tft_output = tft.TFTransformOutput(transform_dir)
     t = time.time()
-    train, test = _apply(tft_output, train_ser), _apply(tft_output, test_ser)
+    train, test = transformed(tft_output, train_ser, 65536), transformed(tft_output, test_ser, 65536)
     info["apply_seconds"] = round(time.time() - t, 1)
     info["train_ctr"] = float(train["label"].mean())
     info["test_ctr"] = float(test["label"].mean())

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from serving import pruning  # noqa: E402
-from tests.components.transform_helper import analyze  # noqa: E402
+from components.local_transform import analyze  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_NAME = "ctr"

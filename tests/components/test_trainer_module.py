@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.components.transform_helper import analyze, transformed
+from components.local_transform import analyze, transformed
 
 ROWS = 2400
 FAST = {"epochs": 1, "jit_compile": False, "hidden_units": [16]}

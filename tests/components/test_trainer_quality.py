@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.components.transform_helper import analyze, transformed
+from components.local_transform import analyze, transformed
 
 TRAIN_ROWS, TEST_ROWS = 60000, 20000
 
