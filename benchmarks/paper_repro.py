@@ -303,8 +303,8 @@ class Trainer:
         """Every epoch a seeded permutation of all train rows, batched, gathered a batch at a time.
 
         Slicing a dict of 40 feature arrays row by row (`from_tensor_slices(...).shuffle(...)`) cost
-        more than the training steps themselves (31 s per 200k rows on this machine, against 1.9 s
-        gathering whole batches by index).
+        more than the training steps themselves on this machine; gathering whole batches by index
+        does not.
         """
         import tensorflow as tf
         if self._train_tensors is None:
