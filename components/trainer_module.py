@@ -37,6 +37,45 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or Inf loss; no model is exported."""
 
 
+class NonFiniteInputError(NonFiniteLossError):
+    """A transformed feature holds NaN or Inf; no model is exported."""
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A weight or optimizer slot became NaN or Inf; no model is exported."""
+
+
+# The marker that the input check puts into its error, so that run_fn tells it from other errors.
+_NON_FINITE_FEATURE = "sparsectr: non-finite value in transformed feature "
+
+
+def _values(tensor):
+    if isinstance(tensor, tf.SparseTensor):
+        return tensor.values
+    if isinstance(tensor, tf.RaggedTensor):
+        return tensor.flat_values
+    return tensor
+
+
+def check_finite_features(features, label):
+    """Fails the input pipeline on the first batch with a NaN or Inf in a float feature.
+
+    Checked explicitly because what a NaN input does to the loss depends on the CPU's kernels (some
+    max/ReLU kernels turn NaN into 0): the loss is no guard.
+    """
+    for name in sorted(features):
+        values = _values(features[name])
+        if values.dtype.is_floating:
+            tf.debugging.assert_all_finite(values, f"{_NON_FINITE_FEATURE}{name!r}")
+    return features, label
+
+
+def non_finite_variables(variables) -> list:
+    """Names of the variables holding a NaN or Inf (one reduction per variable, no host copy)."""
+    return [v.name for v in variables
+            if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)).numpy())]
+
+
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -132,7 +171,18 @@ def _dataset(file_pattern, data_accessor, tft_output, batch_size: int, seed: int
         tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL_KEY, num_epochs=1,
                                        shuffle=shuffle, shuffle_seed=seed, drop_final_batch=False),
         tft_output.transformed_metadata.schema,
-    ).prefetch(tf.data.AUTOTUNE)
+    ).map(check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _non_finite_input(error: Exception):
+    """The one-line NonFiniteInputError for an input-check failure raised inside fit, else None."""
+    message = getattr(error, "message", None) or str(error)
+    if _NON_FINITE_FEATURE not in message:
+        return None
+    feature = message.split(_NON_FINITE_FEATURE, 1)[1].split()[0].rstrip(":.")
+    return NonFiniteInputError(
+        f"training stopped: transformed feature {feature} holds NaN or Inf; check that column upstream"
+        " (ExampleGen/Transform). No model was exported.")
 
 
 def _raw_feature_spec(tft_output, spec: DatasetSpec) -> Dict[str, Any]:
@@ -216,20 +266,33 @@ def run_fn(fn_args: tfx.components.FnArgs):
     logging.info("training %s with %s on %d embedding tables (%d rows)", cfg["model"], cfg["optimizer"],
                  len(table_rows), sum(table_rows.values()))
     fit_started = time.time()
-    history = model.fit(
-        train,
-        epochs=cfg["epochs"] if not fn_args.train_steps else 1,
-        steps_per_epoch=fn_args.train_steps or None,
-        validation_data=evaluation,
-        callbacks=[_StopOnNonFiniteLoss(),
-                   keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-                   _SparsityToTensorBoard(fn_args.model_run_dir)],
-        verbose=2,
-    )
+    try:
+        history = model.fit(
+            train,
+            epochs=cfg["epochs"] if not fn_args.train_steps else 1,
+            steps_per_epoch=fn_args.train_steps or None,
+            validation_data=evaluation,
+            callbacks=[_StopOnNonFiniteLoss(),
+                       keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+                       _SparsityToTensorBoard(fn_args.model_run_dir)],
+            verbose=2,
+        )
+    except tf.errors.InvalidArgumentError as error:
+        non_finite = _non_finite_input(error)
+        if non_finite is None:
+            raise
+        raise non_finite from None
 
     final = {k: float(v[-1]) for k, v in history.history.items()}
     if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"training ended with non-finite metrics {final}; no model was exported")
+    # A NaN gradient can leave a finite loss behind (the group-lasso step maps a NaN row to zero):
+    # the weights and the optimizer's slots are checked themselves before anything is written.
+    broken = non_finite_variables(list(model.variables) + list(model.optimizer.variables()))
+    if broken:
+        raise NonFiniteWeightsError(
+            f"training stopped: {len(broken)} variable(s) hold NaN or Inf after training, first"
+            f" {broken[0]}; lower the learning rate or check the input features. No model was exported.")
 
     fit_seconds = time.time() - fit_started
     report = sparsity_report(model)

@@ -102,13 +102,37 @@ def trained(inputs, tmp_path_factory):
     return _train(inputs, tmp_path_factory.mktemp("first"))
 
 
-def test_nan_loss_stops_training_and_exports_no_model(inputs, tmp_path):
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_non_finite_feature_stops_training_and_exports_no_model(inputs, tmp_path, bad_value):
+    """Caught in the input, not through the loss: what NaN does to the loss depends on the CPU (some
+    AVX-512 max/ReLU kernels turn it into 0 and the loss stays finite)."""
     bad = inputs["features"]["I1"].copy()
-    bad[::7] = np.nan  # a broken upstream feature
+    bad[::7] = bad_value  # a broken upstream feature
     # TFX imports the module file itself, so the class is compared by name.
-    with pytest.raises(RuntimeError, match=r"loss is nan at step \d+.*No model was exported") as raised:
+    with pytest.raises(RuntimeError, match=r"^training stopped: transformed feature 'I1' holds NaN or Inf.*"
+                                           r"No model was exported\.$") as raised:
         _train(inputs, tmp_path, feature_overrides={"I1": bad})
-    assert type(raised.value).__name__ == "NonFiniteLossError"
+    assert type(raised.value).__name__ == "NonFiniteInputError"
+    assert "\n" not in str(raised.value)
+    assert not os.path.exists(tmp_path / "model" / "Format-Serving")
+    assert not os.path.exists(tmp_path / "model" / "warm_start")
+
+
+def test_non_finite_weights_are_found_by_name():
+    from components.trainer_module import non_finite_variables
+    good = tf.Variable(tf.ones([4, 3]), name="good")
+    bad = tf.Variable(tf.constant([[1.0, float("nan")], [0.0, 0.0]]), name="embedding_C1/embeddings")
+    inf = tf.Variable(tf.constant([float("inf")]), name="dense/bias")
+    ids = tf.Variable(tf.constant([1, 2], tf.int64), name="ids")
+    assert non_finite_variables([good, bad, inf, ids]) == ["embedding_C1/embeddings:0", "dense/bias:0"]
+    assert non_finite_variables([good, ids]) == []
+
+
+def test_nan_loss_still_stops_training(inputs, tmp_path):
+    """The loss guard stays for what the input check cannot see (a diverging learning rate)."""
+    with pytest.raises(RuntimeError, match=r"No model was exported") as raised:
+        _train(inputs, tmp_path, trainer={"learning_rate": 1e30, "optimizer": "adam"})
+    assert type(raised.value).__name__ in ("NonFiniteLossError", "NonFiniteWeightsError")
     assert not os.path.exists(tmp_path / "model" / "Format-Serving")
 
 
