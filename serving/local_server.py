@@ -14,24 +14,35 @@ serves the newest ``--num-versions`` (TF Serving's default "latest" policy), and
 * gRPC: ``tensorflow.serving.PredictionService/Predict`` and ``GetModelMetadata``, and
   ``ModelService/GetModelStatus``, with TF Serving's request/response protos.
 
-Bad requests (malformed JSON, unknown or mistyped features, ragged or oversized batches) get HTTP 4xx
-with ``{"error": "..."}`` or gRPC INVALID_ARGUMENT; nothing a client sends stops the server. Before a
-first version is loaded, predict answers HTTP 503 / gRPC UNAVAILABLE, which the clients retry.
+Bad requests (malformed JSON or tf.Example, unknown or mistyped features, ragged or oversized
+batches, a version that is not an int64) get HTTP 4xx with ``{"error": "..."}`` or gRPC
+INVALID_ARGUMENT and one log line; nothing a client sends stops the server. Before a first version is
+loaded, predict answers HTTP 503 / gRPC UNAVAILABLE, which the clients retry.
+
+What one client can take is bounded: a body over ``--max-body-bytes`` is refused (413) from its
+Content-Length without being read; request bodies held at once are bounded in bytes and predictions
+run at once in number (``--max-in-flight``); a request that finds no room within
+``--queue-timeout-s`` gets HTTP 503 / gRPC RESOURCE_EXHAUSTED; a connection that sends nothing for
+``--socket-timeout-s`` is closed. A version that failed to load is retried every
+``--retry-failed-seconds`` (its files may still have been arriving).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,16 +61,131 @@ from serving.signatures import (DEFAULT_SIGNATURE, DTYPE_NAMES, InvalidRequestEr
 log = logging.getLogger("serving.local_server")
 
 DEFAULT_MAX_BATCH_SIZE = 1024
-DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_MAX_BODY_BYTES = 8 << 20
+DEFAULT_MAX_IN_FLIGHT = 64
+# Bodies held at once, all requests together: four at the size limit. A JSON body takes ~12x its size
+# in Python objects while it is parsed, so this bounds that memory to a few hundred MB.
+DEFAULT_MAX_IN_FLIGHT_BYTES = 4 * DEFAULT_MAX_BODY_BYTES
+DEFAULT_QUEUE_TIMEOUT_S = 2.0
+DEFAULT_SOCKET_TIMEOUT_S = 15.0
+DEFAULT_RETRY_FAILED_SECONDS = 30.0
+INT64_MAX = (1 << 63) - 1
+UNKNOWN_MODEL_LABEL = "__unknown__"
 _VERSION_DIR = re.compile(r"^[0-9]+$")
+_MAX_MESSAGE_CHARS = 500  # an error message may quote the client's input: keep answers and logs short
 
 
+# -- what can go wrong, and what each API answers --------------------------------------------------
 class ModelNotFoundError(LookupError):
     """Unknown model name or version (HTTP 404 / NOT_FOUND)."""
 
 
 class ModelNotReadyError(RuntimeError):
     """The model is known but no version is loaded yet (HTTP 503 / UNAVAILABLE: retry later)."""
+
+
+class EndpointNotFoundError(LookupError):
+    """A REST path that is not part of the API."""
+
+
+class MethodNotAllowedError(ValueError):
+    """A REST method the path does not take (e.g. DELETE on a model)."""
+
+
+class LengthRequiredError(InvalidRequestError):
+    """A predict request without a usable Content-Length (the body could not be delimited)."""
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """A body over --max-body-bytes, refused from its Content-Length before it is read."""
+
+
+class RequestTimeoutError(RuntimeError):
+    """The client stopped sending its body for longer than the socket timeout."""
+
+
+class ServerBusyError(RuntimeError):
+    """No room for the request within --queue-timeout-s: retry later (HTTP 503 / RESOURCE_EXHAUSTED)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorStatus:
+    http: int
+    grpc: grpc.StatusCode
+
+    @property
+    def name(self) -> str:
+        """The canonical status name, as the metrics and the clients report it."""
+        return self.grpc.name
+
+
+# The one mapping from an error to the answer of both APIs (first match wins, so subclasses come
+# first). HTTP codes as TF Serving's REST server maps its statuses, plus 411/413 for the body limits.
+ERROR_STATUS: Tuple[Tuple[type, ErrorStatus], ...] = (
+    (RequestTooLargeError, ErrorStatus(413, grpc.StatusCode.INVALID_ARGUMENT)),
+    (LengthRequiredError, ErrorStatus(411, grpc.StatusCode.INVALID_ARGUMENT)),
+    (InvalidRequestError, ErrorStatus(400, grpc.StatusCode.INVALID_ARGUMENT)),
+    (MethodNotAllowedError, ErrorStatus(405, grpc.StatusCode.UNIMPLEMENTED)),
+    (EndpointNotFoundError, ErrorStatus(404, grpc.StatusCode.NOT_FOUND)),
+    (ModelNotFoundError, ErrorStatus(404, grpc.StatusCode.NOT_FOUND)),
+    (ModelNotReadyError, ErrorStatus(503, grpc.StatusCode.UNAVAILABLE)),
+    (ServerBusyError, ErrorStatus(503, grpc.StatusCode.RESOURCE_EXHAUSTED)),
+    (RequestTimeoutError, ErrorStatus(408, grpc.StatusCode.DEADLINE_EXCEEDED)),
+)
+INTERNAL = ErrorStatus(500, grpc.StatusCode.INTERNAL)
+
+
+def error_status(error: BaseException) -> ErrorStatus:
+    """The answer to a request that raised ``error``; anything unexpected is INTERNAL (a server bug)."""
+    for kind, status in ERROR_STATUS:
+        if isinstance(error, kind):
+            return status
+    return INTERNAL
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error)
+    line = text.splitlines()[0] if text.strip() else type(error).__name__
+    return line if len(line) <= _MAX_MESSAGE_CHARS else line[:_MAX_MESSAGE_CHARS] + "..."
+
+
+def answer_error(api: str, what: str, error: BaseException) -> Tuple[ErrorStatus, str]:
+    """The status and one-line message for a request that raised ``error``, logged: one line for the
+    client's mistakes, a traceback only for a server bug."""
+    status = error_status(error)
+    if status is INTERNAL:
+        log.error("%s %s: internal error", api, what, exc_info=error)
+        return status, f"internal error: {type(error).__name__}: {one_line(error)}"
+    log.info("%s %s: %s %s", api, what, status.name, one_line(error))
+    return status, one_line(error)
+
+
+def parse_version(text: str) -> int:
+    """A model version from a request path: TF Serving's versions are int64."""
+    if not _VERSION_DIR.match(text) or len(text) > 19 or int(text) > INT64_MAX:
+        raise InvalidRequestError(f"version {text[:30]}{'...' if len(text) > 30 else ''} is not a valid "
+                                  "version number (a non-negative int64)")
+    return int(text)
+
+
+# -- the model's versions ----------------------------------------------------------------------
+_TF_ERROR_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s|\[\[)")
+_TF_FUNCTION_PREFIX = re.compile(r"^(\{\{function_node [^}]*\}\}\s*)+")
+_TF_QUOTED_VALUE = re.compile(r"(input), value: '.*'(?=\s*\[\[|\s*$)", re.DOTALL)
+
+
+def tf_error_line(message: str) -> str:
+    """The line of a TF runtime error that says what was wrong with the input, not where in the graph.
+
+    A quoted input value is dropped: it is the client's own bytes (a serialized tf.Example holds
+    newlines and binary, and may be megabytes).
+    """
+    message = _TF_QUOTED_VALUE.sub(r"\1", message)
+    lines = [line for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if not _TF_ERROR_NOISE.match(line):
+            return _TF_FUNCTION_PREFIX.sub("", line).split("\t [[")[0].split(" [[")[0].strip()
+    return lines[0] if lines else "no message"
 
 
 class ServedVersion:
@@ -84,23 +210,37 @@ class ServedVersion:
             outputs = self.functions[signature.name](**tensors)
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
             # e.g. a serialized tf.Example that does not parse: the request's fault, not the server's.
-            raise InvalidRequestError(f"the model rejected the input: {e.message.splitlines()[0]}") from None
+            raise InvalidRequestError(f"the model rejected the input: {tf_error_line(e.message)}") from None
+        except UnicodeDecodeError as e:
+            # TF's error message quoted the client's bytes (a tf.Example that is not one) and TF could
+            # not decode its own message: still the request's fault.
+            message = e.object.decode("utf-8", "replace") if isinstance(e.object, bytes) else str(e.object)
+            raise InvalidRequestError(f"the model rejected the input: {tf_error_line(message)}") from None
         return {name: value.numpy() for name, value in outputs.items()}
+
+
+@dataclasses.dataclass
+class _LoadFailure:
+    mtime: float  # of saved_model.pb when the load failed
+    failed_at: float  # time.monotonic()
+    message: str
 
 
 class ModelRepository:
     """Versions of one model under ``<base>/<name>/``: loads new ones, keeps the newest ``num_versions``."""
 
-    def __init__(self, base_dir: str, model_name: str, num_versions: int = 1, poll_seconds: float = 2.0):
+    def __init__(self, base_dir: str, model_name: str, num_versions: int = 1, poll_seconds: float = 2.0,
+                 retry_failed_seconds: float = DEFAULT_RETRY_FAILED_SECONDS):
         self.base_dir = base_dir
         self.model_name = model_name
         self.model_dir = os.path.join(base_dir, model_name)
         self.num_versions = num_versions
         self.poll_seconds = poll_seconds
+        self.retry_failed_seconds = retry_failed_seconds
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._versions: Dict[int, ServedVersion] = {}
-        self._failed: Dict[int, Tuple[float, str]] = {}  # version -> (saved_model.pb mtime, error)
+        self._failed: Dict[int, _LoadFailure] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -111,9 +251,16 @@ class ModelRepository:
             names = os.listdir(self.model_dir)
         except FileNotFoundError:
             return []
-        return sorted(int(n) for n in names if _VERSION_DIR.match(n)
+        return sorted(int(n) for n in names if _VERSION_DIR.match(n) and len(n) <= 19 and int(n) <= INT64_MAX
                       and os.path.isfile(os.path.join(self.model_dir, n, "saved_model.pb"))
                       and os.path.isdir(os.path.join(self.model_dir, n, "variables")))
+
+    def _should_try(self, version: int, mtime: float) -> bool:
+        """Not after a failure, until saved_model.pb changes or --retry-failed-seconds pass: a copy that
+        was still under way (variables after the pb) completes without touching the pb."""
+        failure = self._failed.get(version)
+        return (failure is None or failure.mtime != mtime
+                or time.monotonic() - failure.failed_at >= self.retry_failed_seconds)
 
     def poll_once(self) -> List[int]:
         """Load the newest versions that are not loaded yet, unload older ones; returns the loaded versions.
@@ -128,23 +275,29 @@ class ModelRepository:
                     if version in self._versions:
                         continue
                 path = os.path.join(self.model_dir, str(version))
-                mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+                try:
+                    mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+                except FileNotFoundError:
+                    continue  # removed since the scan
                 with self._lock:
-                    if self._failed.get(version, (None,))[0] == mtime:
-                        continue  # failed before and unchanged: do not retry on every poll
+                    if not self._should_try(version, mtime):
+                        continue
+                    retry = version in self._failed
                 started = time.monotonic()
                 try:
                     served = ServedVersion(version, path)
                 except Exception as e:  # a broken version must not stop serving the others
-                    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    message = one_line(e)
                     with self._lock:
-                        self._failed[version] = (mtime, message)
-                    log.error("cannot load %s version %d from %s: %s", self.model_name, version, path, message)
+                        self._failed[version] = _LoadFailure(mtime, time.monotonic(), message)
+                    log.error("cannot load %s version %d from %s: %s (retrying every %gs)", self.model_name,
+                              version, path, message, self.retry_failed_seconds)
                     continue
                 with self._lock:
                     self._failed.pop(version, None)
                     self._versions[version] = served
-                log.info("loaded %s version %d in %.1fs", self.model_name, version, time.monotonic() - started)
+                log.info("loaded %s version %d in %.1fs%s", self.model_name, version, time.monotonic() - started,
+                         " (after a failed attempt)" if retry else "")
             with self._lock:
                 # Versions removed from disk go; of the rest, the newest num_versions stay.
                 keep = sorted(v for v in self._versions if v in on_disk)[-self.num_versions:]
@@ -191,7 +344,7 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {model_name!r} is not served here (serving {self.model_name!r})")
         with self._lock:
             rows = [(v, "AVAILABLE", "OK", "") for v in sorted(self._versions)]
-            rows += [(v, "END", "UNKNOWN", err) for v, (_, err) in sorted(self._failed.items())]
+            rows += [(v, "END", "UNKNOWN", f.message) for v, f in sorted(self._failed.items())]
         if version is not None:
             rows = [r for r in rows if r[0] == version]
             if not rows:
@@ -199,28 +352,97 @@ class ModelRepository:
         return rows
 
 
-class Metrics:
-    """Request counts and latency sums in Prometheus text format (TF Serving's metric names)."""
+# -- admission: what the requests in progress may hold ------------------------------------------
+class Budget:
+    """A capacity that concurrent requests take from and give back (bytes of body, running predictions).
 
-    def __init__(self):
+    A request that finds no room waits at most ``wait_s`` and then gets ServerBusyError: an overload
+    turns into quick 503s the clients back off from, instead of unbounded memory or threads.
+    """
+
+    def __init__(self, what: str, capacity: int, wait_s: float):
+        if capacity < 1:
+            raise ValueError(f"{what}: capacity must be >= 1, got {capacity}")
+        self.what = what
+        self.capacity = capacity
+        self.wait_s = wait_s
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        with self._changed:
+            return self._used
+
+    @contextlib.contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        amount = min(amount, self.capacity)  # one request alone always fits (its own limit is checked apart)
+        deadline = time.monotonic() + self.wait_s
+        with self._changed:
+            while self._used + amount > self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ServerBusyError(f"server busy: {self.what} in use {self._used} of {self.capacity}; "
+                                          "retry later")
+                self._changed.wait(left)
+            self._used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= amount
+                self._changed.notify_all()
+
+
+class RequestLimits:
+    """The two budgets shared by REST and gRPC: request bytes held (memory) and predictions running.
+
+    A body's bytes are taken before it is read and the prediction slot only once it is in, so clients
+    that trickle their bodies hold memory they declared, never the slots that others' predictions need.
+    """
+
+    def __init__(self, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
+                 queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S):
+        self.body_bytes = Budget("request bytes", max_in_flight_bytes, queue_timeout_s)
+        self.predictions = Budget("predictions", max_in_flight, queue_timeout_s)
+
+
+class Metrics:
+    """Request counts and latency sums in Prometheus text format (TF Serving's metric names).
+
+    Model names come from clients: any name not served here is counted as ``__unknown__``, so that
+    bogus names neither grow the page without bound nor reach it unescaped.
+    """
+
+    def __init__(self, model_names: Iterable[str] = ()):
+        self._model_names = frozenset(model_names)
         self._lock = threading.Lock()
         self._counts: Dict[Tuple[str, str, str], int] = {}
         self._latency_us: Dict[str, float] = {}
 
     def record(self, api: str, model: str, status: str, seconds: float) -> None:
+        model = model if model in self._model_names else UNKNOWN_MODEL_LABEL
         with self._lock:
             key = (api, model, status)
             self._counts[key] = self._counts.get(key, 0) + 1
             self._latency_us[model] = self._latency_us.get(model, 0.0) + seconds * 1e6
 
+    @staticmethod
+    def label(value: str) -> str:
+        """A label value as the Prometheus text format escapes it: backslash, double quote, line feed."""
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
     def text(self) -> str:
+        q = self.label
         lines = ["# TYPE :tensorflow:serving:request_count counter"]
         with self._lock:
             for (api, model, status), n in sorted(self._counts.items()):
-                lines.append(f':tensorflow:serving:request_count{{api="{api}",model_name="{model}",status="{status}"}} {n}')
+                lines.append(f':tensorflow:serving:request_count{{api="{q(api)}",model_name="{q(model)}",'
+                             f'status="{q(status)}"}} {n}')
             lines.append("# TYPE :tensorflow:serving:request_latency_sum counter")
             for model, us in sorted(self._latency_us.items()):
-                lines.append(f':tensorflow:serving:request_latency_sum{{model_name="{model}"}} {us:.0f}')
+                lines.append(f':tensorflow:serving:request_latency_sum{{model_name="{q(model)}"}} {us:.0f}')
         return "\n".join(lines) + "\n"
 
 
@@ -296,99 +518,153 @@ def metadata_json(served: ServedVersion, model_name: str) -> dict:
 
 _MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+))?"
                          r"(?P<rest>/metadata|:predict)?$")
+_METRICS_PATH = "/monitoring/prometheus/metrics"
+_CONTENT_LENGTH = re.compile(r"^[0-9]+$")
+
+
+class ClientGoneError(ConnectionError):
+    """The client closed its connection before its body was in: nobody to answer."""
+
+
+class RestServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` hardened for many clients at once.
+
+    socketserver listens with a backlog of 5: a burst of parallel clients overflows it and the
+    kernel resets their connections. Accepted sockets get TCP_NODELAY: an answer's headers and body
+    must not wait for the client's delayed ACK (~40 ms per keep-alive request).
+    """
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def get_request(self):
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
+    def handle_error(self, request, client_address):
+        # socketserver prints a traceback to stderr; a client that hung up is not worth one.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("connection from %s ended: %s", client_address, one_line(error))
+        else:
+            log.error("error on a connection from %s", client_address, exc_info=error)
 
 
 class RestHandler(BaseHTTPRequestHandler):
     server_version = "sparsectr-local-serving"
     protocol_version = "HTTP/1.1"  # keep-alive: a benchmark client reuses its connection
+    # Buffered writes: an answer's headers and body leave in one segment (flushed in _send).
+    wbufsize = 64 << 10
 
-    # Set by make_rest_server.
+    # Set by make_rest_server. ``timeout`` (StreamRequestHandler) is the socket timeout: a client
+    # silent that long, between requests or inside one, has its connection closed.
     repository: ModelRepository
     metrics: Metrics
+    limits: RequestLimits
     max_batch_size: int
     max_body_bytes: int
 
     def log_message(self, fmt, *args):  # the access log goes to debug, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
 
-    def _send(self, status: int, payload, content_type: str = "application/json") -> None:
+    def _send(self, status: int, payload, content_type: str = "application/json",
+              headers: Mapping[str, str] = {}) -> None:
         body = (payload if isinstance(payload, str) else json.dumps(payload)).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
 
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": message})
-
-    def _route(self):
+    def _route(self, method: str) -> Tuple[str, Optional[int], str]:
         path = self.path.split("?", 1)[0]
         match = _MODEL_PATH.match(path)
         if not match:
-            return None
-        version = int(match["version"]) if match["version"] else None
+            raise EndpointNotFoundError(f"no such endpoint: {method} {path[:200]}")
+        version = parse_version(match["version"]) if match["version"] else None
         return match["name"], version, match["rest"] or ""
+
+    def _content_length(self) -> int:
+        length = self.headers.get("Content-Length")
+        if length is None or self.headers.get("Transfer-Encoding") or not _CONTENT_LENGTH.match(length):
+            raise LengthRequiredError("a predict request needs a Content-Length header")
+        # Compared as text first: int() of thousands of digits is slow and refused by Python.
+        if len(length) > len(str(self.max_body_bytes)) or int(length) > self.max_body_bytes:
+            raise RequestTooLargeError(f"request body of {length[:30]} bytes is over the limit of "
+                                       f"{self.max_body_bytes}")
+        return int(length)
+
+    def _read_body(self, length: int) -> bytes:
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise RequestTimeoutError(f"request body not received: nothing came for {self.timeout}s") from None
+        if len(body) < length:
+            raise ClientGoneError(f"connection closed after {len(body)} of {length} body bytes")
+        return body
+
+    def _predict(self, model_name: str, version: Optional[int]) -> None:
+        length = self._content_length()
+        with self.limits.body_bytes.hold(length):
+            body = self._read_body(length)
+            self._body_read = True
+            with self.limits.predictions.hold(1):
+                _, response = predict_json(self.repository, model_name, version, body, self.max_batch_size)
+            self._send(200, response)
 
     def _handle(self, method: str) -> None:
         started = time.monotonic()
-        route, model_name, outcome = None, "-", "OK"
+        path = self.path.split("?", 1)[0]
+        # Requests that name a model are counted (TF Serving's metrics are per model).
+        model_name, outcome = None, "OK"
+        self._body_read = False
         try:
-            if method == "GET" and self.path.split("?", 1)[0] == "/monitoring/prometheus/metrics":
+            if method == "GET" and path == _METRICS_PATH:
                 self._send(200, self.metrics.text(), "text/plain; version=0.0.4")
                 return
-            route = self._route()
-            if route is None:
-                self._error(404, f"no such endpoint: {method} {self.path[:200]}")
-                outcome = "NOT_FOUND"
-                return
-            model_name, version, rest = route
+            model_name, version, rest = self._route(method)
             if method == "GET" and rest == "":
                 self._send(200, status_json(self.repository.status(model_name, version)))
             elif method == "GET" and rest == "/metadata":
                 self._send(200, metadata_json(self.repository.get(model_name, version), model_name))
             elif method == "POST" and rest == ":predict":
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    self.close_connection = True  # the unread body would be taken for the next request
-                    self._error(411, "a predict request needs a Content-Length header")
-                    outcome = "INVALID_ARGUMENT"
-                    return
-                if int(length) > self.max_body_bytes:
-                    # Do not read it: answer and drop the connection.
-                    self.close_connection = True
-                    self._error(413, f"request body of {length} bytes is over the limit of {self.max_body_bytes}")
-                    outcome = "INVALID_ARGUMENT"
-                    return
-                body = self.rfile.read(int(length))
-                _, response = predict_json(self.repository, model_name, version, body, self.max_batch_size)
-                self._send(200, response)
+                self._predict(model_name, version)
             else:
-                self._error(405 if rest in ("", "/metadata", ":predict") else 404,
-                            f"{method} is not supported on {self.path[:200]}")
-                outcome = "INVALID_ARGUMENT"
-        except InvalidRequestError as e:
-            outcome = "INVALID_ARGUMENT"
-            self._error(400, str(e))
-        except ModelNotFoundError as e:
-            outcome = "NOT_FOUND"
-            self._error(404, str(e))
-        except ModelNotReadyError as e:
-            outcome = "UNAVAILABLE"
-            self._error(503, str(e))
-        except (BrokenPipeError, ConnectionResetError):
+                raise MethodNotAllowedError(f"{method} is not supported on {path[:200]}")
+        except (ClientGoneError, BrokenPipeError, ConnectionResetError) as e:
             outcome = "CANCELLED"
             self.close_connection = True
-        except Exception as e:  # a bug must cost one request, not the server
-            outcome = "INTERNAL"
-            log.exception("internal error on %s %s", method, self.path[:200])
-            try:
-                self._error(500, f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            except OSError:
-                self.close_connection = True
+            log.debug("rest %s %s: client gone: %s", method, path[:200], one_line(e))
+        except Exception as e:  # noqa: BLE001 -- mapped to an answer; a bug costs one request, not the server
+            status, message = answer_error("rest", f"{method} {path[:200]}", e)
+            outcome = status.name
+            self._send_error(status, message)
         finally:
-            if route is not None:
+            if self._body_unread():
+                self.close_connection = True
+            if model_name is not None:
                 self.metrics.record("rest", model_name, outcome, time.monotonic() - started)
+
+    def _body_unread(self) -> bool:
+        """Whether the request declared a body that was not read: it would be taken for the next request,
+        so the connection must close after the answer."""
+        declared = self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") != "0"
+        return bool(declared) and not self._body_read
+
+    def _send_error(self, status: ErrorStatus, message: str) -> None:
+        if self._body_unread():
+            self.close_connection = True  # before answering, so that the answer says Connection: close
+        headers = {"Retry-After": "1"} if status.http == 503 else {}
+        try:
+            self._send(status.http, {"error": message}, headers=headers)
+        except OSError:
+            self.close_connection = True
 
     def do_GET(self):
         self._handle("GET")
@@ -403,14 +679,13 @@ class RestHandler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
 
-def make_rest_server(repository: ModelRepository, host: str, port: int, metrics: Metrics,
-                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> ThreadingHTTPServer:
+def make_rest_server(repository: ModelRepository, host: str, port: int, metrics: Metrics, limits: RequestLimits,
+                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                     socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> RestServer:
     handler = type("BoundRestHandler", (RestHandler,), dict(
-        repository=repository, metrics=metrics, max_batch_size=max_batch_size, max_body_bytes=max_body_bytes))
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+        repository=repository, metrics=metrics, limits=limits, max_batch_size=max_batch_size,
+        max_body_bytes=max_body_bytes, timeout=socket_timeout_s))
+    return RestServer((host, port), handler)
 
 
 # -- gRPC ---------------------------------------------------------------------------------------
@@ -447,10 +722,17 @@ def _tensor_columns(signature: SignatureSpec, inputs, max_batch_size: int) -> Di
     return converted
 
 
+def _abort(context, method: str, error: Exception) -> None:
+    """Answer a failed call with the status of ``error`` (ERROR_STATUS, as REST); raises."""
+    status, message = answer_error("grpc", method, error)
+    context.abort(status.grpc, message)
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository: ModelRepository, metrics: Metrics, max_batch_size: int):
+    def __init__(self, repository: ModelRepository, metrics: Metrics, limits: RequestLimits, max_batch_size: int):
         self.repository = repository
         self.metrics = metrics
+        self.limits = limits
         self.max_batch_size = max_batch_size
 
     def _served(self, model_spec) -> ServedVersion:
@@ -461,34 +743,40 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         started = time.monotonic()
         outcome = "OK"
         try:
-            served = self._served(request.model_spec)
-            signature = pick_signature(served.signatures, request.model_spec.signature_name or None)
-            if request.output_filter:
-                missing = sorted(set(request.output_filter) - set(signature.outputs))
-                if missing:
-                    raise InvalidRequestError(f"output_filter names unknown outputs {missing}")
-            columns = _tensor_columns(signature, request.inputs, self.max_batch_size)
-            outputs = served.run(signature, columns)
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = request.model_spec.name
-            response.model_spec.version.value = served.version
-            response.model_spec.signature_name = signature.name
-            for name, value in outputs.items():
-                if not request.output_filter or name in request.output_filter:
-                    response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
-            return response
-        except Exception as e:
-            code, message = _status_of(e)
-            outcome = code.name
-            context.abort(code, message)
+            # The message is already in memory (at most --max-body-bytes: grpc.max_receive_message_length);
+            # its bytes count against the budget REST bodies share, and it takes a prediction slot.
+            with self.limits.body_bytes.hold(request.ByteSize()), self.limits.predictions.hold(1):
+                return self._predict(request)
+        except Exception as e:  # noqa: BLE001 -- mapped to a status by ERROR_STATUS
+            outcome = error_status(e).name
+            _abort(context, "Predict", e)
         finally:
             self.metrics.record("grpc", request.model_spec.name, outcome, time.monotonic() - started)
+
+    def _predict(self, request):
+        served = self._served(request.model_spec)
+        signature = pick_signature(served.signatures, request.model_spec.signature_name or None)
+        if request.output_filter:
+            missing = sorted(set(request.output_filter) - set(signature.outputs))
+            if missing:
+                raise InvalidRequestError(f"output_filter names unknown outputs {missing}")
+        columns = _tensor_columns(signature, request.inputs, self.max_batch_size)
+        outputs = served.run(signature, columns)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = served.version
+        response.model_spec.signature_name = signature.name
+        for name, value in outputs.items():
+            if not request.output_filter or name in request.output_filter:
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return response
 
     def GetModelMetadata(self, request, context):
         try:
             unsupported = sorted(set(request.metadata_field) - {"signature_def"})
             if unsupported or not request.metadata_field:
-                raise InvalidRequestError(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
+                raise InvalidRequestError("metadata_field must be ['signature_def'], "
+                                          f"got {list(request.metadata_field)}")
             served = self._served(request.model_spec)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = request.model_spec.name
@@ -498,8 +786,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 signature_map.signature_def[name].CopyFrom(sig)
             response.metadata["signature_def"].Pack(signature_map)
             return response
-        except Exception as e:
-            context.abort(*_status_of(e))
+        except Exception as e:  # noqa: BLE001 -- mapped to a status by ERROR_STATUS
+            _abort(context, "GetModelMetadata", e)
 
 
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -518,33 +806,22 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
                 entry.status.error_code = 0 if code == "OK" else 2  # error_codes.proto: OK=0, UNKNOWN=2
                 entry.status.error_message = message
             return response
-        except Exception as e:
-            context.abort(*_status_of(e))
+        except Exception as e:  # noqa: BLE001 -- mapped to a status by ERROR_STATUS
+            _abort(context, "GetModelStatus", e)
 
 
-def _status_of(error: Exception) -> Tuple[grpc.StatusCode, str]:
-    """The gRPC status for an exception raised while answering a call."""
-    if isinstance(error, InvalidRequestError):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(error, ModelNotFoundError):
-        code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(error, ModelNotReadyError):
-        code = grpc.StatusCode.UNAVAILABLE
-    else:
-        log.error("internal error in a gRPC call", exc_info=error)
-        code = grpc.StatusCode.INTERNAL
-    return code, (str(error).splitlines()[0] if str(error) else type(error).__name__)
-
-
-def make_grpc_server(repository: ModelRepository, host: str, port: int, metrics: Metrics,
+def make_grpc_server(repository: ModelRepository, host: str, port: int, metrics: Metrics, limits: RequestLimits,
                      max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_message_bytes: int = DEFAULT_MAX_BODY_BYTES,
                      workers: int = 8) -> Tuple[grpc.Server, int]:
+    # maximum_concurrent_rpcs bounds the calls queued for a worker: past it the gRPC runtime answers
+    # RESOURCE_EXHAUSTED at once, as the Budgets do after their wait.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", max_message_bytes),
                                   ("grpc.max_send_message_length", max_message_bytes),
-                                  ("grpc.so_reuseport", 0)])
+                                  ("grpc.so_reuseport", 0)],
+                         maximum_concurrent_rpcs=limits.predictions.capacity)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(repository, metrics, max_batch_size), server)
+        PredictionServicer(repository, metrics, limits, max_batch_size), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(repository), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -558,12 +835,19 @@ class LocalServer:
 
     def __init__(self, base_dir: str, model_name: str = "ctr", host: str = "127.0.0.1", rest_port: int = 8501,
                  grpc_port: int = 8500, num_versions: int = 1, poll_seconds: float = 2.0,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        self.repository = ModelRepository(base_dir, model_name, num_versions, poll_seconds)
-        self.metrics = Metrics()
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, *,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_in_flight_bytes: Optional[int] = None,
+                 queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+                 retry_failed_seconds: float = DEFAULT_RETRY_FAILED_SECONDS):
+        self.repository = ModelRepository(base_dir, model_name, num_versions, poll_seconds, retry_failed_seconds)
+        self.metrics = Metrics([model_name])
+        # At least one body at the size limit must fit, or such a request could never run.
+        self.limits = RequestLimits(max_in_flight, max(max_in_flight_bytes or 4 * max_body_bytes, max_body_bytes),
+                                    queue_timeout_s)
         self.host = host
-        self._rest = make_rest_server(self.repository, host, rest_port, self.metrics, max_batch_size, max_body_bytes)
-        self._grpc, self.grpc_port = make_grpc_server(self.repository, host, grpc_port, self.metrics,
+        self._rest = make_rest_server(self.repository, host, rest_port, self.metrics, self.limits, max_batch_size,
+                                      max_body_bytes, socket_timeout_s)
+        self._grpc, self.grpc_port = make_grpc_server(self.repository, host, grpc_port, self.metrics, self.limits,
                                                       max_batch_size, max_body_bytes)
         self.rest_port = self._rest.server_address[1]
         self._rest_thread: Optional[threading.Thread] = None
@@ -615,7 +899,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc-port", type=int, default=8500)
     parser.add_argument("--num-versions", type=int, default=1, help="serve the newest N versions")
     parser.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
+    parser.add_argument("--retry-failed-seconds", type=float, default=DEFAULT_RETRY_FAILED_SECONDS,
+                        help="how often to retry a version that failed to load")
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE)
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest REST body / gRPC message; a larger one gets 413 unread")
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                        help="predictions running at once, REST and gRPC together")
+    parser.add_argument("--max-in-flight-bytes", type=int, default=None,
+                        help="request bytes held at once (default: 4 x --max-body-bytes)")
+    parser.add_argument("--queue-timeout-s", type=float, default=DEFAULT_QUEUE_TIMEOUT_S,
+                        help="how long a request waits for room before a 503 / RESOURCE_EXHAUSTED")
+    parser.add_argument("--socket-timeout-s", type=float, default=DEFAULT_SOCKET_TIMEOUT_S,
+                        help="close a REST connection silent this long")
     parser.add_argument("--verbose", action="store_true")
     return parser
 
@@ -625,12 +921,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     base = args.base or _default_base()
-    if args.num_versions < 1 or args.max_batch_size < 1 or args.poll_seconds <= 0:
-        print("error: --num-versions and --max-batch-size must be >= 1 and --poll-seconds > 0", file=sys.stderr)
+    if min(args.num_versions, args.max_batch_size, args.max_body_bytes, args.max_in_flight,
+           args.max_in_flight_bytes or 1) < 1 or min(args.poll_seconds, args.socket_timeout_s) <= 0 \
+            or min(args.retry_failed_seconds, args.queue_timeout_s) < 0:
+        print("error: --num-versions, --max-batch-size, --max-body-bytes, --max-in-flight[-bytes] must be >= 1, "
+              "--poll-seconds and --socket-timeout-s > 0, --retry-failed-seconds and --queue-timeout-s >= 0",
+              file=sys.stderr)
         return 2
     try:
         server = LocalServer(base, args.model_name, args.host, args.rest_port, args.grpc_port, args.num_versions,
-                             args.poll_seconds, args.max_batch_size)
+                             args.poll_seconds, args.max_batch_size, args.max_body_bytes,
+                             max_in_flight=args.max_in_flight, max_in_flight_bytes=args.max_in_flight_bytes,
+                             queue_timeout_s=args.queue_timeout_s, socket_timeout_s=args.socket_timeout_s,
+                             retry_failed_seconds=args.retry_failed_seconds)
     except OSError as e:
         print(f"error: cannot listen on {args.host} ports {args.rest_port}/{args.grpc_port}: {e}", file=sys.stderr)
         return 2
