@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -123,6 +124,41 @@ def expected_auc(p: np.ndarray) -> float:
     return num / den
 
 
+class BayesMetrics:
+    """Bayes-optimal AUC and logloss of a set, accumulated chunk by chunk in constant memory.
+
+    The AUC is `expected_auc` over a histogram of the true probabilities (AUC_BINS bins): pairs in
+    one bin count one half, as ties do, so it differs from the exact value only by pairs of distinct
+    probabilities less than 1/AUC_BINS apart (below 1e-10 on generated sets).
+    """
+
+    def __init__(self, bins: int = 1 << 18):
+        self.bins = bins
+        self.pos = np.zeros(bins)  # per bin: sum of p (positive weight)
+        self.neg = np.zeros(bins)  # sum of 1 - p
+        self.self_pairs = np.zeros(bins)  # sum of p * (1 - p): a row paired with itself
+        self.rows = 0
+        self.log_likelihood = 0.0
+
+    def add(self, p: np.ndarray) -> None:
+        idx = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)
+        self.pos += np.bincount(idx, weights=p, minlength=self.bins)
+        self.neg += np.bincount(idx, weights=1.0 - p, minlength=self.bins)
+        self.self_pairs += np.bincount(idx, weights=p * (1.0 - p), minlength=self.bins)
+        eps = 1e-12
+        self.log_likelihood += float(np.sum(p * np.log(p + eps) + (1 - p) * np.log(1 - p + eps)))
+        self.rows += p.size
+
+    def auc(self) -> float:
+        neg_below = np.cumsum(self.neg) - self.neg
+        num = float(np.sum(self.pos * neg_below) + 0.5 * np.sum(self.pos * self.neg - self.self_pairs))
+        den = float(self.pos.sum() * self.neg.sum() - self.self_pairs.sum())
+        return num / den if den > 0 else float("nan")  # one row: no pairs
+
+    def logloss(self) -> float:
+        return -self.log_likelihood / self.rows
+
+
 def make_truth(cfg: GeneratorConfig) -> Dict:
     rng = np.random.default_rng([cfg.seed, 0])
     if len(cfg.vocab_sizes) != N_CAT:
@@ -139,7 +175,7 @@ def make_truth(cfg: GeneratorConfig) -> Dict:
     truth = {"generator": cfg.to_dict(), "bias": 0.0, "cat_weights": cat_weights,
              "int_coefs": int_coefs, "int_means": {f: 0.0 for f in cfg.signal_int_fields}}
     # Centre the integer terms and choose the bias for the target CTR on a pilot sample.
-    pilot = _sample(cfg, truth, 20000, rng=np.random.default_rng([cfg.seed, 1]))
+    pilot = _sample(cfg, _OneGenerator(np.random.default_rng([cfg.seed, 1])), 20000)
     for f in cfg.signal_int_fields:
         truth["int_means"][f] = float(np.mean(pilot["int_t"][f]))
     rest = _logits(truth, pilot)
@@ -154,21 +190,120 @@ def make_truth(cfg: GeneratorConfig) -> Dict:
     return truth
 
 
-def _sample(cfg: GeneratorConfig, truth: Dict, rows: int, rng: np.random.Generator) -> Dict:
-    ints, int_t, cats, cat_idx = {}, {}, {}, {}
+def _int_lognormal(j: int):
+    """(mu, sigma) of the log of integer column j."""
+    return 1.0 + (j % 5) * 0.6, 1.0 + (j % 3) * 0.4
+
+
+class _BoundedInts:
+    """The values of one ``Generator.integers(low, high, size=N)`` call, taken in pieces.
+
+    numpy draws them from 32-bit halves of 64-bit words (low half first), rejecting by Lemire's
+    method, and drops the unused half of the last word when the call returns. Here the halves carry
+    over between pieces, so the pieces together equal the one call and use the same words.
+    """
+
+    def __init__(self, rng: np.random.Generator, low: int, high: int):
+        span = high - low  # numpy's rng_excl
+        if not 1 < span < 1 << 32:
+            raise ValueError(f"integers in [{low}, {high}) are not drawn from 32-bit halves")
+        self.bitgen, self.low, self.span = rng.bit_generator, low, np.uint64(span)
+        self.threshold = np.uint64(((1 << 32) - span) % span)  # (UINT32_MAX - rng) % rng_excl
+        self.halves = np.zeros(0, dtype=np.uint64)
+
+    def __call__(self, n: int) -> np.ndarray:
+        m = self.halves * self.span
+        accepted = (m & np.uint64(0xFFFFFFFF)) >= self.threshold
+        while np.count_nonzero(accepted) < n:
+            words = self.bitgen.random_raw((n - int(np.count_nonzero(accepted)) + 1) // 2)
+            halves = np.stack([words & np.uint64(0xFFFFFFFF), words >> np.uint64(32)], axis=1).reshape(-1)
+            self.halves = np.concatenate([self.halves, halves])
+            m = self.halves * self.span
+            accepted = (m & np.uint64(0xFFFFFFFF)) >= self.threshold
+        used = np.flatnonzero(accepted)[:n]
+        end = used[-1] + 1 if n else 0
+        values = self.low + (m[used] >> np.uint64(32)).astype(np.int64)
+        self.halves = self.halves[end:]
+        return values
+
+
+class _OneGenerator:
+    """Every draw from one generator, in the order `_sample` makes them (the pilot sample)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.negative_values = _BoundedInts(rng, 1, 4)
+
+    def __getitem__(self, key) -> np.random.Generator:
+        return self.rng
+
+
+class _ColumnStreams:
+    """The draws of a set's rows, one generator per column stream, so that rows come in chunks.
+
+    A set's rows are drawn from one generator column after column, as they always were: all of I1's
+    values, then its missing mask, ..., all of C26, then the labels. A first pass finds the
+    generator's state at the start of each of those streams: uniform draws (masks, categorical
+    values, labels: one 64-bit word each) are skipped in O(1); the normal draws and I2's negative
+    values, whose word counts vary, are drawn and dropped chunk by chunk. Each stream then gets its
+    own generator from that state. numpy fills each of these draws element by element, so the rows
+    are the same for every chunk size and the same as drawing each column whole.
+    """
+
+    def __init__(self, cfg: GeneratorConfig, rng: np.random.Generator, rows: int, chunk_rows: int):
+        bitgen, self.states = rng.bit_generator, {}
+        for j, f in enumerate(INT_COLUMNS):  # the order of _sample's draws
+            self.states[f, "value"] = bitgen.state
+            for n in _chunks(rows, chunk_rows):
+                rng.normal(*_int_lognormal(j), size=n)
+            if f == "I2":
+                self.states[f, "negative"] = bitgen.state
+                negatives = sum(int(np.count_nonzero(rng.random(n) < cfg.negative_int_rate))
+                                for n in _chunks(rows, chunk_rows))
+                self.states[f, "negative_value"] = bitgen.state
+                drain = _BoundedInts(rng, 1, 4)
+                for n in _chunks(negatives, chunk_rows):
+                    drain(n)
+            self.states[f, "missing"] = bitgen.state
+            bitgen.advance(rows)
+        for f in CAT_COLUMNS:
+            self.states[f, "value"] = bitgen.state
+            bitgen.advance(rows)  # Generator.choice(p=...) draws one uniform per value
+            self.states[f, "missing"] = bitgen.state
+            bitgen.advance(rows)
+        self.states["label"] = bitgen.state
+        self.generators: Dict = {}
+        self.negative_values = _BoundedInts(self["I2", "negative_value"], 1, 4)
+
+    def __getitem__(self, key) -> np.random.Generator:
+        if key not in self.generators:
+            bitgen = np.random.PCG64()
+            bitgen.state = self.states[key]
+            self.generators[key] = np.random.Generator(bitgen)
+        return self.generators[key]
+
+
+def _chunks(total: int, size: int):
+    for start in range(0, total, size):
+        yield min(size, total - start)
+
+
+def _sample(cfg: GeneratorConfig, draws, rows: int) -> Dict:
+    """`rows` rows of ints and categorical indices; `draws[column, stream]` is the generator of each
+    stream (a `_ColumnStreams`, or a `_OneGenerator` for one generator drawing column by column)."""
+    ints, int_t, cat_idx = {}, {}, {}
     for j, f in enumerate(INT_COLUMNS):
-        mu, sigma = 1.0 + (j % 5) * 0.6, 1.0 + (j % 3) * 0.4
-        x = np.maximum(np.floor(np.exp(rng.normal(mu, sigma, size=rows))).astype(np.int64) - 1, 0)
+        x = np.maximum(np.floor(np.exp(draws[f, "value"].normal(*_int_lognormal(j), size=rows))).astype(np.int64) - 1, 0)
         if f == "I2":
-            neg = rng.random(rows) < cfg.negative_int_rate
-            x[neg] = -rng.integers(1, 4, size=int(neg.sum()))
-        missing = rng.random(rows) < _INT_MISSING[j]
+            neg = draws[f, "negative"].random(rows) < cfg.negative_int_rate
+            x[neg] = -draws.negative_values(int(neg.sum()))
+        missing = draws[f, "missing"].random(rows) < _INT_MISSING[j]
         ints[f] = np.where(missing, np.iinfo(np.int64).min, x)
         int_t[f] = np.where(missing, 0.0, np.log1p(np.maximum(x, 0)))
     for j, f in enumerate(CAT_COLUMNS):
         n = cfg.vocab_sizes[j]
-        idx = rng.choice(n, size=rows, p=_zipf_probs(n, cfg.zipf))
-        missing = rng.random(rows) < _CAT_MISSING[j]
+        idx = draws[f, "value"].choice(n, size=rows, p=_zipf_probs(n, cfg.zipf))
+        missing = draws[f, "missing"].random(rows) < _CAT_MISSING[j]
         cat_idx[f] = np.where(missing, -1, idx)
     return {"ints": ints, "int_t": int_t, "cat_idx": cat_idx, "rows": rows}
 
@@ -187,52 +322,68 @@ def _logits(truth: Dict, sample: Dict) -> np.ndarray:
     return z
 
 
-def _write_tsv(path: str, cfg: GeneratorConfig, sample: Dict, labels: np.ndarray) -> None:
-    rows = sample["rows"]
-    cols: List[np.ndarray] = [labels.astype(str)]
+def _tsv_lines(sample: Dict, labels: np.ndarray, vocabs: List[List[str]]) -> str:
+    """The rows as TSV lines; `vocabs[j]` holds the value strings of C<j+1> and "" last (missing)."""
+    cols: List[List[str]] = [[str(v) for v in labels.tolist()]]
     missing_int = np.iinfo(np.int64).min
     for f in INT_COLUMNS:
-        x = sample["ints"][f]
-        col = x.astype(str)
-        col[x == missing_int] = ""
-        cols.append(col)
+        cols.append(["" if v == missing_int else str(v) for v in sample["ints"][f].tolist()])
     for j, f in enumerate(CAT_COLUMNS):
-        n = cfg.vocab_sizes[j]
-        vocab = np.array([value_string(f, i, cfg.seed) for i in range(n)] + [""])
-        cols.append(vocab[sample["cat_idx"][f]])  # index -1 -> "" (missing)
-    table = np.stack(cols, axis=1)
-    with open(path, "w", encoding="utf-8") as out:
-        for start in range(0, rows, 50000):
-            out.write("".join("\t".join(r) + "\n" for r in table[start:start + 50000]))
+        vocab = vocabs[j]
+        cols.append([vocab[i] for i in sample["cat_idx"][f].tolist()])  # index -1 -> "" (missing)
+    return "".join("\t".join(r) + "\n" for r in zip(*cols))
+
+
+CHUNK_ROWS = 20000  # rows drawn, scored and written at a time: memory does not grow with the set
+BYTES_PER_ROW = 240  # a generated line averages ~244 bytes: the disk space check before writing
+
+
+def _check_disk_space(path: str, rows: int) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.isdir(existing):  # the folder is made only once the set fits
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free + (os.path.getsize(path) if os.path.isfile(path) else 0)
+    if rows * BYTES_PER_ROW > free:
+        raise ValueError(f"rows {rows}: the click-log file would take about {rows * BYTES_PER_ROW / 1e9:,.1f} GB, "
+                         f"more than the {free / 1e9:,.1f} GB free under {folder}")
 
 
 def generate(out_dir: str, rows: int, cfg: Optional[GeneratorConfig] = None, span: int = 0,
-             truth_path: Optional[str] = None) -> Dict:
+             truth_path: Optional[str] = None, chunk_rows: int = CHUNK_ROWS) -> Dict:
     """Write `rows` click-log lines to `out_dir/clicks-<span>.tsv` and the truth beside `out_dir`.
 
     The truth goes to `truth_path` (default: `<out_dir>/../ground_truth.json`, outside the data
     folder so that ExampleGen never reads it). Returns a report with the set's Bayes-optimal metrics.
+    Rows are drawn and written `chunk_rows` at a time (the file does not depend on it).
     """
     cfg = cfg or GeneratorConfig()
-    if rows <= 0:
-        raise ValueError(f"rows must be positive, got {rows}")
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows <= 0:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    data_path = os.path.join(out_dir, f"clicks-{span:05d}.tsv")
+    _check_disk_space(data_path, rows)
     os.makedirs(out_dir, exist_ok=True)
     truth_path = truth_path or os.path.join(os.path.dirname(os.path.abspath(out_dir)), "ground_truth.json")
     truth = make_truth(cfg)
-    rng = np.random.default_rng([cfg.seed, 2, span])
-    sample = _sample(cfg, truth, rows, rng)
-    p = _sigmoid(_logits(truth, sample))
-    labels = (rng.random(rows) < p).astype(np.int64)
-    data_path = os.path.join(out_dir, f"clicks-{span:05d}.tsv")
-    _write_tsv(data_path, cfg, sample, labels)
-    eps = 1e-12
+    draws = _ColumnStreams(cfg, np.random.default_rng([cfg.seed, 2, span]), rows, chunk_rows)
+    vocabs = [[value_string(f, i, cfg.seed) for i in range(cfg.vocab_sizes[j])] + [""]
+              for j, f in enumerate(CAT_COLUMNS)]
+    metrics, clicks = BayesMetrics(), 0
+    with open(data_path, "w", encoding="utf-8") as out:
+        for n in _chunks(rows, chunk_rows):
+            sample = _sample(cfg, draws, n)
+            p = _sigmoid(_logits(truth, sample))
+            labels = (draws["label"].random(n) < p).astype(np.int64)
+            out.write(_tsv_lines(sample, labels, vocabs))
+            metrics.add(p)
+            clicks += int(labels.sum())
     report = {
         "path": data_path,
         "rows": rows,
         "span": span,
-        "ctr": float(labels.mean()),
-        "bayes_auc": expected_auc(p),
-        "bayes_logloss": float(-np.mean(p * np.log(p + eps) + (1 - p) * np.log(1 - p + eps))),
+        "ctr": clicks / rows,
+        "bayes_auc": metrics.auc(),
+        "bayes_logloss": metrics.logloss(),
     }
     truth["sets"] = truth.get("sets", {})
     if os.path.exists(truth_path):

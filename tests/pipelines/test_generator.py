@@ -82,3 +82,78 @@ def test_rejects_bad_arguments(tmp_path):
         generator.generate(str(tmp_path), 0)
     with pytest.raises(ValueError, match="vocab_sizes"):
         generator.generate(str(tmp_path), 10, generator.GeneratorConfig(vocab_sizes=(5, 5)))
+
+
+def test_bounded_ints_in_pieces_equal_one_numpy_call():
+    # The I2 negatives come from one Generator.integers(1, 4) call in the single-generator order;
+    # drawn in pieces they must be the same values and leave the generator in the same state.
+    for sizes in ([0], [1], [2], [3], [1, 1, 1], [5, 0, 8, 3], [999, 1000, 1]):
+        reference = np.random.default_rng(11)
+        expected = reference.integers(1, 4, size=sum(sizes))
+        rng = np.random.default_rng(11)
+        pieces = generator._BoundedInts(rng, 1, 4)
+        got = np.concatenate([pieces(n) for n in sizes])
+        np.testing.assert_array_equal(got, expected)
+        assert rng.random() == reference.random(), sizes
+
+
+def _all_at_once(rows, span, cfg=generator.GeneratorConfig()):
+    """The rows as the generator drew them before it streamed: every column whole, from one generator."""
+    truth = generator.make_truth(cfg)
+    rng = np.random.default_rng([cfg.seed, 2, span])
+    sample = generator._sample(cfg, generator._OneGenerator(rng), rows)
+    labels = (rng.random(rows) < generator._sigmoid(generator._logits(truth, sample))).astype(np.int64)
+    vocabs = [[generator.value_string(f, i, cfg.seed) for i in range(cfg.vocab_sizes[j])] + [""]
+              for j, f in enumerate(generator.CAT_COLUMNS)]
+    return generator._tsv_lines(sample, labels, vocabs)
+
+
+def test_streamed_rows_do_not_depend_on_the_chunk_size(tmp_path):
+    a = generator.generate(str(tmp_path / "a" / "data"), 3001, span=1)
+    b = generator.generate(str(tmp_path / "b" / "data"), 3001, span=1, chunk_rows=37)
+    assert filecmp.cmp(a["path"], b["path"], shallow=False)
+    assert abs(a["bayes_auc"] - b["bayes_auc"]) < 1e-12 and a["ctr"] == b["ctr"]
+    with open(a["path"]) as f:
+        assert f.read() == _all_at_once(3001, span=1)
+
+
+def test_memory_does_not_grow_with_rows(tmp_path):
+    import tracemalloc
+
+    def peak(rows):
+        tracemalloc.start()
+        try:
+            generator.generate(str(tmp_path / str(rows) / "data"), rows, chunk_rows=2000)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(4000), peak(40000)
+    # All at once, 40,000 rows took ~230 MB (a table of every field as numpy strings).
+    assert large < 1.2 * small and large < 24 << 20, (small, large)
+
+
+def test_streamed_bayes_metrics_match_the_exact_ones():
+    rng = np.random.default_rng(3)
+    p = 1 / (1 + np.exp(-rng.normal(-1.2, 1.3, size=30000)))
+    p[:500] = p[500:1000]  # ties
+    metrics = generator.BayesMetrics()
+    for part in np.array_split(p, 7):
+        metrics.add(part)
+    assert abs(metrics.auc() - generator.expected_auc(p)) < 1e-8
+    eps = 1e-12
+    exact = -np.mean(p * np.log(p + eps) + (1 - p) * np.log(1 - p + eps))
+    assert abs(metrics.logloss() - exact) < 1e-12
+
+
+def test_one_row_set(tmp_path):
+    report = generator.generate(str(tmp_path / "data"), 1)
+    assert report["rows"] == 1 and np.isnan(report["bayes_auc"])  # no pairs to rank
+    assert len(list(_read_rows(report["path"]))) == 1
+
+
+def test_rejects_a_set_larger_than_the_free_disk_before_drawing_it(tmp_path):
+    with pytest.raises(ValueError, match="GB free") as e:
+        generator.generate(str(tmp_path / "data"), 10**12)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "data").exists()
