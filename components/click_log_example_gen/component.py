@@ -24,7 +24,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
-from components.click_log_example_gen import executor
+from components.click_log_example_gen import executor, parsing
 from components.dataset_spec import DatasetSpec, load_spec
 
 DEFAULT_SPLIT_BUCKETS = (("train", 8), ("eval", 2))
@@ -37,6 +37,7 @@ class ClickLogExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         executor.MAX_BAD_FRACTION_KEY: ExecutionParameter(type=float),
         executor.SPAN_WINDOW_KEY: ExecutionParameter(type=int),
         executor.UNRESOLVED_INPUT_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
+        executor.MAX_QUARANTINE_RECORDS_KEY: ExecutionParameter(type=int, optional=True),
     }
 
 
@@ -78,7 +79,8 @@ class ClickLogExampleGen(FileBasedExampleGen):
     """Reads click-log files (any layout a DatasetSpec describes) into tf.Examples.
 
     Outputs: ``examples`` (``standard_artifacts.Examples``; splits ``train``/``eval`` by default;
-    quarantine records under ``<uri>/quarantine/``; counts as custom properties, see
+    quarantine records under ``<uri>/quarantine/``, copied to ``<pipeline_root>/<node id>/quarantine/
+    <execution id>/`` when the bad fraction fails the run; counts as custom properties, see
     docs/contracts.md).
     """
 
@@ -93,7 +95,8 @@ class ClickLogExampleGen(FileBasedExampleGen):
                  output_config: Optional[example_gen_pb2.Output] = None,
                  range_config: Optional[range_config_pb2.RangeConfig] = None,
                  span_window: int = 1,
-                 output_file_format: int = example_gen_pb2.FORMAT_TFRECORDS_GZIP):
+                 output_file_format: int = example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+                 max_quarantine_records_per_reason: int = parsing.DEFAULT_MAX_RECORDS_PER_REASON):
         """
         Args:
           input_base: folder of click-log files.
@@ -106,11 +109,17 @@ class ClickLogExampleGen(FileBasedExampleGen):
             for the latest span.
           span_window: with a span spec in the pattern, also read the N-1 spans before the
             resolved one (missing spans are skipped).
+          max_quarantine_records_per_reason: quarantine records kept per (reason, input file); bad
+            lines beyond it are counted (``quarantined_by_reason`` stays exact) but not stored, and
+            counted in ``quarantine_records_dropped``. 0 keeps counts only.
         """
         if not 0.0 <= float(max_bad_fraction) <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         if int(span_window) < 1:
             raise ValueError(f"span_window must be >= 1, got {span_window}")
+        if int(max_quarantine_records_per_reason) < 0:
+            raise ValueError(
+                f"max_quarantine_records_per_reason must be >= 0, got {max_quarantine_records_per_reason}")
         spec_json = _spec_json(dataset_spec)
         input_config = input_config or input_config_for("*")
         if isinstance(input_config, dict):
@@ -131,6 +140,7 @@ class ClickLogExampleGen(FileBasedExampleGen):
             dataset_spec=spec_json,
             max_bad_fraction=float(max_bad_fraction),
             span_window=int(span_window),
+            max_quarantine_records_per_reason=int(max_quarantine_records_per_reason),
             # The driver replaces the span specs in input_config with the newest span; the
             # executor needs the patterns as written to find the older spans of the window.
             unresolved_input_config=proto_utils.proto_to_json(input_config),

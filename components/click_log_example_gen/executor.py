@@ -7,7 +7,9 @@ into train/eval, writing the splits as TFRecords. This executor adds
   a counts file per input split under ``<examples uri>/quarantine/``;
 * the window of older spans (``span_window``): TFX's driver resolves only the newest span, so the
   executor resolves the older ones itself from the unresolved input patterns;
-* after the pipeline: the counts as artifact custom properties, and the ``max_bad_fraction`` check.
+* after the pipeline: the counts as artifact custom properties, and the ``max_bad_fraction`` check,
+  which on failure copies the quarantine out of the artifact (``durable_quarantine_dir``), since
+  TFX deletes a failed execution's outputs.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ DATASET_SPEC_KEY = "dataset_spec"  # DatasetSpec JSON
 MAX_BAD_FRACTION_KEY = "max_bad_fraction"  # float in [0, 1]
 SPAN_WINDOW_KEY = "span_window"  # int >= 1: ingest the newest N spans
 UNRESOLVED_INPUT_CONFIG_KEY = "unresolved_input_config"  # input_config JSON before the driver's span resolution
+MAX_QUARANTINE_RECORDS_KEY = "max_quarantine_records_per_reason"  # int >= 0, per (reason, file)
 
 QUARANTINE_DIRNAME = "quarantine"
 COUNTS_PREFIX = "counts-"
@@ -69,7 +72,11 @@ def _ClickLogToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     quarantine_dir = exec_properties[_QUARANTINE_DIR]
     tag = _split_name(exec_properties, split_pattern)
 
-    parsed = pipeline | "Parse" >> parsing.ParseClickLogs(file_patterns, exec_properties[DATASET_SPEC_KEY])
+    max_records = exec_properties.get(MAX_QUARANTINE_RECORDS_KEY)
+    if max_records is None:
+        max_records = parsing.DEFAULT_MAX_RECORDS_PER_REASON
+    parsed = pipeline | "Parse" >> parsing.ParseClickLogs(
+        file_patterns, exec_properties[DATASET_SPEC_KEY], int(max_records))
     _ = (parsed["quarantine"]
          | "WriteQuarantine" >> beam.io.WriteToText(
              os.path.join(quarantine_dir, RECORDS_PREFIX + tag), file_name_suffix=".jsonl"))
@@ -131,10 +138,41 @@ def check_bad_fraction(counts: Dict[str, Any], max_bad_fraction: float, quaranti
     """Raises BadRowsError (one line, with the counts) when too many rows were quarantined."""
     read, bad = counts["rows_read"], counts["rows_quarantined"]
     if read and bad / read > max_bad_fraction:
+        dropped = sum(counts.get("records_dropped_by_reason", {}).values())
+        not_stored = (f" ({dropped} of them counted, not stored: over the cap per reason and file)"
+                      if dropped else "")
         raise BadRowsError(
             f"ClickLogExampleGen: {bad} of {read} rows quarantined ({bad / read:.2%}) > "
             f"max_bad_fraction {max_bad_fraction:.2%}; by reason "
-            f"{json.dumps(counts['quarantined_by_reason'], sort_keys=True)}; records in {quarantine_uri}")
+            f"{json.dumps(counts['quarantined_by_reason'], sort_keys=True)}; records in "
+            f"{quarantine_uri}{not_stored}")
+
+
+def durable_quarantine_dir(examples_uri: str) -> str:
+    """Where a failed execution's quarantine is kept: outside its Examples artifact.
+
+    TFX's launcher deletes the output artifacts of a failed execution
+    (``tfx.orchestration.portable.launcher._run_executor`` -> ``outputs_utils.remove_output_dirs``),
+    the quarantine inside them included. Its output URIs are ``<pipeline_root>/<node id>/<output
+    key>/<execution id>``, so ``<pipeline_root>/<node id>/quarantine/<execution id>`` is beside
+    them, per node and execution, and nothing of TFX's. Other layouts get a sibling of the artifact.
+    """
+    uri = examples_uri.rstrip("/")
+    execution = os.path.basename(uri)
+    if execution.isdigit():
+        return os.path.join(os.path.dirname(os.path.dirname(uri)), QUARANTINE_DIRNAME, execution)
+    return uri + "-" + QUARANTINE_DIRNAME
+
+
+def copy_files(source: str, destination: str) -> None:
+    """Copies the files directly in ``source`` (the quarantine is flat) into a new ``destination``."""
+    if fileio.exists(destination):
+        fileio.rmtree(destination)
+    fileio.makedirs(destination)
+    for name in fileio.listdir(source):
+        path = os.path.join(source, name)
+        if not fileio.isdir(path):
+            fileio.copy(path, os.path.join(destination, name))
 
 
 class Executor(BaseExampleGenExecutor):
@@ -149,8 +187,11 @@ class Executor(BaseExampleGenExecutor):
         max_bad_fraction = float(exec_properties.get(MAX_BAD_FRACTION_KEY, 0.01))
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         quarantine_dir = os.path.join(examples.uri, QUARANTINE_DIRNAME)
-        if fileio.exists(quarantine_dir):
-            fileio.rmtree(quarantine_dir)  # a retried execution must not count the last try's rows
+        durable_dir = durable_quarantine_dir(examples.uri)
+        # A retried execution must not count, or leave behind, the last try's records.
+        for stale in (quarantine_dir, durable_dir):
+            if fileio.exists(stale):
+                fileio.rmtree(stale)
         fileio.makedirs(quarantine_dir)
 
         exec_properties = dict(exec_properties)
@@ -173,6 +214,10 @@ class Executor(BaseExampleGenExecutor):
             "negative_ints_by_field", json.dumps(counts["negative_ints_by_field"], sort_keys=True))
         examples.set_string_custom_property(
             "underivable_by_field", json.dumps(counts["underivable_by_field"], sort_keys=True))
+        dropped = counts["records_dropped_by_reason"]
+        examples.set_int_custom_property("quarantine_records_dropped", sum(dropped.values()))
+        examples.set_string_custom_property(
+            "quarantine_records_dropped_by_reason", json.dumps(dropped, sort_keys=True))
         examples.set_string_custom_property("quarantine_uri", quarantine_dir)
         examples.set_int_custom_property("files_read", counts["files"])
         logging.info("ClickLogExampleGen counts: %s", json.dumps(
@@ -183,4 +228,10 @@ class Executor(BaseExampleGenExecutor):
                 f"ClickLogExampleGen: no rows read ({counts['files']} files matched "
                 f"{sorted(p for ps in file_patterns.values() for p in ps)} under "
                 f"{exec_properties[standard_component_specs.INPUT_BASE_KEY]})")
-        check_bad_fraction(counts, max_bad_fraction, quarantine_dir)
+        try:
+            check_bad_fraction(counts, max_bad_fraction, durable_dir)
+        except BadRowsError:
+            # The orchestrator deletes this execution's outputs next; the copy is what stays.
+            copy_files(quarantine_dir, durable_dir)
+            logging.error("ClickLogExampleGen: quarantine copied to %s", durable_dir)
+            raise

@@ -41,6 +41,13 @@ QUARANTINE_REASONS = (
 )
 # How much of an oversized line a quarantine record keeps (the rest is counted, not stored).
 PREVIEW_BYTES = 4096
+# The most characters a record's ``line`` takes as JSON writes it. Without it the 4 KiB preview
+# could grow ~6x on disk: JSON writes control characters as ``\u00NN`` and non-ASCII as ``\uNNNN``,
+# and bytes that are not UTF-8 are written ``\xNN`` (``\\xNN`` in JSON).
+MAX_LINE_JSON_CHARS = 2 * PREVIEW_BYTES
+# Quarantine records kept per (reason, file) by default. Bad lines beyond it are still counted
+# (exactly) but not stored: a file of blank lines would otherwise write ~180 bytes of JSON per byte.
+DEFAULT_MAX_RECORDS_PER_REASON = 1000
 READ_CHUNK_BYTES = 1 << 20
 METRICS_NAMESPACE = "click_log_example_gen"
 # Counters are flushed every this many lines, so a long file reports progress while it is read.
@@ -319,9 +326,11 @@ class LineParser:
 # Counts
 # ------------------------------------------------------------------------------------------------
 def empty_counts() -> Dict[str, Any]:
+    # records_dropped_by_reason: quarantined rows counted in quarantined_by_reason but not stored
+    # as records (beyond the cap per reason and file).
     return {"files": 0, "rows_read": 0, "rows_emitted": 0, "rows_quarantined": 0,
             "quarantined_by_reason": {}, "negative_ints_by_field": {}, "underivable_by_field": {},
-            "headers_skipped": 0}
+            "records_dropped_by_reason": {}, "headers_skipped": 0}
 
 
 def _add_into(total: Dict[str, Any], counts: Dict[str, Any]) -> None:
@@ -337,7 +346,8 @@ def merge_counts(counts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
     total = empty_counts()
     for c in counts:
         _add_into(total, c)
-    for key in ("quarantined_by_reason", "negative_ints_by_field", "underivable_by_field"):
+    for key in ("quarantined_by_reason", "negative_ints_by_field", "underivable_by_field",
+                "records_dropped_by_reason"):
         total[key] = dict(sorted(total[key].items()))
     return total
 
@@ -359,22 +369,52 @@ class MergeCountsFn(beam.CombineFn):
 # ------------------------------------------------------------------------------------------------
 # Beam
 # ------------------------------------------------------------------------------------------------
+def _written_chars(text: str) -> int:
+    return len(json.dumps(text)) - 2  # without the quotes
+
+
+def _line_preview(content: bytes) -> Tuple[str, int]:
+    """(text, bytes of the line it holds): the start of the line, at most PREVIEW_BYTES bytes and
+    MAX_LINE_JSON_CHARS characters as written to the record."""
+    kept = min(len(content), PREVIEW_BYTES)
+    text = content[:kept].decode("utf-8", errors="backslashreplace")
+    if _written_chars(text) > MAX_LINE_JSON_CHARS:
+        # The longest byte prefix that fits (cut on bytes so that no `\xNN` is cut in half).
+        low, high = 0, kept
+        while low < high:
+            mid = (low + high + 1) // 2
+            prefix = content[:mid].decode("utf-8", errors="backslashreplace")
+            if _written_chars(prefix) <= MAX_LINE_JSON_CHARS:
+                low = mid
+            else:
+                high = mid - 1
+        kept = low
+        text = content[:kept].decode("utf-8", errors="backslashreplace")
+    return text, kept
+
+
 def quarantine_record(reason: str, path: str, line_number: int, content: bytes, line_bytes: int,
                       detail: str) -> str:
-    """One quarantine JSON line. ``line`` is the raw line as text, non-UTF-8 bytes as ``\\xNN``."""
-    record = {"reason": reason, "file": path, "line_number": line_number,
-              "line": content[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace"),
+    """One quarantine JSON line. ``line`` is the start of the raw line as text, non-UTF-8 bytes as
+    ``\\xNN`` (see ``_line_preview`` for its size); ``truncated`` when it is not the whole line."""
+    text, kept = _line_preview(content)
+    record = {"reason": reason, "file": path, "line_number": line_number, "line": text,
               "line_bytes": line_bytes, "detail": detail}
-    if line_bytes > len(content) or len(content) > PREVIEW_BYTES:
+    if kept < line_bytes:
         record["truncated"] = True
     return json.dumps(record, sort_keys=True)
 
 
 class _ParseFileFn(beam.DoFn):
-    """One whole file per call: streams it line by line so that line numbers are exact."""
+    """One whole file per call: streams it line by line so that line numbers are exact.
 
-    def __init__(self, spec_json: str):
+    Because a file is never split between calls, the cap of quarantine records per (reason, file)
+    is exact on any runner and any number of workers.
+    """
+
+    def __init__(self, spec_json: str, max_records_per_reason: int):
         self._spec_json = spec_json
+        self._max_records = max_records_per_reason
         self._parser: Optional[LineParser] = None
         self._counters: Dict[str, Any] = {}
 
@@ -400,6 +440,7 @@ class _ParseFileFn(beam.DoFn):
         by_reason = counts["quarantined_by_reason"]
         negatives = counts["negative_ints_by_field"]
         underivable = counts["underivable_by_field"]
+        dropped = counts["records_dropped_by_reason"]
         metric_deltas: Dict[str, int] = {}
         rows_read = rows_emitted = 0
         flushed_read = flushed_emitted = 0  # what the Beam counters already have
@@ -430,11 +471,15 @@ class _ParseFileFn(beam.DoFn):
                 else:
                     if line_number == 1 and spec.header:
                         result.detail += " (first line of the file, but not the spec's header: read as a row)"
-                    by_reason[result.reason] = by_reason.get(result.reason, 0) + 1
+                    seen = by_reason.get(result.reason, 0) + 1
+                    by_reason[result.reason] = seen
                     key = "quarantined_" + result.reason
                     metric_deltas[key] = metric_deltas.get(key, 0) + 1
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantine_record(
-                        result.reason, path, line_number, content, line_bytes, result.detail))
+                    if seen <= self._max_records:
+                        yield beam.pvalue.TaggedOutput("quarantine", quarantine_record(
+                            result.reason, path, line_number, content, line_bytes, result.detail))
+                    else:
+                        dropped[result.reason] = dropped.get(result.reason, 0) + 1
                 if rows_read % _METRICS_FLUSH_LINES == 0:
                     metric_deltas["rows_read"] = rows_read - flushed_read
                     metric_deltas["rows_emitted"] = rows_emitted - flushed_emitted
@@ -448,7 +493,8 @@ class _ParseFileFn(beam.DoFn):
         counts["rows_emitted"] = rows_emitted
         counts["rows_quarantined"] = rows_read - rows_emitted
         counts["by_file"] = {path: {"rows_read": rows_read, "rows_emitted": rows_emitted,
-                                    "quarantined_by_reason": dict(by_reason)}}
+                                    "quarantined_by_reason": dict(by_reason),
+                                    "records_dropped_by_reason": dict(dropped)}}
         yield beam.pvalue.TaggedOutput("file_counts", counts)
 
 
@@ -462,15 +508,21 @@ class ParseClickLogs(beam.PTransform):
 
     ``examples``: serialized tf.Example bytes; ``quarantine``: JSON strings (see
     ``quarantine_record``); ``file_counts``: one count dict per file (merge with ``MergeCountsFn``).
-    A file matched by several patterns is read once.
+    A file matched by several patterns is read once. At most ``max_records_per_reason`` records
+    are written per (reason, file); the counts include every bad line, and those not written are in
+    ``records_dropped_by_reason``.
     """
 
-    def __init__(self, file_patterns: Sequence[str], spec_json: str):
+    def __init__(self, file_patterns: Sequence[str], spec_json: str,
+                 max_records_per_reason: int = DEFAULT_MAX_RECORDS_PER_REASON):
         super().__init__()
         if isinstance(file_patterns, str):
             file_patterns = [file_patterns]
+        if max_records_per_reason < 0:
+            raise ValueError(f"max_records_per_reason must be >= 0, got {max_records_per_reason}")
         self._file_patterns = list(file_patterns)
         self._spec_json = spec_json
+        self._max_records = int(max_records_per_reason)
 
     def expand(self, pbegin):
         files = (
@@ -481,7 +533,7 @@ class ParseClickLogs(beam.PTransform):
             | "OnlyFiles" >> beam.Filter(_is_readable_file)
             # Distinct also shuffles, so that files spread over workers.
             | "Distinct" >> beam.Distinct())
-        outputs = files | "ParseFiles" >> beam.ParDo(_ParseFileFn(self._spec_json)).with_outputs(
+        outputs = files | "ParseFiles" >> beam.ParDo(_ParseFileFn(self._spec_json, self._max_records)).with_outputs(
             "quarantine", "file_counts", main="examples")
         return {"examples": outputs.examples, "quarantine": outputs.quarantine,
                 "file_counts": outputs.file_counts}

@@ -287,6 +287,91 @@ def test_no_rows_fails_clearly(tmp_path):
     assert isinstance(error, executor_lib.BadRowsError) and "no rows read" in str(error)
 
 
+# -- quarantine bounds and durability ----------------------------------------------------------------
+GOOD_CRITEO_LINE = "\t".join(["1"] + ["1"] * 13 + ["a"] * 26)
+
+
+def test_quarantine_flood_is_capped_with_exact_counts(tmp_path):
+    """200k blank lines write 50 records (not 200k), yet every bad line is counted."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.tsv").write_text("\n" * 200_000 + (GOOD_CRITEO_LINE + "\n") * 20)
+    bad_label = "\t".join(["7"] + ["1"] * 13 + ["a"] * 26)
+    # One non-UTF-8 line over max_line_bytes (65536): its record keeps only the line's start.
+    (data / "b.tsv").write_bytes((bad_label + "\n").encode() * 300 + b"\xfe" * 100_000 + b"\n")
+    examples, error = run_example_gen(tmp_path / "out", input_base=str(data), dataset_spec="criteo",
+                                      max_bad_fraction=1.0, max_quarantine_records_per_reason=50)
+    assert error is None
+    p = props_of(examples)
+    assert p["quarantined_by_reason"] == {"wrong_field_count": 200_000, "bad_label": 300, "oversized_line": 1}
+    assert (p["rows_read"], p["rows_emitted"], p["rows_quarantined"]) == (200_321, 20, 200_301)
+    assert examples.get_int_custom_property("quarantine_records_dropped") == 199_950 + 250
+    assert json.loads(examples.get_string_custom_property("quarantine_records_dropped_by_reason")) == {
+        "wrong_field_count": 199_950, "bad_label": 250}
+
+    records = read_quarantine(examples.uri)
+    kept = collections.Counter((r["reason"], os.path.basename(r["file"])) for r in records)
+    assert kept == {("wrong_field_count", "a.tsv"): 50, ("bad_label", "b.tsv"): 50, ("oversized_line", "b.tsv"): 1}
+    assert sorted(r["line_number"] for r in records if r["reason"] == "wrong_field_count") == list(range(1, 51))
+    oversized = next(r for r in records if r["reason"] == "oversized_line")
+    assert oversized["truncated"] and oversized["line_bytes"] == 100_000
+    assert oversized["line"].startswith("\\xfe")
+    assert len(json.dumps(oversized["line"])) <= parsing.MAX_LINE_JSON_CHARS + 2
+    record_bytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(p["quarantine_uri"], "records-*")))
+    assert record_bytes < 100 * 1024 + parsing.MAX_LINE_JSON_CHARS + 1024  # the old code wrote ~35 MB
+
+    counts_file, = glob.glob(os.path.join(p["quarantine_uri"], "counts-*.json"))
+    with open(counts_file) as f:
+        by_file = {os.path.basename(k): v for k, v in json.load(f)["by_file"].items()}
+    assert by_file["a.tsv"]["records_dropped_by_reason"] == {"wrong_field_count": 199_950}
+    assert by_file["b.tsv"]["records_dropped_by_reason"] == {"bad_label": 250}
+
+
+def test_failed_run_keeps_quarantine_where_tfx_does_not_delete_it(tmp_path):
+    """Through LocalDagRunner: the launcher deletes the failed execution's Examples (quarantine
+    inside); the copy under <pipeline_root>/<node>/quarantine/<execution id> stays and the error
+    names it."""
+    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.tsv").write_text("\n" * 3000 + (GOOD_CRITEO_LINE + "\n") * 10)
+    root = tmp_path / "pipeline_root"
+    gen = ClickLogExampleGen(input_base=str(data), dataset_spec="criteo", max_quarantine_records_per_reason=100)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="quarantine-durability", pipeline_root=str(root), components=[gen],
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(str(tmp_path / "mlmd.sqlite")))
+    with pytest.raises(executor_lib.BadRowsError) as raised:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+
+    node_dir = root / "ClickLogExampleGen"
+    executions = os.listdir(node_dir / "quarantine")
+    assert len(executions) == 1
+    durable = node_dir / "quarantine" / executions[0]
+    assert not (node_dir / "examples" / executions[0]).exists()  # TFX removed the failed outputs
+    message = str(raised.value)
+    assert "\n" not in message and f"records in {durable} " in message
+    assert "3000 of 3010 rows quarantined" in message and "2900 of them counted, not stored" in message
+    records = []
+    for path in glob.glob(str(durable / "records-*.jsonl")):
+        with open(path) as f:
+            records.extend(json.loads(line) for line in f)
+    assert len(records) == 100 and {r["reason"] for r in records} == {"wrong_field_count"}
+    counts_file, = glob.glob(str(durable / "counts-*.json"))
+    with open(counts_file) as f:
+        counts = json.load(f)
+    assert counts["rows_read"] == 3010 and counts["quarantined_by_reason"] == {"wrong_field_count": 3000}
+    assert counts["records_dropped_by_reason"] == {"wrong_field_count": 2900}
+
+
+def test_durable_quarantine_dir():
+    assert executor_lib.durable_quarantine_dir("/root/ClickLogExampleGen/examples/17") == \
+        "/root/ClickLogExampleGen/quarantine/17"
+    assert executor_lib.durable_quarantine_dir("gs://b/root/Gen/examples/3/") == "gs://b/root/Gen/quarantine/3"
+    assert executor_lib.durable_quarantine_dir("/out/examples") == "/out/examples-quarantine"
+
+
 # -- spans ------------------------------------------------------------------------------------------
 def _write_span(root: Path, folder: str, rows: int, label: str):
     (root / folder).mkdir(parents=True)

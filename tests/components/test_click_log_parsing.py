@@ -205,3 +205,63 @@ def test_parse_click_logs_ptransform(tmp_path):
         MetricsFilter().with_namespace(parsing.METRICS_NAMESPACE))["counters"]}
     assert counters == {"files": 4, "rows_read": 7, "rows_emitted": 4, "quarantined_bad_label": 1,
                         "quarantined_wrong_field_count": 1, "quarantined_non_numeric_int": 1}
+
+
+@pytest.mark.parametrize("running_mode", ["in_memory", "multi_processing"])
+def test_quarantine_records_capped_per_reason_and_file_with_exact_counts(tmp_path, running_mode):
+    spec = DatasetSpec.from_dict({"name": "t", "delimiter": ",", "columns": [
+        {"name": "label", "kind": "label"}, {"name": "n", "kind": "int"}]})
+    # Per file: blank lines (wrong_field_count), bad labels, one non-integer, good rows.
+    layout = {"a.csv": (5000, 7, 1, 3), "b.csv": (2, 4000, 0, 5), "c.csv": (0, 0, 1, 1)}
+    for name, (blank, bad_label, non_int, good) in layout.items():
+        (tmp_path / name).write_text("\n" * blank + "9,1\n" * bad_label + "1,x\n" * non_int + "0,1\n" * good)
+    cap = 5
+    options = beam.options.pipeline_options.PipelineOptions(
+        direct_running_mode=running_mode, direct_num_workers=2)
+    with beam.Pipeline(options=options) as p:
+        out = p | parsing.ParseClickLogs([str(tmp_path / "*.csv")], spec.to_json(), max_records_per_reason=cap)
+        kept = (out["quarantine"]
+                | beam.Map(lambda s: (lambda r: (r["reason"], r["file"].rsplit("/", 1)[1]))(json.loads(s)))
+                | beam.combiners.Count.PerElement())
+        assert_that(kept, equal_to([
+            (("wrong_field_count", "a.csv"), 5), (("bad_label", "a.csv"), 5), (("non_numeric_int", "a.csv"), 1),
+            (("wrong_field_count", "b.csv"), 2), (("bad_label", "b.csv"), 5), (("non_numeric_int", "c.csv"), 1)]),
+            label="kept")
+        totals = out["file_counts"] | beam.CombineGlobally(parsing.MergeCountsFn()) | beam.Map(
+            lambda c: (c["rows_read"], c["rows_emitted"], c["rows_quarantined"], c["quarantined_by_reason"],
+                       c["records_dropped_by_reason"],
+                       {f.rsplit("/", 1)[1]: v["records_dropped_by_reason"] for f, v in c["by_file"].items()}))
+        assert_that(totals, equal_to([(
+            9020, 9, 9011, {"bad_label": 4007, "non_numeric_int": 2, "wrong_field_count": 5002},
+            {"bad_label": 3997, "wrong_field_count": 4995},
+            {"a.csv": {"wrong_field_count": 4995, "bad_label": 2}, "b.csv": {"bad_label": 3995}, "c.csv": {}})]),
+            label="counts")
+
+
+@pytest.mark.parametrize("unit, unit_text", [
+    (b"\xfe", "\\xfe"),  # not UTF-8: written \\xfe in JSON (5 chars per byte)
+    (b"\x01", "\x01"),  # a control character: written \u0001 (6 chars per byte)
+    ("\u00e9".encode(), "\u00e9"),  # non-ASCII: written \u00e9 (3 chars per byte)
+    (b"z", "z"),
+])
+def test_quarantine_record_line_is_capped_as_written(unit, unit_text):
+    """A record's line keeps the line's start, at most PREVIEW_BYTES bytes and MAX_LINE_JSON_CHARS
+    characters as JSON writes it, with ``truncated`` and the line's true length."""
+    line_bytes = 10_000 * len(unit)
+    content = (unit * 10_000)[:parsing.PREVIEW_BYTES]  # what the line reader holds of an oversized line
+    written = parsing.quarantine_record("oversized_line", "/f", 1, content, line_bytes, "d")
+    record = json.loads(written)
+    assert len(json.dumps(record["line"])) - 2 <= parsing.MAX_LINE_JSON_CHARS
+    assert len(written) <= parsing.MAX_LINE_JSON_CHARS + 200
+    assert record["truncated"] and record["line_bytes"] == line_bytes
+    n = len(record["line"]) // len(unit_text)
+    assert n > 0 and record["line"] == unit_text * n  # the line's start, no half escape
+    if unit == b"z":
+        assert n == parsing.PREVIEW_BYTES  # plain text: the first PREVIEW_BYTES bytes, as before
+
+
+def test_quarantine_record_keeps_a_short_line_whole():
+    short = json.loads(parsing.quarantine_record("bad_label", "/f", 2, b"2,\xff", 3, "d"))
+    assert short["line"] == "2,\\xff" and short["line_bytes"] == 3 and "truncated" not in short
+    fits = json.loads(parsing.quarantine_record("bad_label", "/f", 3, b"y" * 4096, 4096, "d"))
+    assert fits["line"] == "y" * 4096 and "truncated" not in fits
