@@ -1,7 +1,7 @@
 """`python -m pipelines`: run | generate (compile | submit | schedule: Kubeflow, see pipelines/kubeflow_runner.py).
 
-Errors a user can fix (bad paths, bad specs, bad options) end with one line on stderr and exit 2;
-a failed pipeline run exits 1 after printing and writing the run summary.
+Errors a user can fix (bad paths, specs, options or config values) end with one line on stderr and
+exit 2, before anything runs; a failed pipeline run exits 1 after printing and writing the run summary.
 """
 from __future__ import annotations
 
@@ -16,19 +16,28 @@ from typing import List, Optional
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (--help lists the options)\n")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    from pipelines.config import BEAM_PRESETS
+    from pipelines.config import BEAM_PRESETS, MODELS, OPTIMIZERS, DataConfig
     p.add_argument("--config", help="YAML file overlaying the defaults of pipelines/config.py")
     p.add_argument("--data", help="folder of click-log files (default: generate Criteo-layout logs)")
     p.add_argument("--format", dest="dataset_format",
                    help="criteo | criteo-kaggle | avazu | path/to/spec.yaml (default: criteo)")
     p.add_argument("--input-pattern", metavar="GLOB",
                    help="files under --data to read; {SPAN} (e.g. 'day-{SPAN:5}/*') reads the newest daily span")
-    p.add_argument("--span-window", type=int, metavar="N", help="with {SPAN}: read the newest N spans (default 1)")
+    p.add_argument("--span-window", type=int, metavar="N",
+                   help=f"with {{SPAN}}: read the newest N spans (default {DataConfig.span_window})")
     p.add_argument("--output", help="output folder (default: ./output)")
-    p.add_argument("--rows", type=int, help="rows to generate when --data is not given (default 20000)")
-    p.add_argument("--model", choices=["dnn", "deepfm", "wide_deep", "dcn"])
-    p.add_argument("--optimizer", choices=["group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam"])
+    p.add_argument("--rows", type=int,
+                   help=f"rows to generate when --data is not given (default {DataConfig.generated_rows})")
+    p.add_argument("--model", choices=MODELS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--epochs", type=int)
     p.add_argument("--l21", type=float)
     p.add_argument("--beam-preset", choices=["local"] + sorted(BEAM_PRESETS),
@@ -42,32 +51,37 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args):
-    from pipelines.config import load_config
-    overrides = {"data": {}, "trainer": {}}
-    if args.output:
-        overrides["output_dir"] = os.path.abspath(args.output)
-    if args.data:
-        overrides["data"]["data_root"] = os.path.abspath(args.data)
-    if args.dataset_format:
-        overrides["data"]["dataset_format"] = args.dataset_format
-    if args.rows is not None:
-        if args.rows <= 0:
-            raise ValueError(f"--rows must be positive, got {args.rows}")
-        overrides["data"]["generated_rows"] = args.rows
-    if args.input_pattern:
-        overrides["data"]["input_pattern"] = args.input_pattern
-    if args.span_window is not None:
-        if args.span_window < 1:
-            raise ValueError(f"--span-window must be >= 1, got {args.span_window}")
-        overrides["data"]["span_window"] = args.span_window
-    if args.beam_preset:
-        overrides["beam_preset"] = args.beam_preset
-    if args.beam_arg:
-        overrides["beam_args"] = list(args.beam_arg)
-    for key in ("model", "optimizer", "epochs", "l21"):
-        if getattr(args, key) is not None:
-            overrides["trainer"][key] = getattr(args, key)
-    return load_config(args.config, overrides)
+    """The config of `run`: defaults, --config, then the options given; a bad value names its option."""
+    from pipelines.config import ConfigError, load_config
+    given = {  # config key: (option, value or None when not given)
+        "output_dir": ("--output", args.output and os.path.abspath(args.output)),
+        "data.data_root": ("--data", args.data and os.path.abspath(args.data)),
+        "data.dataset_format": ("--format", args.dataset_format),
+        "data.input_pattern": ("--input-pattern", args.input_pattern),
+        "data.span_window": ("--span-window", args.span_window),
+        "data.generated_rows": ("--rows", args.rows),
+        "trainer.model": ("--model", args.model),
+        "trainer.optimizer": ("--optimizer", args.optimizer),
+        "trainer.epochs": ("--epochs", args.epochs),
+        "trainer.l21": ("--l21", args.l21),
+        "beam_preset": ("--beam-preset", args.beam_preset),
+        "beam_args": ("--beam-arg", list(args.beam_arg) or None),
+    }
+    overrides: dict = {}
+    for key, (_, value) in given.items():
+        if value is not None:
+            *sections, name = key.split(".")
+            section = overrides
+            for s in sections:
+                section = section.setdefault(s, {})
+            section[name] = value
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as e:
+        option, value = given.get(e.key.split("[")[0], (None, None))
+        if value is None:
+            raise
+        raise ConfigError(f"{option} ({e.key})", e.problem) from None
 
 
 class _Progress(logging.Filter):
@@ -103,8 +117,8 @@ def _quiet_logs(verbose: bool) -> None:
 
 def cmd_run(args) -> int:
     from pipelines import local_runner, summary as run_summary
+    config = _config_from_args(args)  # a bad config fails here, before logging is set up or anything runs
     _quiet_logs(args.verbose)
-    config = _config_from_args(args)
     result = local_runner.run(config, score_rows=args.score_rows)
     print(run_summary.render(result))
     print(f"  summary: {config.summary_path}")
@@ -120,7 +134,7 @@ def cmd_generate(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m pipelines", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline locally (LocalDagRunner, SQLite MLMD, DirectRunner)")
     _add_run_args(run)

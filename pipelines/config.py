@@ -2,17 +2,34 @@
 
 A `PipelineConfig` is built from defaults, optionally overlaid with a YAML file (same nesting as the
 dataclasses below), then with command-line options. Every runner (local, Kubeflow v2) takes it.
+`load_config` checks every value's type and range (`validate`) before anything runs: a bad value is
+a `ConfigError`, one line naming its key path.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The Trainer's choices, kept here so that the config needs no TensorFlow (tests/pipelines/test_config.py
+# checks them against components.models.MODELS, components.trainer_module.make_optimizer and
+# components.trainer_module.DISTRIBUTIONS).
+MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
+OPTIMIZERS = ("group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam")
+DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+# ExampleGen hashes each example into one of SPLIT_BUCKETS buckets; data.eval_split_buckets of them
+# form the eval split, the rest the train split.
+SPLIT_BUCKETS = 10
+# The generator writes ~244 bytes a row, ~15 us a row on one core: 1e8 rows are ~24 GB and ~25 min.
+# Bigger sets belong in data.data_root (--data).
+MAX_GENERATED_ROWS = 100_000_000
 
 
 @dataclasses.dataclass
@@ -32,16 +49,21 @@ class DataConfig:
     generator_seed: int = 7
     # Ground truth of generated data (its Bayes-optimal AUC goes into the summary).
     ground_truth: Optional[str] = None
-    eval_split_buckets: int = 2  # train:eval = 8:2 hash buckets out of 10
+    eval_split_buckets: int = 2  # eval hash buckets out of SPLIT_BUCKETS: train:eval = 8:2
+
+    @property
+    def split_buckets(self) -> List[tuple]:
+        """(split name, hash buckets) of ExampleGen's output splits."""
+        return [("train", SPLIT_BUCKETS - self.eval_split_buckets), ("eval", self.eval_split_buckets)]
 
 
 @dataclasses.dataclass
 class TrainerConfig:
-    model: str = "dnn"  # dnn | deepfm | wide_deep | dcn
+    model: str = "dnn"  # one of MODELS
     embedding_dim: int = 8
     embedding_dims: Dict[str, int] = dataclasses.field(default_factory=dict)  # per-field override
     hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
-    optimizer: str = "group_adam"  # group_adam | group_adagrad | group_momentum | group_amsgrad | adam
+    optimizer: str = "group_adam"  # one of OPTIMIZERS
     learning_rate: float = 0.005
     l1: float = 0.0
     l2: float = 0.0
@@ -51,7 +73,7 @@ class TrainerConfig:
     train_steps: Optional[int] = None  # None = epochs over the train split
     eval_steps: Optional[int] = None
     jit_compile: bool = True
-    distribution: str = "auto"  # auto | none | mirrored | multi_worker (components.trainer_module)
+    distribution: str = "auto"  # one of DISTRIBUTIONS (components.trainer_module.distribution_strategy)
     seed: int = 42
     warm_start: bool = True
 
@@ -152,27 +174,214 @@ def beam_pipeline_args(config: PipelineConfig, input_bytes: Optional[int] = None
     return list(BEAM_PRESETS[preset]) + list(config.beam_args)
 
 
-def _overlay(obj, values: Dict[str, Any], where: str):
-    fields = {f.name: f for f in dataclasses.fields(obj)}
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range, or an unreadable config file.
+
+    `str()` is one line: "<key path>: <problem>", e.g. "trainer.l21: must be a finite number >= 0, got -1.0".
+    """
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+# -- the rule of every config key: (key path, value) -> the value (floats as float) or ConfigError --
+Rule = Callable[[str, Any], Any]
+
+
+def _bounds(lo, hi, above=None) -> str:
+    if above is not None:
+        return f" > {above}"
+    if lo is not None and hi is not None:
+        return f" in [{lo}, {hi}]"
+    return f" >= {lo}" if lo is not None else ""
+
+
+def _integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Rule:
+    def check(key, value):
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(key, f"must be an integer{_bounds(lo, hi)}, got {value!r}")
+        return value
+    return check
+
+
+def _number(lo: Optional[float] = None, hi: Optional[float] = None, above: Optional[float] = None) -> Rule:
+    def check(key, value):
+        number = value
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number) \
+            and (lo is None or number >= lo) and (hi is None or number <= hi) and (above is None or number > above)
+        if not ok:
+            raise ConfigError(key, f"must be a finite number{_bounds(lo, hi, above)}, got {value!r}")
+        return float(number)
+    return check
+
+
+def _text(key, value):
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _boolean(key, value):
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _name(key, value):
+    """A name that is one safe path component (model folder, pipeline name): not '.', '..', 'a/b'."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise ConfigError(key, f"must be a name of letters, digits, '.', '_' and '-' that starts with a "
+                               f"letter or digit, got {value!r}")
+    return value
+
+
+def _one_of(options) -> Rule:
+    def check(key, value):
+        if not isinstance(value, str) or value not in options:
+            raise ConfigError(key, f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+    return check
+
+
+def _optional(rule: Rule) -> Rule:
+    return lambda key, value: None if value is None else rule(key, value)
+
+
+def _list_of(rule: Rule) -> Rule:
+    def check(key, value):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"must be a list, got {value!r}")
+        return [rule(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    return check
+
+
+def _mapping_of(rule: Rule) -> Rule:
+    def check(key, value):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping, got {value!r}")
+        for k in value:
+            if not isinstance(k, str) or not k:
+                raise ConfigError(key, f"keys must be non-empty strings, got {k!r}")
+        return {k: rule(f"{key}.{k}", v) for k, v in value.items()}
+    return check
+
+
+_FRACTION = _number(0, 1)
+_RULES: Dict[str, Rule] = {
+    "pipeline_name": _name,
+    "output_dir": _text,
+    "beam_preset": _one_of(("local",) + tuple(sorted(BEAM_PRESETS))),
+    "local_multiprocessing_min_bytes": _integer(0),
+    "beam_args": _list_of(_text),
+    "metadata_path": _optional(_text),
+    "data.data_root": _optional(_text),
+    "data.dataset_format": _text,
+    "data.input_pattern": _text,
+    "data.span_window": _integer(1),
+    "data.max_bad_fraction": _FRACTION,
+    "data.generated_rows": _integer(1, MAX_GENERATED_ROWS),
+    "data.generator_seed": _integer(0),
+    "data.ground_truth": _optional(_text),
+    "data.eval_split_buckets": _integer(1, SPLIT_BUCKETS - 1),
+    "trainer.model": _one_of(MODELS),
+    "trainer.embedding_dim": _integer(1),
+    "trainer.embedding_dims": _mapping_of(_integer(1)),
+    "trainer.hidden_units": _list_of(_integer(1)),
+    "trainer.optimizer": _one_of(OPTIMIZERS),
+    "trainer.learning_rate": _number(above=0),
+    "trainer.l1": _number(0),
+    "trainer.l2": _number(0),
+    "trainer.l21": _number(0),
+    "trainer.batch_size": _integer(1),
+    "trainer.epochs": _integer(1),
+    "trainer.train_steps": _optional(_integer(1)),
+    "trainer.eval_steps": _optional(_integer(1)),
+    "trainer.jit_compile": _boolean,
+    "trainer.distribution": _one_of(DISTRIBUTIONS),
+    "trainer.seed": _integer(0, 2**32 - 1),  # numpy's seed range (keras.utils.set_random_seed)
+    "trainer.warm_start": _boolean,
+    "gates.min_auc": _FRACTION,
+    "gates.max_auc_drop": _FRACTION,
+    "gates.min_sparsity": _FRACTION,
+    "gates.min_sparsity_per_table": _mapping_of(_FRACTION),
+    "gates.slice_field": _optional(_text),
+    "serving.model_name": _name,
+    "serving.serving_dir": _optional(_text),
+    "serving.keep_versions": _integer(1),
+    "serving.model_base_path": _optional(_text),
+    "serving.min_compact_bytes": _integer(0),
+    "kubeflow.image": _text,
+    "kubeflow.pipeline_root": _text,
+    "kubeflow.endpoint": _optional(_text),
+}
+
+
+def validate(config, where: str = "") -> Any:
+    """Checks (and normalizes: ints to floats where a number is meant) every value of `config`, a
+    `PipelineConfig` or one of its sections (`where` is then its key, e.g. "trainer")."""
+    for field in dataclasses.fields(config):
+        key = f"{where}.{field.name}" if where else field.name
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, key)
+        else:
+            setattr(config, field.name, _RULES[key](key, value))
+    return config
+
+
+def _overlay(obj, values: Any, source: str, where: str = ""):
+    """Sets the keys of `values` (a mapping from `source`: a file, "overrides") on `obj`, the section
+    at key path `where`."""
+    if not isinstance(values, dict):
+        raise ConfigError(where or source, f"must be a mapping of config keys{f' in {source}' if where else ''}, "
+                                           f"got {type(values).__name__} {values!r:.60}")
+    fields = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise ValueError(f"{where}: unknown config key {key!r} (known: {', '.join(sorted(fields))})")
+            raise ConfigError(path, f"unknown config key in {source} (known: {', '.join(sorted(fields))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"{where}.{key}: expected a mapping")
-            _overlay(current, value, f"{where}.{key}")
+            if value is not None:  # an empty section ("data:" with its keys commented out)
+                _overlay(current, value, source, path)
         else:
             setattr(obj, key, value)
     return obj
 
 
+def _read_yaml(path: str) -> Any:
+    """The YAML document at `path` (safe_load: no Python tags); errors as one-line ConfigErrors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(path, f"cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "cannot read the config file: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(path, f"not a valid config file: {problem}{where}") from None
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> PipelineConfig:
-    """Defaults, then the YAML file at `path`, then `overrides` (same nesting)."""
+    """Defaults, then the YAML file at `path`, then `overrides` (same nesting); then `validate`."""
     config = PipelineConfig()
     if path:
-        with open(path, encoding="utf-8") as f:
-            _overlay(config, yaml.safe_load(f) or {}, os.path.basename(path))
+        values = _read_yaml(path)
+        if values is not None:  # an empty file
+            _overlay(config, values, path)
     if overrides:
         _overlay(config, overrides, "overrides")
-    return config
+    return validate(config)

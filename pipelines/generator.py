@@ -10,7 +10,8 @@ field and value is noise. The truth is saved as JSON so that tests and benchmark
 * know exactly which (field, value) embedding rows a sparse model should keep.
 
 Everything is deterministic by seed: the truth by ``seed``; the rows of a span by ``(seed, span)``,
-so consecutive daily spans share one truth.
+so consecutive daily spans share one truth. Rows are drawn, scored and written in chunks of
+``CHUNK_ROWS``: memory does not grow with the set, and the file does not depend on the chunk size.
 """
 from __future__ import annotations
 
@@ -293,7 +294,8 @@ def _sample(cfg: GeneratorConfig, draws, rows: int) -> Dict:
     stream (a `_ColumnStreams`, or a `_OneGenerator` for one generator drawing column by column)."""
     ints, int_t, cat_idx = {}, {}, {}
     for j, f in enumerate(INT_COLUMNS):
-        x = np.maximum(np.floor(np.exp(draws[f, "value"].normal(*_int_lognormal(j), size=rows))).astype(np.int64) - 1, 0)
+        log_x = draws[f, "value"].normal(*_int_lognormal(j), size=rows)
+        x = np.maximum(np.floor(np.exp(log_x)).astype(np.int64) - 1, 0)
         if f == "I2":
             neg = draws[f, "negative"].random(rows) < cfg.negative_int_rate
             x[neg] = -draws.negative_values(int(neg.sum()))

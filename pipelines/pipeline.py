@@ -55,6 +55,12 @@ def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
     )
 
 
+def split_config(config: PipelineConfig) -> tfx.proto.Output:
+    """ExampleGen's train/eval split: data.eval_split_buckets of the SPLIT_BUCKETS hash buckets are eval."""
+    return tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+        tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in config.data.split_buckets]))
+
+
 def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[DatasetSpec] = None,
                     metadata_connection_config=None, input_bytes: Optional[int] = None,
                     schema_file: Optional[str] = None) -> tfx.dsl.Pipeline:
@@ -63,6 +69,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
 
     example_gen = ClickLogExampleGen(input_base=data_root, dataset_spec=spec.to_json(),
                                      max_bad_fraction=config.data.max_bad_fraction,
+                                     output_config=split_config(config),
                                      **ingestion_kwargs(config.data.input_pattern, config.data.span_window))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The curated schema of the dataset spec, not one inferred from today's data (which would

@@ -1,0 +1,140 @@
+"""pipelines/config.py: every key is checked for type and range when the config loads."""
+import dataclasses
+
+import pytest
+
+from pipelines import config as cfg
+from pipelines.config import ConfigError, PipelineConfig, load_config, validate
+
+
+def _leaf_keys(obj, where=""):
+    for field in dataclasses.fields(obj):
+        key = f"{where}.{field.name}" if where else field.name
+        value = getattr(obj, field.name)
+        yield from _leaf_keys(value, key) if dataclasses.is_dataclass(value) else [key]
+
+
+def _overrides(key, value):
+    *sections, name = key.split(".")
+    out = {name: value}
+    for section in reversed(sections):
+        out = {section: out}
+    return out
+
+
+def test_every_key_has_a_rule_and_the_defaults_pass():
+    assert set(_leaf_keys(PipelineConfig())) == set(cfg._RULES)
+    assert validate(PipelineConfig()) == PipelineConfig()
+
+
+BAD = [
+    ("trainer.l21", -1.0, "must be a finite number >= 0, got -1.0"),
+    ("trainer.l21", float("nan"), "got nan"),
+    ("trainer.l1", float("inf"), "finite"),
+    ("trainer.learning_rate", 0, "> 0"),
+    ("trainer.epochs", 0, ">= 1"),
+    ("trainer.epochs", "four", "got 'four'"),
+    ("trainer.epochs", True, "integer"),
+    ("trainer.epochs", 2.0, "integer"),
+    ("trainer.batch_size", 0, ">= 1"),
+    ("trainer.embedding_dim", 0, ">= 1"),
+    ("trainer.embedding_dims", {"C1": 0}, "trainer.embedding_dims.C1"),
+    ("trainer.hidden_units", [64, -1], "trainer.hidden_units[1]"),
+    ("trainer.hidden_units", 64, "list"),
+    ("trainer.model", "lstm", "dnn, deepfm, wide_deep, dcn"),
+    ("trainer.optimizer", "sgd", "group_adam"),
+    ("trainer.distribution", "tpu", "mirrored"),
+    ("trainer.train_steps", 0, ">= 1"),
+    ("trainer.jit_compile", "yes", "true or false"),
+    ("trainer.seed", -1, "integer"),
+    ("data.max_bad_fraction", 5, "in [0, 1], got 5"),
+    ("data.span_window", 0, ">= 1"),
+    ("data.generated_rows", 10**12, f"in [1, {cfg.MAX_GENERATED_ROWS}]"),
+    ("data.generated_rows", 0, "integer"),
+    ("data.eval_split_buckets", 10, "in [1, 9]"),
+    ("data.eval_split_buckets", 0, "in [1, 9]"),
+    ("serving.keep_versions", 0, ">= 1"),
+    ("serving.model_name", "..", "got '..'"),
+    ("serving.model_name", ".", "got '.'"),
+    ("serving.model_name", "a/b", "got 'a/b'"),
+    ("serving.model_name", "", "got ''"),
+    ("serving.min_compact_bytes", -1, ">= 0"),
+    ("gates.min_auc", -1, "in [0, 1], got -1"),
+    ("gates.min_auc", 1.5, "in [0, 1]"),
+    ("gates.max_auc_drop", -0.1, "in [0, 1]"),
+    ("gates.min_sparsity", 2, "in [0, 1]"),
+    ("gates.min_sparsity_per_table", {"C1": 1.5}, "gates.min_sparsity_per_table.C1"),
+    ("beam_preset", "nosuch", "inmemory"),
+    ("beam_args", "--x", "list"),
+    ("pipeline_name", "../x", "name"),
+    ("output_dir", "", "non-empty string"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_values_are_one_line_errors_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, _overrides(key, value))
+    assert isinstance(e.value, ValueError)
+    text = str(e.value)
+    assert text.startswith(f"{key.split('.')[0]}") and message in text and "\n" not in text, text
+    assert e.value.key.startswith(key)
+
+
+def test_numbers_are_normalized():
+    config = load_config(None, {"trainer": {"l21": 0, "learning_rate": "1e-3"}, "gates": {"min_auc": 1}})
+    assert config.trainer.l21 == 0.0 and isinstance(config.trainer.l21, float)
+    assert config.trainer.learning_rate == 0.001  # YAML 1.1 reads `1e-3` (no dot) as a string
+    assert config.gates.min_auc == 1.0
+
+
+@pytest.mark.parametrize("text,message", [
+    ("- trainer\n- data\n", "must be a mapping of config keys, got list"),
+    ("trainer: [1\n", "not a valid config file"),
+    ("trainer:\n  epochs: 2\n bad: indent\n", "not a valid config file"),
+    ("trainer: !!python/object/apply:os.system [echo hi]\n", "could not determine a constructor"),
+    ("trainer: 3\n", "trainer: must be a mapping"),
+    ("trainer:\n  epochs: four\n", "trainer.epochs: must be an integer >= 1, got 'four'"),
+    ("nosuch: 1\n", "nosuch: unknown config key"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_empty_file_and_empty_section_keep_the_defaults(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "section.yaml").write_text("data:\n  # generated_rows: 5\n")
+    assert load_config(str(tmp_path / "empty.yaml")) == PipelineConfig()
+    assert load_config(str(tmp_path / "section.yaml")) == PipelineConfig()
+
+
+def test_trainer_choices_match_the_components():
+    from components import models, trainer_module
+    assert cfg.MODELS == models.MODELS
+    assert cfg.DISTRIBUTIONS == trainer_module.DISTRIBUTIONS
+    base = dataclasses.asdict(cfg.TrainerConfig())
+    for name in cfg.OPTIMIZERS:
+        assert trainer_module.make_optimizer(dict(base, optimizer=name)) is not None
+    with pytest.raises(ValueError, match="not in"):
+        trainer_module.make_optimizer(dict(base, optimizer="nosuch"))
+
+
+def test_eval_split_buckets_set_the_example_gen_split(tmp_path):
+    from google.protobuf import json_format
+    from tfx.proto import example_gen_pb2
+    from components.click_log_example_gen.component import default_output_config, input_config_for
+    from pipelines.pipeline import create_pipeline
+
+    def split(config):
+        example_gen = create_pipeline(config, str(tmp_path)).components[0]
+        output = json_format.Parse(example_gen.exec_properties["output_config"], example_gen_pb2.Output())
+        return output, [(s.name, s.hash_buckets) for s in output.split_config.splits]
+
+    default, buckets = split(load_config(None, {"output_dir": str(tmp_path)}))
+    assert buckets == [("train", 8), ("eval", 2)] and default == default_output_config(input_config_for("*"))
+    _, buckets = split(load_config(None, {"output_dir": str(tmp_path), "data": {"eval_split_buckets": 3}}))
+    assert buckets == [("train", 7), ("eval", 3)]
