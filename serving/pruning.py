@@ -16,10 +16,14 @@ Steps, each a function so the Pusher and the tests share them:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -32,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from components.models import embedding_layer_name  # noqa: E402
+from serving import file_lock  # noqa: E402
 
 EMBEDDING_PREFIX = embedding_layer_name("")
 WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving reads <version>/assets.extra/<this>
@@ -306,6 +311,26 @@ def dir_size(path: str, exclude: Sequence[str] = ()) -> int:
 
 
 # -- atomic, versioned push ----------------------------------------------------------------------------
+# What a push writes and who may remove it (issue #15):
+# * Local filesystems: the whole push holds an exclusive flock on ``<model_dir>/.push.lock``
+#   (serving.file_lock; a second pusher waits up to `lock_timeout_s`, then fails naming the holder).
+#   Object stores have no atomic create-if-absent through tf.io.gfile, so there the push takes no
+#   lock: one pusher per model directory at a time is the orchestrator's job (one Pusher per run).
+# * An in-flight folder (local ``.tmp-*``; on object stores the numbered version until its
+#   saved_model.pb is written) holds an owner record, OWNER_FILE. A later push removes such a folder
+#   only if its owner is gone: the pid is dead on this host, or -- owner on another host -- the record
+#   is older than STALE_AGE_S. A folder without the record was left by an older pusher, or by a
+#   push that died just before writing it or after removing it (locally under the lock): removed.
+# * Copied files are checked against the source's manifest (every file, its size) before the version
+#   becomes visible: a rename locally, writing saved_model.pb on object stores.
+# * Versions pinned in models.config (a ``specific`` policy, ``version_labels``) survive retention.
+OWNER_FILE = ".push-owner"
+LOCK_FILE = ".push.lock"
+STALE_AGE_S = 24 * 3600  # an in-flight push on another host is never this old
+FILE_MODE, DIR_MODE = 0o644, 0o755  # readable by a model server running as another user
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
 def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
@@ -328,81 +353,242 @@ def next_version(model_dir: str, now: Optional[float] = None) -> int:
     return max([int(now if now is not None else time.time())] + [v + 1 for v in versions])
 
 
-def _copy_tree(src: str, dst: str) -> None:
-    """Copy a SavedModel directory with ``saved_model.pb`` last: readers that wait for it (TF
-    Serving, TFX) then never see a model whose variables are still being written."""
-    files = []
-    for directory, _, names in tf.io.gfile.walk(src):
-        files += [os.path.join(directory, n) for n in names]
-    last = [f for f in files if os.path.relpath(f, src) == SAVED_MODEL_PB]
-    for path in [f for f in files if f not in last] + last:
-        target = os.path.join(dst, os.path.relpath(path, src))
+def _copy_files(src: str, dst: str, names: Iterable[str]) -> None:
+    for name in names:
+        target = os.path.join(dst, name)
         tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(path, target, overwrite=True)
+        tf.io.gfile.copy(os.path.join(src, name), target, overwrite=True)
 
 
-def remove_stale_temp_dirs(model_dir: str) -> List[str]:
-    """What interrupted pushes left (one pusher per model directory is assumed): temp directories,
-    and on object stores numbered versions without ``saved_model.pb`` (never loadable)."""
+def _saved_model_pb_last(names: Iterable[str]) -> List[str]:
+    """Readers that wait for ``saved_model.pb`` (TF Serving, TFX) then never see a model whose
+    variables are still being written."""
+    names = sorted(names)
+    return [n for n in names if n != SAVED_MODEL_PB] + [n for n in names if n == SAVED_MODEL_PB]
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copy a SavedModel directory with ``saved_model.pb`` last."""
+    _copy_files(src, dst, _saved_model_pb_last(manifest(src)))
+
+
+def manifest(root: str) -> Dict[str, int]:
+    """{path relative to `root`: size in bytes} of every file under `root` (any tf.io.gfile filesystem)."""
+    root = root.rstrip("/")
+    files = {}
+    for directory, _, names in tf.io.gfile.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            files[os.path.relpath(path, root)] = tf.io.gfile.stat(path).length
+    return files
+
+
+def _check_manifest(root: str, expected: Dict[str, int], listing: bool = True) -> None:
+    """Raise PushError unless `root` holds exactly the `expected` files and sizes. Without `listing`
+    (object stores, whose listings may lag or, on TF's ram://, match by prefix) each expected file
+    is checked by itself and extra files are not looked for."""
+    if listing:
+        actual = manifest(root)
+    else:
+        actual = {}
+        for name in expected:
+            try:
+                actual[name] = tf.io.gfile.stat(os.path.join(root, name)).length
+            except tf.errors.NotFoundError:
+                pass
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    resized = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
+    if missing or extra or resized:
+        raise PushError(f"{root} does not match the files pushed ({len(expected)}): {len(missing)} missing "
+                        f"{missing[:3]}, {len(extra)} unexpected {extra[:3]}, {len(resized)} of another size "
+                        f"{resized[:3]}; nothing was published")
+
+
+def _makedirs_readable(path: str) -> None:
+    """`os.makedirs`, with every directory it creates DIR_MODE whatever the umask."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path.rstrip("/"))
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        os.chmod(directory, DIR_MODE)
+
+
+def _make_readable(root: str) -> None:
+    for directory, _, names in os.walk(root):
+        os.chmod(directory, DIR_MODE)
+        for name in names:
+            os.chmod(os.path.join(directory, name), FILE_MODE)
+
+
+def _write_owner(path: str) -> None:
+    with tf.io.gfile.GFile(os.path.join(path, OWNER_FILE), "w") as f:
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _owner_gone(path: str, now: float) -> bool:
+    """Whether the push that was writing `path` is over (see the notes above OWNER_FILE)."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(path, OWNER_FILE)) as f:
+            owner = json.loads(f.read())
+        pid, host, started = int(owner["pid"]), str(owner["host"]), float(owner["started"])
+    except (tf.errors.NotFoundError, ValueError, KeyError, TypeError):
+        return True  # no (readable) record: an older pusher's leftover
+    if host == socket.gethostname():
+        return not _pid_alive(pid)
+    return now - started > STALE_AGE_S
+
+
+def remove_stale_temp_dirs(model_dir: str, now: Optional[float] = None) -> List[str]:
+    """Remove what interrupted pushes left: temp directories and, on object stores, numbered versions
+    without ``saved_model.pb`` (never loadable) -- only those whose pusher is gone. Returns them."""
+    now = time.time() if now is None else now
     removed = []
     if tf.io.gfile.isdir(model_dir):
         for name in tf.io.gfile.listdir(model_dir):
             name = name.rstrip("/")
             path = os.path.join(model_dir, name)
             incomplete = name.isdigit() and not tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_PB))
-            if name.startswith(TEMP_PREFIX) or incomplete:
+            if (name.startswith(TEMP_PREFIX) or incomplete) and _owner_gone(path, now):
                 tf.io.gfile.rmtree(path)
                 removed.append(path)
     return removed
 
 
+def push_lock(model_dir: str, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+    """The exclusive lock a push holds on a local model directory (created if missing); on object
+    stores no lock (see the notes above OWNER_FILE). Re-entrant within a thread."""
+    if not _is_local(model_dir):
+        return contextlib.nullcontext()
+    local = _local(model_dir)
+    _makedirs_readable(local)
+    return file_lock.exclusive(os.path.join(local, LOCK_FILE), timeout_s, what="push lock")
+
+
+def _models_config_lock(base_dir: str, timeout_s: float):
+    from serving import tf_serving_config
+    if not _is_local(base_dir):
+        return contextlib.nullcontext()
+    return tf_serving_config.model_config_lock(
+        os.path.join(_local(base_dir), tf_serving_config.MODEL_CONFIG_FILE), timeout_s)
+
+
+def _read_models_config(base_dir: str):
+    from serving import tf_serving_config
+    path = os.path.join(base_dir, tf_serving_config.MODEL_CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return tf_serving_config.model_server_config([])
+    with tf.io.gfile.GFile(path) as f:
+        return tf_serving_config.parse_model_config(f.read(), source=path)
+
+
 def publish(export_dir: str, base_dir: str, model_name: str, keep_versions: int = 3,
-            now: Optional[float] = None) -> Tuple[str, int]:
+            now: Optional[float] = None, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Tuple[str, int]:
     """Copy `export_dir` to ``<base_dir>/<model_name>/<version>/`` all at once; return (path, version).
 
-    Local filesystems: copy into ``<model_dir>/.tmp-<version>-<uuid>/`` (ignored by TF Serving), then
-    one ``rename`` -- atomic -- to the numbered directory. Object stores (gs://, s3://, ...) have no
-    atomic directory rename, so the files go straight to the numbered directory with
-    ``saved_model.pb`` last (TF Serving does not load a version without it). Then only the newest
-    `keep_versions` versions are kept.
+    Local filesystems: under the model directory's push lock, copy into
+    ``<model_dir>/.tmp-<version>-<uuid>/`` (ignored by TF Serving), check it against the source's
+    manifest, make it readable (files 0644, directories 0755), then one ``rename`` -- atomic -- to the
+    numbered directory. Object stores (gs://, s3://, ...) have no atomic directory rename, so the
+    files go straight to the numbered directory with ``saved_model.pb`` last, after the check (TF
+    Serving does not load a version without it). Then only the newest `keep_versions` versions are
+    kept, and any version models.config pins for this model.
     """
     if keep_versions < 1:
         raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
     model_dir = os.path.join(base_dir, model_name)
-    tf.io.gfile.makedirs(model_dir)
-    remove_stale_temp_dirs(model_dir)
-    version = next_version(model_dir, now)
-    final = os.path.join(model_dir, str(version))
-    if tf.io.gfile.exists(final):  # next_version never picks one, but a concurrent pusher could
-        raise PushError(f"version directory {final} already exists; refusing to overwrite it")
-    if _is_local(model_dir):
-        temp = os.path.join(model_dir, f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex}")
+    expected = manifest(export_dir)
+    if SAVED_MODEL_PB not in expected:
+        raise PushError(f"{export_dir} has no {SAVED_MODEL_PB}; nothing was published")
+    with push_lock(model_dir, lock_timeout_s):
+        tf.io.gfile.makedirs(model_dir)
+        remove_stale_temp_dirs(model_dir)
+        version = next_version(model_dir, now)
+        final = os.path.join(model_dir, str(version))
+        if tf.io.gfile.exists(final):  # next_version never picks one, but an unlocked pusher could
+            raise PushError(f"version directory {final} already exists; refusing to overwrite it")
+        # Local: a temp folder renamed in one step. Object stores: the version folder itself.
+        writing = (os.path.join(model_dir, f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex}")
+                   if _is_local(model_dir) else final)
         try:
-            _copy_tree(export_dir, temp)
-            os.rename(_local(temp), _local(final))  # fails (rather than replaces) if final now exists
+            tf.io.gfile.makedirs(writing)
+            _write_owner(writing)
+            if _is_local(model_dir):
+                _copy_files(export_dir, writing, _saved_model_pb_last(expected))
+                tf.io.gfile.remove(os.path.join(writing, OWNER_FILE))
+                _check_manifest(writing, expected)
+                _make_readable(_local(writing))
+                os.rename(_local(writing), _local(final))  # fails (rather than replaces) if final now exists
+            else:
+                rest = {k: v for k, v in expected.items() if k != SAVED_MODEL_PB}
+                _copy_files(export_dir, writing, sorted(rest))
+                _check_manifest(writing, rest, listing=False)  # before saved_model.pb makes it loadable
+                _copy_files(export_dir, writing, [SAVED_MODEL_PB])
+                tf.io.gfile.remove(os.path.join(writing, OWNER_FILE))
         except BaseException:
-            if tf.io.gfile.exists(temp):
-                tf.io.gfile.rmtree(temp)
+            try:
+                if tf.io.gfile.exists(writing):
+                    tf.io.gfile.rmtree(writing)
+            except tf.errors.OpError as e:  # the push's own error is the one to report
+                logging.warning("could not remove %s after a failed push: %s", writing, e)
             raise
-    else:
-        _copy_tree(export_dir, final)
-    for old in existing_versions(model_dir)[:-keep_versions]:
-        tf.io.gfile.rmtree(os.path.join(model_dir, str(old)))
+        # Pins are read and honoured under the models.config lock: an operator pinning a version
+        # right now either sees it deleted first or has it kept.
+        with _models_config_lock(base_dir, lock_timeout_s):
+            from serving import tf_serving_config
+            pinned = tf_serving_config.pinned_versions(
+                _read_models_config(base_dir), model_name,
+                base_paths=[model_dir, os.path.abspath(_local(model_dir))] if _is_local(model_dir) else [model_dir])
+            for old in existing_versions(model_dir)[:-keep_versions]:
+                if old not in pinned:
+                    tf.io.gfile.rmtree(os.path.join(model_dir, str(old)))
     return final, version
 
 
-def write_models_config(base_dir: str, model_name: str, model_base_path: Optional[str] = None) -> str:
-    """``<base_dir>/models.config`` serving the newest version of ``<base_dir>/<model_name>``."""
+def write_models_config(base_dir: str, model_name: str, model_base_path: Optional[str] = None,
+                        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
+    """Point ``model_name``'s entry of ``<base_dir>/models.config`` at ``<base_dir>/<model_name>`` (or
+    `model_base_path`), adding it (newest version served) if missing. Other models' entries, and this
+    model's version policy and labels -- an operator's pin or rollback -- are kept."""
     from serving import tf_serving_config
     if _is_local(base_dir):
-        return tf_serving_config.write_model_config(_local(base_dir), model_name, model_base_path=model_base_path)
-    # write_model_config writes through the local filesystem; for object stores write the same text
-    # proto through tf.io.gfile (a whole-object write: readers see the old or the new file).
-    text = tf_serving_config.model_config_text(tf_serving_config.model_server_config(
-        [{"name": model_name, "base_path": model_base_path or os.path.join(base_dir, model_name)}]))
-    path = os.path.join(base_dir, tf_serving_config.MODEL_CONFIG_FILE)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
+        local = _local(base_dir)
+        base_path = model_base_path or os.path.join(os.path.abspath(local), model_name)
+        _makedirs_readable(local)
+        path = os.path.join(local, tf_serving_config.MODEL_CONFIG_FILE)
+        config = tf_serving_config.update_model_config(
+            path, lambda old: tf_serving_config.set_model_entry(old, model_name, base_path), lock_timeout_s)
+    else:
+        # tf_serving_config writes through the local filesystem; for object stores write the same text
+        # proto through tf.io.gfile, as a new object renamed over the old one: readers see the old or
+        # the new file (and filesystems whose "w" appends, like TF's ram://, get the new one too).
+        base_path = model_base_path or os.path.join(base_dir, model_name)
+        config = tf_serving_config.set_model_entry(_read_models_config(base_dir), model_name, base_path)
+        path = os.path.join(base_dir, tf_serving_config.MODEL_CONFIG_FILE)
+        temp = os.path.join(base_dir, f"{TEMP_PREFIX}{tf_serving_config.MODEL_CONFIG_FILE}-{uuid.uuid4().hex}")
+        with tf.io.gfile.GFile(temp, "w") as f:
+            f.write(tf_serving_config.model_config_text(config))
+        tf.io.gfile.rename(temp, path, overwrite=True)
+    for entry in config.model_config_list.config:
+        if entry.name == model_name and entry.model_version_policy.HasField("specific"):
+            logging.warning("%s pins model %r to versions %s: the pushed version is published but not served "
+                            "until that pin is changed", path, model_name,
+                            list(entry.model_version_policy.specific.versions))
     return path
 
 
@@ -423,12 +609,14 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
                    parity_tolerance: float = 1e-6, parity_examples: int = 1000, warmup_requests: int = 1000,
                    staging_dir: Optional[str] = None, model_base_path: Optional[str] = None,
                    carry_dirs: Optional[Dict[str, str]] = None,
-                   min_saved_bytes: int = MIN_SAVED_BYTES) -> PushResult:
+                   min_saved_bytes: int = MIN_SAVED_BYTES,
+                   lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> PushResult:
     """Prune, check parity, add warmup, publish and update models.config -- the whole push.
 
     `carry_dirs` ({name: source dir}) are copied into the version directory as ``<version>/<name>/``
     before it is published (the Trainer's warm-start state goes along with the model it belongs to;
-    TF Serving reads only the SavedModel files and ignores them).
+    TF Serving reads only the SavedModel files and ignores them). Publishing and the models.config
+    update hold the model directory's push lock together (waiting up to `lock_timeout_s`).
     """
     own_staging = staging_dir is None
     staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
@@ -439,8 +627,9 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)
         for name, source in (carry_dirs or {}).items():
             _copy_tree(source, os.path.join(staging_dir, name))
-        path, version = publish(staging_dir, base_dir, model_name, keep_versions)
-        config = write_models_config(base_dir, model_name, model_base_path)
+        with push_lock(os.path.join(base_dir, model_name), lock_timeout_s):
+            path, version = publish(staging_dir, base_dir, model_name, keep_versions, lock_timeout_s=lock_timeout_s)
+            config = write_models_config(base_dir, model_name, model_base_path, lock_timeout_s=lock_timeout_s)
         return PushResult(path, version, report, dir_size(trained_model_dir), size_after, error, warmups, config)
     finally:
         if own_staging:

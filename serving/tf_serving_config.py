@@ -2,7 +2,10 @@
 
 ``models.config`` is a ``ModelServerConfig`` text proto (tensorflow_serving's own
 ``model_server_config_pb2``); TF Serving re-reads it every ``--model_config_file_poll_wait_seconds``,
-so the Pusher rewrites it atomically (temp file + rename) and a half-written file is never read.
+so the Pusher rewrites it atomically (temp file + rename) and a half-written file is never read. The
+file is shared: other models, version pins and labels are the operator's, so a write changes one
+model's entry and keeps the rest (read, merge and write under an exclusive lock), and the file is
+0644 so that a model server running as another user can read it.
 
 The batching (``--batching_parameters_file``) and monitoring (``--monitoring_config_file``) protos are
 not shipped in the tensorflow-serving-api wheel. Their messages are mirrored below from TF Serving's
@@ -13,13 +16,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Set
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf import wrappers_pb2  # noqa: F401  (registers google/protobuf/wrappers.proto)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import file_lock
+
 MODEL_CONFIG_FILE = "models.config"
+CONFIG_FILE_MODE = 0o644  # TF Serving often runs as another user than the Pusher
+DEFAULT_LOCK_TIMEOUT_S = 600.0
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
@@ -79,6 +86,69 @@ def read_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
         return parse_model_config(f.read(), source=path)
 
 
+def set_model_entry(config: model_server_config_pb2.ModelServerConfig, name: str, base_path: str,
+                    latest_versions: Optional[int] = None, versions: Optional[Sequence[int]] = None,
+                    ) -> model_server_config_pb2.ModelServerConfig:
+    """A copy of `config` where model `name` is served from `base_path`; every other model is kept.
+
+    An existing entry for `name` keeps its ``version_labels`` and, unless `latest_versions` or
+    `versions` is given, its version policy (an operator's pin or rollback); a new entry serves the
+    newest version unless told otherwise.
+    """
+    if not name or "/" in name:
+        raise ConfigError(f"model name {name!r} must be non-empty and contain no '/'")
+    if latest_versions is not None and not versions and int(latest_versions) < 1:
+        raise ConfigError(f"model {name!r}: latest_versions must be >= 1, got {latest_versions}")
+    merged = model_server_config_pb2.ModelServerConfig()
+    merged.CopyFrom(config)
+    entries = [e for e in merged.model_config_list.config if e.name == name]
+    if not entries:
+        entries = [merged.model_config_list.config.add(name=name, model_platform="tensorflow")]
+        if not versions and latest_versions is None:
+            latest_versions = 1
+    for entry in entries:
+        entry.base_path = base_path
+        if not entry.model_platform:
+            entry.model_platform = "tensorflow"
+        if versions:
+            entry.model_version_policy.specific.versions[:] = [int(v) for v in versions]
+        elif latest_versions is not None:
+            entry.model_version_policy.latest.num_versions = int(latest_versions)
+    return merged
+
+
+def pinned_versions(config: model_server_config_pb2.ModelServerConfig, name: str,
+                    base_paths: Iterable[str] = ()) -> Set[int]:
+    """Versions an operator pinned for a model -- named `name` or served from one of `base_paths`:
+    those of a ``specific`` version policy and those ``version_labels`` point at."""
+    paths = {os.path.normpath(p) for p in base_paths}
+    pinned: Set[int] = set()
+    for entry in config.model_config_list.config:
+        if entry.name == name or os.path.normpath(entry.base_path) in paths:
+            pinned.update(entry.model_version_policy.specific.versions)
+            pinned.update(entry.version_labels.values())
+    return pinned
+
+
+def model_config_lock(path: str, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+    """Exclusive lock for a read-modify-write of the local models.config at `path`."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return file_lock.exclusive(os.path.join(directory, f".{name}.lock"), timeout_s, what="models.config lock")
+
+
+def update_model_config(path: str, change: Callable[[model_server_config_pb2.ModelServerConfig],
+                                                    model_server_config_pb2.ModelServerConfig],
+                        timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> model_server_config_pb2.ModelServerConfig:
+    """Read the local models.config at `path` (empty if missing), apply `change`, write it back
+    atomically, all under `model_config_lock`, so concurrent writers never lose each other's entries.
+    Returns what was written."""
+    with model_config_lock(path, timeout_s):
+        config = read_model_config(path) if os.path.exists(path) else model_server_config_pb2.ModelServerConfig()
+        config = change(config)
+        _atomic_write(path, model_config_text(config))
+    return config
+
+
 def _atomic_write(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -86,6 +156,7 @@ def _atomic_write(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, CONFIG_FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -95,17 +166,18 @@ def _atomic_write(path: str, text: str) -> None:
 
 def write_model_config(base_dir: str, model_name: str, model_base_path: Optional[str] = None,
                        latest_versions: int = 1, versions: Optional[Sequence[int]] = None,
-                       config_path: Optional[str] = None) -> str:
-    """Write ``<base_dir>/models.config`` serving ``model_name`` from ``<base_dir>/<model_name>``.
+                       config_path: Optional[str] = None, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> str:
+    """Set ``model_name``'s entry in ``<base_dir>/models.config``: served from ``<base_dir>/<model_name>``
+    with the given version policy (`versions` pins specific versions: a rollback). Other models' entries
+    and this model's version labels are kept.
 
     ``model_base_path`` overrides where TF Serving looks (e.g. the Pod's mount path, or gs://...), as
     the path seen by the model server can differ from the one the Pusher writes to. Returns the path.
     """
     base_path = model_base_path or os.path.join(os.path.abspath(base_dir), model_name)
-    config = model_server_config([{"name": model_name, "base_path": base_path,
-                                   "latest_versions": latest_versions, "versions": versions}])
     path = config_path or os.path.join(base_dir, MODEL_CONFIG_FILE)
-    _atomic_write(path, model_config_text(config))
+    update_model_config(path, lambda config: set_model_entry(
+        config, model_name, base_path, latest_versions=latest_versions, versions=versions), lock_timeout_s)
     return path
 
 

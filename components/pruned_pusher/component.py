@@ -30,6 +30,7 @@ class PrunedPusherSpec(standard_component_specs.PusherSpec):
         executor.EXAMPLES_SPLIT_KEY: ExecutionParameter(type=str),
         executor.MODEL_BASE_PATH_KEY: ExecutionParameter(type=str, optional=True),
         executor.MIN_SAVED_BYTES_KEY: ExecutionParameter(type=int, optional=True),
+        executor.LOCK_TIMEOUT_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         **standard_component_specs.PusherSpec.INPUTS,
@@ -56,7 +57,7 @@ class PrunedPusher(tfx_pusher_component.Pusher):
                  push_destination: pusher_pb2.PushDestination,
                  model_name: str = "ctr", keep_versions: int = 3, parity_tolerance: float = 1e-6,
                  parity_examples: int = 1000, warmup_requests: int = 1000, examples_split: str = "eval",
-                 model_base_path: str = "", min_saved_bytes: int = 8192,
+                 model_base_path: str = "", min_saved_bytes: int = 8192, lock_timeout_seconds: int = 600,
                  infra_blessing: Optional[types.BaseChannel] = None):
         """
         Args:
@@ -77,6 +78,9 @@ class PrunedPusher(tfx_pusher_component.Pusher):
             model directory under another path (a Pod mount, gs://...); default ``<base>/<model_name>``.
           min_saved_bytes: a table is compacted only when that saves at least this many bytes (its
             lookup ops cost a few KB of graph in every signature); smaller tables stay whole.
+          lock_timeout_seconds: how long a push waits for another push to the same (local) model
+            directory to finish before it fails naming the holder; ``<base>/models.config`` keeps
+            other models, version pins and labels (docs/pushing.md).
         """
         if not model_name or "/" in model_name:
             raise ValueError(f"model_name must be non-empty and contain no '/', got {model_name!r}")
@@ -88,6 +92,8 @@ class PrunedPusher(tfx_pusher_component.Pusher):
         if int(parity_examples) < 1 or float(parity_tolerance) < 0:
             raise ValueError(f"parity_examples must be >= 1 and parity_tolerance >= 0, got "
                              f"{parity_examples}, {parity_tolerance}")
+        if int(lock_timeout_seconds) < 0:
+            raise ValueError(f"lock_timeout_seconds must be >= 0, got {lock_timeout_seconds}")
         if not push_destination.filesystem.base_directory:
             raise ValueError("push_destination.filesystem.base_directory (the TF Serving base directory) is required")
         spec = PrunedPusherSpec(
@@ -97,6 +103,7 @@ class PrunedPusher(tfx_pusher_component.Pusher):
             model_name=model_name, keep_versions=int(keep_versions), parity_tolerance=float(parity_tolerance),
             parity_examples=int(parity_examples), warmup_requests=int(warmup_requests),
             examples_split=examples_split, model_base_path=model_base_path, min_saved_bytes=int(min_saved_bytes),
+            lock_timeout_seconds=int(lock_timeout_seconds),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         # tfx Pusher.__init__ builds a PusherSpec of its own; skip to the base component.
         base_component.BaseComponent.__init__(self, spec=spec)

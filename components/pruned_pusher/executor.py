@@ -29,10 +29,11 @@ WARMUP_REQUESTS_KEY = "warmup_requests"
 EXAMPLES_SPLIT_KEY = "examples_split"
 MODEL_BASE_PATH_KEY = "model_base_path"
 MIN_SAVED_BYTES_KEY = "min_saved_bytes"
+LOCK_TIMEOUT_KEY = "lock_timeout_seconds"
 
 DEFAULTS = {MODEL_NAME_KEY: "ctr", KEEP_VERSIONS_KEY: 3, PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
             WARMUP_REQUESTS_KEY: 1000, EXAMPLES_SPLIT_KEY: "eval", MODEL_BASE_PATH_KEY: "",
-            MIN_SAVED_BYTES_KEY: 8192}
+            MIN_SAVED_BYTES_KEY: 8192, LOCK_TIMEOUT_KEY: 600}
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -69,17 +70,21 @@ class Executor(tfx_pusher_executor.Executor):
         carry = {warm_start.STATE_DIR: state} if tf.io.gfile.isdir(state) else {}
 
         with tempfile.TemporaryDirectory(prefix="pruned-export-") as staging:
+            staged = os.path.join(staging, "model")
             result = pruning.prune_and_push(
                 model_path, transform_graph.uri, rows, base_dir,
                 model_name=props[MODEL_NAME_KEY], keep_versions=int(props[KEEP_VERSIONS_KEY]),
                 parity_tolerance=float(props[PARITY_TOLERANCE_KEY]),
                 parity_examples=int(props[PARITY_EXAMPLES_KEY]),
                 warmup_requests=int(props[WARMUP_REQUESTS_KEY]),
-                staging_dir=os.path.join(staging, "model"),
+                staging_dir=staged,
                 model_base_path=props[MODEL_BASE_PATH_KEY] or None, carry_dirs=carry,
-                min_saved_bytes=int(props[MIN_SAVED_BYTES_KEY]))
-        # Like TFX's Pusher: the pushed model is also archived under the artifact's own uri.
-        io_utils.copy_dir(result.path, model_push.uri)
+                min_saved_bytes=int(props[MIN_SAVED_BYTES_KEY]),
+                lock_timeout_s=float(props[LOCK_TIMEOUT_KEY]))
+            # Like TFX's Pusher: the pushed model is also archived under the artifact's own uri. Copied
+            # from the staged files (what was published, manifest-checked): the served version may
+            # already be going away under a later push's retention.
+            io_utils.copy_dir(staged, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=result.path, pushed_version=str(result.version))
         report = result.report
         for key, value in (("size_before_bytes", result.size_before_bytes),
