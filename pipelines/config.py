@@ -334,6 +334,8 @@ def validate(config, where: str = "") -> Any:
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
             validate(value, key)
+        elif key not in _RULES:
+            raise KeyError(f"config key {key} has no rule in pipelines.config._RULES")
         else:
             setattr(config, field.name, _RULES[key](key, value))
     return config
