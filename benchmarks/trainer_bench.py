@@ -131,10 +131,8 @@ def child_main(args) -> None:
     table_rows = {f: rows_per_field for f in CAT_FIELDS}
     model = models.build_model(args.model, INT_FIELDS, CAT_FIELDS, table_rows,
                                embedding_dim=EMBEDDING_DIM, hidden_units=HIDDEN_UNITS)
-    optimizer = trainer_module.make_optimizer(dict(TRAINER_CONFIG, optimizer=args.optimizer))
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=args.xla == "xla_on",
-                  run_eagerly=args.eager or None)
+    trainer_module.compile_model(model, dict(TRAINER_CONFIG, optimizer=args.optimizer),
+                                 jit_compile=args.xla == "xla_on", run_eagerly=args.eager or None)
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):

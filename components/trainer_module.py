@@ -125,6 +125,19 @@ def make_optimizer(cfg: Dict[str, Any]):
     return getattr(optim, classes[name])(learning_rate=lr, **regularizers)
 
 
+def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=None) -> None:
+    """Compiles as the Trainer trains: the config's optimizer, log loss, AUC, `jit_compile`.
+
+    Keras' train/test/predict steps call only TF ops, so autograph has nothing to convert in them;
+    left on, it transpiles every layer and the optimizer's code on the first trace, which was most of
+    the first epoch (benchmarks/trainer_bench.py reports the first epoch of every cell).
+    """
+    model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile, run_eagerly=run_eagerly)
+    for step in ("train_step", "test_step", "predict_step"):
+        setattr(model, step, tf.autograph.experimental.do_not_convert(getattr(model, step)))
+
+
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
 
 
@@ -255,8 +268,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
         jit_compile = False
     with strategy.scope():  # variables (model, optimizer slots, metrics) mirrored on every replica
         model = build_model(cfg, spec, vocabulary)
-        model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile)
+        compile_model(model, cfg, jit_compile)
         warm = _warm_start(fn_args, cfg, model, vocabulary)
 
     train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
