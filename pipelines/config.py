@@ -44,6 +44,8 @@ class DataConfig:
     span_window: int = 1
     # Quarantine: fail the run when more than this fraction of lines is bad.
     max_bad_fraction: float = 0.01
+    # Quarantine records stored per (reason, file); the counts always include every bad line.
+    max_quarantine_records_per_reason: int = 1000
     # Rows generated when data_root is None.
     generated_rows: int = 20000
     generator_seed: int = 7
@@ -289,6 +291,7 @@ _RULES: Dict[str, Rule] = {
     "data.input_pattern": _text,
     "data.span_window": _integer(1),
     "data.max_bad_fraction": _FRACTION,
+    "data.max_quarantine_records_per_reason": _integer(0),
     "data.generated_rows": _integer(1, MAX_GENERATED_ROWS),
     "data.generator_seed": _integer(0),
     "data.ground_truth": _optional(_text),

@@ -69,6 +69,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
 
     example_gen = ClickLogExampleGen(input_base=data_root, dataset_spec=spec.to_json(),
                                      max_bad_fraction=config.data.max_bad_fraction,
+                                     max_quarantine_records_per_reason=config.data.max_quarantine_records_per_reason,
                                      output_config=split_config(config),
                                      **ingestion_kwargs(config.data.input_pattern, config.data.span_window))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
