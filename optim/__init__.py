@@ -10,6 +10,8 @@ from optim.group_step import (
     group_lasso_step,
     soft_threshold,
     sum_duplicate_rows,
+    unique_rows,
+    unique_rows_padded,
 )
 from optim.optimizers import GroupAdagrad, GroupAdam, GroupAMSGrad, GroupMomentum, GroupOptimizer
 from optim.row_sparsity import sparsity, zero_rows
@@ -24,6 +26,8 @@ __all__ = [
     "group_lasso_solve",
     "soft_threshold",
     "sum_duplicate_rows",
+    "unique_rows",
+    "unique_rows_padded",
     "sparsity",
     "zero_rows",
 ]
