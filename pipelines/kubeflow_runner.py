@@ -251,7 +251,7 @@ def trainer_override(spec, items: Sequence[str]) -> Dict[str, Any]:
         return {}
     import dataclasses
     import yaml
-    from pipelines.config import TrainerConfig
+    from pipelines.config import TrainerConfig, validate
     known = {f.name for f in dataclasses.fields(TrainerConfig)}
     param = spec.root.input_definitions.parameters.get(PARAM_TRAINER_CONFIG)
     if param is None or not param.default_value.string_value:
@@ -266,6 +266,7 @@ def trainer_override(spec, items: Sequence[str]) -> Dict[str, Any]:
             trainer[key] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ValueError(f"--trainer-arg {item!r}: cannot parse the value") from None
+    trainer = dataclasses.asdict(validate(TrainerConfig(**trainer), "trainer"))
     custom_config["trainer"] = json.dumps(trainer, sort_keys=True)
     return {PARAM_TRAINER_CONFIG: json.dumps(custom_config, sort_keys=True)}
 

@@ -268,6 +268,7 @@ def assert_one_line_error(code, err, must_contain):
     (["submit", "--package", "PKG", "--endpoint", "kfp.example"], "expected http(s)://"),
     (["submit", "--package", "PKG", "--endpoint", "http://kfp", "--param", "epochs=3"], "not a runtime parameter"),
     (["submit", "--package", "PKG", "--endpoint", "http://kfp", "--trainer-arg", "epoch=3"], "--trainer-arg"),
+    (["submit", "--package", "PKG", "--endpoint", "http://kfp", "--trainer-arg", "l21=-1"], "trainer.l21"),
     (["submit", "--package", "NOT_A_SPEC", "--endpoint", "http://kfp"], "not a KFP PipelineSpec"),
     (["submit", "--endpoint", "http://kfp"], "--package FILE"),
     (["compile", "--config", "MISSING"], "no such file"),
