@@ -102,6 +102,46 @@ class _SparsityToTensorBoard(keras.callbacks.Callback):
         self.writer.flush()
 
 
+class KeepBestEpoch(keras.callbacks.Callback):
+    """Early stopping on the eval split's AUC that keeps the best epoch's model, optimizer state included.
+
+    The best epoch's weights and optimizer slots go to a checkpoint on disk (not a copy in memory:
+    tables and their slots may be most of the process); after training they are restored if a later
+    epoch was worse, so the exported model, its sparsity and the warm-start state are the best
+    epoch's. Training stops after `patience` epochs without a better AUC.
+    """
+
+    def __init__(self, checkpoint_dir: str, monitor: str = "val_auc", patience: int = 1):
+        super().__init__()
+        self.checkpoint_prefix = os.path.join(checkpoint_dir, "best")
+        self.monitor, self.patience = monitor, patience
+        self.best_value, self.best_epoch, self.values = -math.inf, None, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        self.values.append(float(value))
+        if value > self.best_value:
+            self.best_value, self.best_epoch = float(value), epoch
+            warm_start.snapshot(self.checkpoint_prefix, self.model, self.model.optimizer)
+        elif epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def restore_best(self, last_epoch: int) -> bool:
+        """Restores the best epoch's state if it is not the last one; whether it did."""
+        if self.best_epoch is None or self.best_epoch == last_epoch:
+            return False
+        warm_start.restore_snapshot(self.checkpoint_prefix, self.model, self.model.optimizer)
+        return True
+
+    def report(self, last_epoch: int, restored: bool) -> Dict[str, Any]:
+        return {"monitor": self.monitor, "patience": self.patience, "values": [round(v, 6) for v in self.values],
+                "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
+                "best_value": None if self.best_epoch is None else round(self.best_value, 6),
+                "epochs_run": last_epoch + 1, "restored_best": restored}
+
+
 def build_model(cfg: Dict[str, Any], spec: DatasetSpec, vocabulary: FieldVocabulary):
     """The (uncompiled) model of a trainer config over one Transform output's vocabulary."""
     return models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
@@ -278,24 +318,35 @@ def run_fn(fn_args: tfx.components.FnArgs):
     logging.info("training %s with %s on %d embedding tables (%d rows)", cfg["model"], cfg["optimizer"],
                  len(table_rows), sum(table_rows.values()))
     fit_started = time.time()
+    callbacks = [_StopOnNonFiniteLoss(),
+                 keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+                 _SparsityToTensorBoard(fn_args.model_run_dir)]
+    scratch = tempfile.mkdtemp(prefix="sparsectr-best-")
+    keep_best = KeepBestEpoch(scratch, patience=cfg["early_stopping_patience"]) if cfg["early_stopping"] else None
     try:
         history = model.fit(
             train,
             epochs=cfg["epochs"] if not fn_args.train_steps else 1,
             steps_per_epoch=fn_args.train_steps or None,
             validation_data=evaluation,
-            callbacks=[_StopOnNonFiniteLoss(),
-                       keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-                       _SparsityToTensorBoard(fn_args.model_run_dir)],
+            callbacks=callbacks + ([keep_best] if keep_best else []),
             verbose=2,
         )
+        last_epoch = history.epoch[-1] if history.epoch else 0
+        restored_best = keep_best.restore_best(last_epoch) if keep_best else False
     except tf.errors.InvalidArgumentError as error:
         non_finite = _non_finite_input(error)
         if non_finite is None:
             raise
         raise non_finite from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if restored_best:
+        logging.info("kept epoch %d of %d (%s %.4f)", keep_best.best_epoch + 1, last_epoch + 1,
+                     keep_best.monitor, keep_best.best_value)
 
-    final = {k: float(v[-1]) for k, v in history.history.items()}
+    chosen = keep_best.best_epoch if restored_best else -1
+    final = {k: float(v[chosen]) for k, v in history.history.items()}
     if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"training ended with non-finite metrics {final}; no model was exported")
     # A NaN gradient can leave a finite loss behind (the group-lasso step maps a NaN row to zero):
@@ -327,6 +378,8 @@ def run_fn(fn_args: tfx.components.FnArgs):
                 "steps": int(model.optimizer.iterations.numpy()) - int(warm.get("steps_before", 0))
                 if warm.get("optimizer_state") else int(model.optimizer.iterations.numpy()),
                 "epochs": len(history.epoch),
+                "early_stopping": keep_best.report(last_epoch, restored_best) if keep_best else None,
+                "history": {k: [round(float(x), 6) for x in v] for k, v in history.history.items()},
                 "final": final, "table_rows": table_rows, "warm_start": warm,
                 # batch_size is the global batch: each replica gets batch_size / replicas rows.
                 "distribution": {"strategy": type(strategy).__name__.lstrip("_"), "replicas": replicas,

@@ -65,6 +65,22 @@ def _state_variables(model, optimizer, with_optimizer: bool = True) -> List[Tupl
     return out
 
 
+def snapshot(prefix: str, model, optimizer) -> None:
+    """Writes every weight and optimizer variable (the state `save` keeps) to a checkpoint at `prefix`."""
+    pairs = _state_variables(model, optimizer)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=[n for n, _ in pairs], shape_and_slices=[""] * len(pairs),
+                      tensors=[v.read_value() for _, v in pairs])
+
+
+def restore_snapshot(prefix: str, model, optimizer) -> None:
+    """Assigns back what `snapshot` wrote at `prefix` (same model and optimizer, same variables)."""
+    pairs = _state_variables(model, optimizer)
+    values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[n for n, _ in pairs],
+                                  shape_and_slices=[""] * len(pairs), dtypes=[v.dtype for _, v in pairs])
+    for (_, variable), value in zip(pairs, values):
+        variable.assign(value)
+
+
 def save(directory: str, model, optimizer, vocabulary_path: Optional[str], meta: Dict[str, Any]) -> int:
     """Write the warm-start state of a trained model to `directory`; returns its size in bytes."""
     tf.io.gfile.makedirs(directory)

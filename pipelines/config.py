@@ -72,6 +72,10 @@ class TrainerConfig:
     l21: float = 1e-3
     batch_size: int = 256
     epochs: int = 4
+    # Keep the epoch with the best eval-split AUC (weights and optimizer state); stop after
+    # early_stopping_patience epochs without a better one.
+    early_stopping: bool = True
+    early_stopping_patience: int = 1
     train_steps: Optional[int] = None  # None = epochs over the train split
     eval_steps: Optional[int] = None
     jit_compile: bool = True
@@ -307,6 +311,8 @@ _RULES: Dict[str, Rule] = {
     "trainer.l21": _number(0),
     "trainer.batch_size": _integer(1),
     "trainer.epochs": _integer(1),
+    "trainer.early_stopping": _boolean,
+    "trainer.early_stopping_patience": _integer(1),
     "trainer.train_steps": _optional(_integer(1)),
     "trainer.eval_steps": _optional(_integer(1)),
     "trainer.jit_compile": _boolean,

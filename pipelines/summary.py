@@ -196,6 +196,10 @@ def render(summary: Dict[str, Any]) -> str:
         lines.append(f"  training: {tr.get('model')} with {tr.get('optimizer')}, {tr.get('steps')} steps; "
                      f"embedding-row sparsity {sp.get('fraction', 0):.1%} "
                      f"({sp.get('zero_rows', 0)} of {sp.get('rows', 0)} rows zero)")
+        early = tr.get("early_stopping") or {}
+        if early.get("best_epoch"):
+            lines.append(f"  best epoch: {early['best_epoch']} of {early['epochs_run']} run "
+                         f"(eval auc by epoch {', '.join(f'{v:.4f}' for v in early['values'])})")
         warm = tr.get("warm_start") or {}
         if warm.get("restored"):
             lines.append(f"  warm start: from {warm.get('pushed_model', warm['source'])} ({warm['steps_before']} steps before); rows "

@@ -179,6 +179,8 @@ def test_training_report_and_warm_start_state_beside_the_model(trained):
     training = json.load(open(os.path.join(trained, "training.json")))
     assert training["warm_start"]["restored"] is False and training["warm_start"]["reason"] == "no pushed model yet"
     assert training["steps"] >= (ROWS - 400) // 256 and training["epochs"] == 1
+    assert training["early_stopping"]["best_epoch"] == 1 and not training["early_stopping"]["restored_best"]
+    assert set(training["history"]) >= {"loss", "auc", "val_loss", "val_auc"}
     meta = json.load(open(os.path.join(trained, "warm_start", "meta.json")))
     assert meta["model"] == "dnn" and meta["optimizer"] == "group_adam" and meta["steps"] == training["steps"]
     assert any(n.startswith("z/embedding_") for n in meta["variables"])  # Group Adam's dual is saved
@@ -283,3 +285,51 @@ def test_only_the_chief_writes_the_model(cluster, task, chief):
         tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
     assert is_chief(resolver) is chief
     assert is_chief(None) is True
+
+
+def test_keep_best_epoch_restores_weights_and_optimizer_state(tmp_path):
+    """Epoch 1 is the best; epoch 2 is worse and stops training (patience 1); restoring brings back
+    epoch 1's weights, Group Adam slots (the dual z included) and step counter."""
+    import tf_keras as keras
+
+    import optim
+    from components.trainer_module import KeepBestEpoch
+
+    keras.utils.set_random_seed(1)
+    ids = keras.Input(shape=(), dtype=tf.int64, name="C1")
+    table = keras.layers.Embedding(50, 4, name="embedding_C1")
+    model = keras.Model(ids, tf.reduce_sum(keras.layers.Dense(1)(table(ids)), axis=1))
+    model.compile(optimizer=optim.GroupAdam(0.05, l21=1e-3), loss="mse")
+    x, y = np.arange(50) % 13, np.linspace(0, 1, 50).astype("float32")
+    keep = KeepBestEpoch(str(tmp_path), patience=1)
+    keep.set_model(model)
+
+    model.fit(x, y, epochs=1, verbose=0)
+    keep.on_epoch_end(0, {"val_auc": 0.8})
+    best = [v.numpy().copy() for v in model.variables + model.optimizer.variables()]
+    model.fit(x, y, epochs=2, verbose=0)
+    keep.on_epoch_end(1, {"val_auc": 0.7})
+    assert model.stop_training
+    assert not np.array_equal(best[0], model.variables[0].numpy())
+    assert keep.restore_best(last_epoch=1)
+    after = [v.numpy() for v in model.variables + model.optimizer.variables()]
+    assert len(after) == len(best) and any("z" in v.name for v in model.optimizer.variables())
+    for before, now in zip(best, after):
+        np.testing.assert_array_equal(before, now)
+    report = keep.report(1, True)
+    assert report["best_epoch"] == 1 and report["restored_best"] and report["values"] == [0.8, 0.7]
+    assert not keep.restore_best(last_epoch=0)  # the best epoch is the last: nothing to do
+
+
+def test_keep_best_epoch_waits_patience_epochs(tmp_path):
+    from components.trainer_module import KeepBestEpoch
+
+    keep = KeepBestEpoch(str(tmp_path), patience=2)
+    keep.model = type("M", (), {"stop_training": False})()
+    keep.best_value, keep.best_epoch = 0.8, 0  # as after a snapshot at epoch 0
+    keep.on_epoch_end(1, {"val_auc": 0.79})
+    assert not keep.model.stop_training
+    keep.on_epoch_end(2, {"val_auc": float("nan")})  # not a value: ignored
+    assert not keep.model.stop_training
+    keep.on_epoch_end(3, {"val_auc": 0.75})
+    assert keep.model.stop_training
