@@ -36,8 +36,17 @@ def check_data_root(path: str) -> None:
             raise DataError(f"--data {path}: cannot read {f}: {e.strerror or e}") from None
 
 
+# Generated data is one file per daily span; a run reads the newest one (data.span_window 1).
+GENERATED_PATTERN = "clicks-{SPAN:5}.tsv"
+
+
 def prepare_data(config: PipelineConfig) -> Tuple[str, DatasetSpec, Optional[Dict[str, Any]]]:
-    """The data folder to ingest, its spec, and the generator's report when the data is generated."""
+    """The data folder to ingest, its spec, and the generator's report when the data is generated.
+
+    Generated data behaves like a schedule: the first run writes span 0; once a model has been
+    pushed, each run writes the next span of the same planted truth (the next day's logs) and, through
+    `data.input_pattern`, ingests only that one. A different row count or generator starts over.
+    """
     spec = load_spec(config.data.dataset_format)
     if config.data.data_root:
         check_data_root(config.data.data_root)
@@ -46,21 +55,45 @@ def prepare_data(config: PipelineConfig) -> Tuple[str, DatasetSpec, Optional[Dic
     data_dir = os.path.join(root, "data")
     truth_path = os.path.join(root, "ground_truth.json")
     gen_cfg = generator.GeneratorConfig(seed=config.data.generator_seed)
-    existing = _truth_report(truth_path)
-    if not existing or existing.get("rows") != config.data.generated_rows or \
-            existing.get("generator") != gen_cfg.to_dict():
+    sets = _generated_sets(truth_path, gen_cfg, data_dir)
+    if not sets or any(s["rows"] != config.data.generated_rows for s in sets.values()):
         for name in os.listdir(data_dir) if os.path.isdir(data_dir) else []:
             os.remove(os.path.join(data_dir, name))
-        generator.generate(data_dir, config.data.generated_rows, gen_cfg, truth_path=truth_path)
-    return data_dir, spec, _truth_report(truth_path)
+        if os.path.exists(truth_path):
+            os.remove(truth_path)
+        sets, span = {}, 0
+    else:
+        span = max(sets) + 1 if _has_pushed_model(config) else max(sets)
+    if span not in sets:
+        generator.generate(data_dir, config.data.generated_rows, gen_cfg, span=span, truth_path=truth_path)
+    config.data.input_pattern, config.data.span_window = GENERATED_PATTERN, 1
+    return data_dir, spec, _truth_report(truth_path, f"clicks-{span:05d}.tsv")
 
 
-def _truth_report(truth_path: Optional[str]) -> Optional[Dict[str, Any]]:
-    """Bayes-optimal metrics over all sets recorded in a ground-truth file (row-weighted)."""
+def _generated_sets(truth_path: str, gen_cfg, data_dir: str) -> Dict[int, Dict[str, Any]]:
+    """span -> the generator's report of each generated span whose file is still there."""
+    if not os.path.exists(truth_path):
+        return {}
+    truth = generator.GroundTruth.load(truth_path).d
+    if truth.get("generator") != gen_cfg.to_dict():
+        return {}
+    return {s["span"]: s for name, s in truth.get("sets", {}).items()
+            if "span" in s and os.path.exists(os.path.join(data_dir, name))}
+
+
+def _has_pushed_model(config: PipelineConfig) -> bool:
+    model_dir = os.path.join(config.serving_dir, config.serving.model_name)
+    return os.path.isdir(model_dir) and any(
+        n.isdigit() and os.path.exists(os.path.join(model_dir, n, "saved_model.pb")) for n in os.listdir(model_dir))
+
+
+def _truth_report(truth_path: Optional[str], set_name: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """Bayes-optimal metrics of one generated set (`set_name`), or over all sets in a ground-truth
+    file (row-weighted)."""
     if not truth_path or not os.path.exists(truth_path):
         return None
     truth = generator.GroundTruth.load(truth_path).d
-    sets = list(truth.get("sets", {}).values())
+    sets = [s for name, s in truth.get("sets", {}).items() if set_name in (None, name)]
     if not sets:
         return None
     rows = sum(s["rows"] for s in sets)

@@ -1,0 +1,41 @@
+"""Generated data behaves like a daily schedule: span 0 first, the next span once a model is pushed."""
+import os
+
+from pipelines.config import load_config
+from pipelines.local_runner import GENERATED_PATTERN, prepare_data
+
+
+def _config(tmp_path, rows=300):
+    return load_config(overrides={"output_dir": str(tmp_path), "data": {"generated_rows": rows}})
+
+
+def _files(data_dir):
+    return sorted(os.listdir(data_dir))
+
+
+def test_generated_data_is_the_next_span_once_a_model_was_pushed(tmp_path):
+    config = _config(tmp_path)
+    data_dir, _, truth = prepare_data(config)
+    assert _files(data_dir) == ["clicks-00000.tsv"] and truth["rows"] == 300 and 0.5 < truth["bayes_auc"] < 1
+    assert config.data.input_pattern == GENERATED_PATTERN and config.data.span_window == 1
+    first = open(os.path.join(data_dir, "clicks-00000.tsv")).read()
+
+    # No model pushed yet (a failed or interrupted run): the same day again, not regenerated.
+    again = _config(tmp_path)
+    assert prepare_data(again)[0] == data_dir and _files(data_dir) == ["clicks-00000.tsv"]
+    assert open(os.path.join(data_dir, "clicks-00000.tsv")).read() == first
+
+    version = tmp_path / "serving" / "ctr" / "1700000000"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    _, _, next_truth = prepare_data(_config(tmp_path))
+    assert _files(data_dir) == ["clicks-00000.tsv", "clicks-00001.tsv"]
+    assert open(os.path.join(data_dir, "clicks-00001.tsv")).read() != first
+    assert next_truth["bayes_auc"] != truth["bayes_auc"]  # that day's own rows
+    prepare_data(_config(tmp_path))
+    assert _files(data_dir)[-1] == "clicks-00002.tsv"
+
+    # Another row count starts over at span 0.
+    prepare_data(_config(tmp_path, rows=200))
+    assert _files(data_dir) == ["clicks-00000.tsv"]
+    assert sum(1 for _ in open(os.path.join(data_dir, "clicks-00000.tsv"))) == 200
