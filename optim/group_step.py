@@ -218,13 +218,17 @@ def for_each_block(count, block_size, body):
     second time.)
     """
     offsets = tf.range(block_size)
+    blocks = (count + block_size - 1) // block_size
 
-    def step(start):
+    # The loop counts blocks one by one: XLA (TF 2.16, CPU) skipped the body of a loop whose
+    # counter stepped by block_size when `count` was a compile-time constant 1.
+    def step(block):
+        start = block * block_size
         positions = start + offsets
         body(tf.where(positions < count, positions, start))
-        return (start + block_size,)
+        return (block + 1,)
 
-    tf.while_loop(lambda start: start < count, step, (tf.constant(0, tf.int32),))
+    tf.while_loop(lambda block: block < blocks, step, (tf.constant(0, tf.int32),))
 
 
 def sum_duplicate_rows(values, indices):

@@ -139,3 +139,116 @@ def test_adam_step_size_and_moments():
     np.testing.assert_allclose([m.numpy(), v.numpy()], [0.9 + 0.2, 0.999 * 4 + 0.001 * 4], rtol=1e-6)
     alpha = gs.adam_step_size(tf.constant(0.1), 0.9, 0.999, tf.constant(3.0)).numpy()
     np.testing.assert_allclose(alpha, 0.1 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3), rtol=1e-5)
+
+
+# --- the distinct rows of a batch (uncompiled: tf.unique; compiled: static-shape hashing) ----------
+
+
+def _first_appearance(ids):
+    """NumPy: the distinct ids in order of first appearance, and each position's first position."""
+    _, first_index, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    return ids[np.sort(first_index)], first_index[inverse]
+
+
+def _colliding_ids(n, seed=0):
+    """n distinct int64 ids (large and negative-free) of which some share a slot of
+    first_positions's first hashing round, so that later rounds are exercised too."""
+    ids = np.random.RandomState(seed).randint(0, 2**62, n).astype(np.int64)
+    size = gs._HASH_SLOTS_PER_ID * n + 1
+    with np.errstate(over="ignore"):
+        top = (ids * np.int64(gs._HASH_MULTIPLIERS[0])) >> np.int64(33) & np.int64(0x7FFFFFFF)
+    slots = top % size
+    assert len(np.unique(slots)) < n, "the test needs a collision in the first round"
+    return ids
+
+
+@pytest.mark.parametrize("n", [1, 9, 300])
+def test_unique_rows_is_tf_unique_and_segment_sum(n):
+    rng = np.random.RandomState(n)
+    ids = rng.randint(0, 7, n).astype(np.int64)
+    values = rng.randn(n, 3).astype(np.float32)
+    unique_ids, totals = gs.unique_rows(tf.constant(values), tf.constant(ids))
+    expected_ids, _ = _first_appearance(ids)
+    np.testing.assert_array_equal(unique_ids.numpy(), expected_ids)
+    np.testing.assert_allclose(totals.numpy(), _sum_duplicates_numpy(values, ids, expected_ids),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _padded_cases():
+    rng = np.random.RandomState(0)
+    zipf = (rng.zipf(1.3, 5000) % 700).astype(np.int64)
+    return {
+        "empty": np.zeros(0, np.int64),
+        "one": np.array([4], np.int64),
+        "duplicates": np.array([3, 1, 3, 3, 1, 0, 9, 0], np.int64),
+        "zipf": zipf,
+        "all distinct, colliding": _colliding_ids(3000),
+        "int32": rng.randint(0, 50, 400).astype(np.int32),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_padded_cases()))
+@pytest.mark.parametrize("mode", ["eager", "jit", "jit unknown length"])
+def test_unique_rows_padded(case, mode):
+    ids = _padded_cases()[case]
+    n = len(ids)
+    values = np.random.RandomState(n).randn(n, 3).astype(np.float32)
+    fn = gs.unique_rows_padded
+    if mode == "jit":
+        fn = tf.function(fn, jit_compile=True)
+    elif mode == "jit unknown length":
+        fn = tf.function(fn, jit_compile=True, input_signature=[
+            tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.as_dtype(ids.dtype))])
+    unique_ids, totals, count = fn(tf.constant(values), tf.constant(ids))
+    assert unique_ids.shape == (n,) and totals.shape == (n, 3)
+    expected_ids, _ = _first_appearance(ids)
+    count = int(count)
+    assert count == len(expected_ids)
+    np.testing.assert_array_equal(unique_ids.numpy()[:count], expected_ids)  # tf.unique's order
+    if count:
+        np.testing.assert_allclose(totals.numpy()[:count],
+                                   _sum_duplicates_numpy(values, ids, expected_ids),
+                                   rtol=1e-5, atol=1e-5)
+    assert np.all(unique_ids.numpy()[count:] == 0) and np.all(totals.numpy()[count:] == 0)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_first_positions_with_collisions_and_duplicates(jit):
+    distinct = _colliding_ids(2000, seed=1)
+    ids = np.random.RandomState(2).choice(distinct, 6000)  # every id collides or repeats
+    result = tf.function(gs.first_positions, jit_compile=jit)(tf.constant(ids)).numpy()
+    np.testing.assert_array_equal(result, _first_appearance(ids)[1])
+
+
+def test_unique_rows_padded_has_static_shapes_under_xla():
+    fn = tf.function(gs.unique_rows_padded, jit_compile=True)
+    concrete = fn.get_concrete_function(
+        tf.TensorSpec([4096, 8], tf.float32), tf.TensorSpec([4096], tf.int64))
+    assert [o.shape.as_list() for o in concrete.outputs] == [[4096], [4096, 8], []]
+
+
+@pytest.mark.parametrize("count, block", [(0, 4), (1, 4), (4, 4), (9, 4), (9, 16)])
+@pytest.mark.parametrize("jit", [False, True])
+def test_for_each_block_covers_exactly_the_first_count_positions(count, block, jit):
+    # `count` is a constant here: XLA (TF 2.16, CPU) skipped the whole body of an earlier form of
+    # the loop (counter stepping by block_size) when it was the constant 1.
+    n = 12
+    seen = tf.Variable(tf.zeros([n], tf.int32))
+    calls = tf.Variable(0)
+
+    def body(positions):
+        assert positions.shape == (block,)
+        seen.scatter_update(tf.IndexedSlices(positions + 1, positions))  # padding: a copy, same value
+        calls.assign_add(1)
+
+    tf.function(lambda: gs.for_each_block(tf.constant(count), block, body), jit_compile=jit)()
+    np.testing.assert_array_equal(seen.numpy(), [p + 1 if p < count else 0 for p in range(n)])
+    assert int(calls.numpy()) == -(-count // block)
+
+
+@pytest.mark.parametrize("n", [5, 300, 40000])
+def test_count_true_with_a_length_unknown_when_tracing(n):
+    flags = np.random.RandomState(n).rand(n) < 0.4
+    fn = tf.function(gs.count_true, jit_compile=True,
+                     input_signature=[tf.TensorSpec([None], tf.bool)])
+    np.testing.assert_array_equal(fn(tf.constant(flags)).numpy(), np.cumsum(flags))
