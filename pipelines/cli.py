@@ -1,4 +1,4 @@
-"""`python -m pipelines`: run | generate (compile | submit | schedule: Kubeflow, see pipelines/kubeflow_runner.py).
+"""`python -m pipelines`: run | generate | score (compile | submit | schedule: Kubeflow, see pipelines/kubeflow_runner.py).
 
 Errors a user can fix (bad paths, specs, options or config values) end with one line on stderr and
 exit 2, before anything runs; a failed pipeline run exits 1 after printing and writing the run summary.
@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import List, Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -84,44 +83,35 @@ def _config_from_args(args):
         raise ConfigError(f"{option} ({e.key})", e.problem) from None
 
 
-class _Progress(logging.Filter):
-    """Turns LocalDagRunner's component start/finish records into one progress line each."""
-
-    def __init__(self, verbose: bool):
-        super().__init__()
-        self.verbose = verbose
-        self.started = time.time()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in ("Component %s is running.", "Component %s is finished."):
-            state = "running" if "running" in record.msg else "finished"
-            print(f"[{time.time() - self.started:6.1f}s] {record.args[0]} {state}", file=sys.stderr, flush=True)
-            return self.verbose
-        return self.verbose or record.levelno >= logging.WARNING
-
-
-def _quiet_logs(verbose: bool) -> None:
+def _quiet_logs(verbose: bool, config=None):
+    """Quiet library logs (serving/quiet.py) and live progress on stderr; returns the RunProgress."""
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.INFO)
-    logging.getLogger("absl").addFilter(_Progress(verbose))
-    if not verbose:
-        # Inherited by Beam's worker processes too: TF's C++ start-up noise and Google client
-        # libraries' Python-version notices say nothing about the run.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("PYTHONWARNINGS", "ignore")
-        import warnings
-        warnings.simplefilter("ignore")
-        for noisy in ("apache_beam", "tensorflow", "tensorflow_transform", "tfx_bsl"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    from pipelines.progress import Display, RunProgress
+    from serving.quiet import install_filter, quiet_logs, quiet_process
+    quiet_process(verbose)  # again: a no-op when main() did it already
+    absl_logging.set_verbosity(absl_logging.INFO)  # LocalDagRunner's stage records are INFO
+    harmless = quiet_logs(verbose)
+    batch_size = config.trainer.batch_size if config is not None else None
+    progress = RunProgress(Display(), verbose=verbose, batch_size=batch_size,
+                           # A library may have added a root handler since: filter it too.
+                           on_stage_start=lambda: install_filter(harmless) if not verbose else None)
+    logging.getLogger("absl").addFilter(progress)
+    return progress.start()
 
 
 def cmd_run(args) -> int:
     from pipelines import local_runner, summary as run_summary
     config = _config_from_args(args)  # a bad config fails here, before logging is set up or anything runs
-    _quiet_logs(args.verbose)
-    result = local_runner.run(config, score_rows=args.score_rows)
+    progress = _quiet_logs(args.verbose, config)
+    try:
+        result = local_runner.run(config, score_rows=args.score_rows)
+    finally:
+        progress.stop()
     print(run_summary.render(result))
     print(f"  summary: {config.summary_path}")
+    if result.get("report"):
+        print(f"  report: {result['report']}")
     return 0 if result["status"] == "succeeded" else 1
 
 
@@ -146,12 +136,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     gen.add_argument("--span", type=int, default=0, help="span number (rows differ per span, truth does not)")
     gen.add_argument("--truth", help="ground-truth JSON path (default: <out>/../ground_truth.json)")
     gen.set_defaults(func=cmd_generate)
+    from pipelines import score
+    score.add_command(sub)
     try:
         from pipelines import kubeflow_runner
         kubeflow_runner.add_commands(sub)
     except ImportError:
         pass
     args = parser.parse_args(argv)
+    from serving.quiet import quiet_process
+    quiet_process(getattr(args, "verbose", False))  # before anything imports TensorFlow
     from components.dataset_spec import SpecError
     from pipelines.local_runner import DataError
     try:

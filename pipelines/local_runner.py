@@ -143,5 +143,11 @@ def run(config: PipelineConfig, score_rows: int = 0) -> Dict[str, Any]:
         except Exception as e:  # noqa: BLE001 -- the model is pushed; scoring is a demonstration
             result["demo_scores"] = {"error": (str(e).strip().splitlines() or [type(e).__name__])[-1]}
     result["duration_s"] = round(time.time() - started, 1)
+    report_path = os.path.join(config.output_dir, "report.html")
+    try:
+        from pipelines import report
+        result["report"] = report.write(result, report_path)
+    except Exception as e:  # noqa: BLE001 -- the report describes the run; it never fails it
+        result["report_error"] = (str(e).strip().splitlines() or [type(e).__name__])[-1]
     run_summary.write(result, config.summary_path)
     return result
