@@ -5,7 +5,7 @@
 
 Same contract as ``serving.rest_client.RestClient``: requests are validated against the model's
 signature metadata before they are sent (``InvalidRequestError``), each call has a deadline, and
-UNAVAILABLE is retried with bounded exponential backoff.
+UNAVAILABLE and a busy server's RESOURCE_EXHAUSTED are retried with bounded exponential backoff.
 """
 from __future__ import annotations
 
@@ -81,7 +81,11 @@ class GrpcClient:
             except grpc.RpcError as e:
                 code = e.code()
                 details = e.details() or ""
-                if code == grpc.StatusCode.UNAVAILABLE:
+                # UNAVAILABLE: no version loaded yet, or the server restarting. RESOURCE_EXHAUSTED: a server
+                # at its limit of calls in progress -- but not gRPC's own refusal of a message over the size
+                # limit, which would be refused again.
+                if code == grpc.StatusCode.UNAVAILABLE or (
+                        code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" not in details):
                     raise RetryableError(code.name, details) from None
                 raise ServingError(code.name, details) from None
 
