@@ -144,7 +144,7 @@ def _gates_section(summary: Dict[str, Any]) -> str:
         extra = ""
         if "baseline" in g:
             extra = f" (baseline {_num(g.get('baseline'))})"
-        rows.append([_e(name), _num(g.get("value")) + extra, f"{comparison} {_num(g.get('threshold'))}",
+        rows.append([_e(name), _num(g.get("value")) + extra, f"{_e(comparison)} {_num(g.get('threshold'))}",
                      f'<span class="{"pass" if g.get("passed") else "fail"}">{"PASS" if g.get("passed") else "FAIL"}</span>'])
     verdict = "BLESSED" if blessed else "NOT BLESSED"
     return (f'<h2>Gates: <span class="{"pass" if blessed else "fail"}" id="decision">{verdict}</span></h2>'
