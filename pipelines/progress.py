@@ -166,7 +166,6 @@ class BeamCounters:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._by_bundle: Dict[str, Dict[tuple, int]] = {}
-        self._installed = False
 
     def reset(self) -> None:
         with self._lock:
@@ -209,77 +208,98 @@ class BeamCounters:
             pass
 
     def install(self) -> bool:
-        if self._installed:
-            return True
-        try:
-            from apache_beam.portability.api import beam_fn_api_pb2
-            from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
-        except ImportError:
-            return False
-        tracker = self
-        patched = False
+        """Starts receiving counters (Beam is patched once per process); False if Beam has none of the hooks."""
+        if self not in _ACTIVE:
+            _ACTIVE.append(self)
+        return _patch_beam()
 
-        bundle_manager = getattr(fn_runner, "BundleManager", None)
-        if bundle_manager is not None and hasattr(bundle_manager, "process_bundle"):
-            original_process_bundle = bundle_manager.process_bundle
+    def uninstall(self) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
 
-            def process_bundle(self, *args, **kwargs):
-                result = original_process_bundle(self, *args, **kwargs)
-                try:
-                    response = result[0]
-                    tracker.record(response.instruction_id, response.process_bundle.monitoring_infos)
-                except Exception:  # noqa: BLE001
-                    pass
-                return result
-            bundle_manager.process_bundle = process_bundle
-            patched = True
 
-        embedded = getattr(worker_handlers, "EmbeddedWorkerHandler", None)
-        if embedded is not None and hasattr(embedded, "push"):
-            original_push = embedded.push
+_ACTIVE: list = []  # BeamCounters receiving counters
+_PATCHED: list = []  # names of the Beam hooks in place (patched once per process)
 
-            def push(self, request):
-                if not request.HasField("process_bundle") or not hasattr(self, "worker"):
-                    return original_push(self, request)
-                bundle_id = request.instruction_id
-                stop = threading.Event()
 
-                def poll():
-                    n = 0
-                    while not stop.wait(tracker.seconds):
-                        n += 1
-                        try:
-                            reply = self.worker.do_instruction(beam_fn_api_pb2.InstructionRequest(
-                                instruction_id=f"sparsectr_progress_{bundle_id}_{n}",
-                                process_bundle_progress=beam_fn_api_pb2.ProcessBundleProgressRequest(
-                                    instruction_id=bundle_id)))
-                            if not reply.error:
-                                tracker.record(bundle_id, reply.process_bundle_progress.monitoring_infos)
-                        except Exception:  # noqa: BLE001 -- the bundle may have just finished
-                            pass
-                poller = threading.Thread(target=poll, name="sparsectr-beam-progress", daemon=True)
-                poller.start()
-                try:
-                    return original_push(self, request)
-                finally:
-                    stop.set()
-            embedded.push = push
-            patched = True
+def _record(bundle_id: str, monitoring_infos) -> None:
+    for tracker in list(_ACTIVE):
+        tracker.record(bundle_id, monitoring_infos)
 
-        requester = getattr(fn_runner, "ProgressRequester", None)
-        if requester is not None:
-            original_init = requester.__init__
 
-            def init(self, worker_handler, instruction_id, frequency, callback=None):
-                if frequency is None and callback is None and not (
-                        embedded is not None and isinstance(worker_handler, embedded)):
-                    frequency = tracker.seconds
-                    callback = lambda progress: tracker.record(instruction_id, progress.monitoring_infos)  # noqa: E731
-                original_init(self, worker_handler, instruction_id, frequency, callback)
-            requester.__init__ = init
-            patched = True
-        self._installed = patched
-        return patched
+def _poll_seconds() -> float:
+    return min((t.seconds for t in _ACTIVE), default=PROGRESS_SECONDS)
+
+
+def _patch_beam() -> bool:
+    if _PATCHED:
+        return True
+    try:
+        from apache_beam.portability.api import beam_fn_api_pb2
+        from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+    except ImportError:
+        return False
+
+    bundle_manager = getattr(fn_runner, "BundleManager", None)
+    if bundle_manager is not None and hasattr(bundle_manager, "process_bundle"):
+        original_process_bundle = bundle_manager.process_bundle
+
+        def process_bundle(self, *args, **kwargs):
+            result = original_process_bundle(self, *args, **kwargs)
+            try:
+                response = result[0]
+                _record(response.instruction_id, response.process_bundle.monitoring_infos)
+            except Exception:  # noqa: BLE001 -- progress never fails a run
+                pass
+            return result
+        bundle_manager.process_bundle = process_bundle
+        _PATCHED.append("BundleManager.process_bundle")
+
+    embedded = getattr(worker_handlers, "EmbeddedWorkerHandler", None)
+    if embedded is not None and hasattr(embedded, "push"):
+        original_push = embedded.push
+
+        def push(self, request):
+            if not _ACTIVE or not request.HasField("process_bundle") or not hasattr(self, "worker"):
+                return original_push(self, request)
+            bundle_id = request.instruction_id
+            stop = threading.Event()
+
+            def poll():
+                n = 0
+                while not stop.wait(_poll_seconds()):
+                    n += 1
+                    try:
+                        reply = self.worker.do_instruction(beam_fn_api_pb2.InstructionRequest(
+                            instruction_id=f"sparsectr_progress_{bundle_id}_{n}",
+                            process_bundle_progress=beam_fn_api_pb2.ProcessBundleProgressRequest(
+                                instruction_id=bundle_id)))
+                        if not reply.error:
+                            _record(bundle_id, reply.process_bundle_progress.monitoring_infos)
+                    except Exception:  # noqa: BLE001 -- the bundle may have just finished
+                        pass
+            poller = threading.Thread(target=poll, name="sparsectr-beam-progress", daemon=True)
+            poller.start()
+            try:
+                return original_push(self, request)
+            finally:
+                stop.set()
+        embedded.push = push
+        _PATCHED.append("EmbeddedWorkerHandler.push")
+
+    requester = getattr(fn_runner, "ProgressRequester", None)
+    if requester is not None:
+        original_init = requester.__init__
+
+        def init(self, worker_handler, instruction_id, frequency, callback=None):
+            if _ACTIVE and frequency is None and callback is None and not (
+                    embedded is not None and isinstance(worker_handler, embedded)):
+                frequency = _poll_seconds()
+                callback = lambda progress: _record(instruction_id, progress.monitoring_infos)  # noqa: E731
+            original_init(self, worker_handler, instruction_id, frequency, callback)
+        requester.__init__ = init
+        _PATCHED.append("ProgressRequester")
+    return bool(_PATCHED)
 
 
 # -- the Trainer, from Keras' own epoch lines ---------------------------------------------------------
@@ -336,6 +356,7 @@ class RunProgress(logging.Filter):
 
     def stop(self) -> None:
         self._stop.set()
+        self.beam.uninstall()
         self.display.end_status()
 
     def _heartbeat(self) -> None:
