@@ -15,7 +15,6 @@ import selectors
 import shutil
 import socket
 import statistics
-import threading
 import time
 from typing import List, Tuple
 
