@@ -137,11 +137,13 @@ def unique_rows(values, indices):
 
 
 def unique_rows_padded(values, indices):
-    """`unique_rows` with static shapes and no sort, for XLA: (ids [n], totals [n, ...], count).
+    """`unique_rows` with static shapes and no sort, for XLA: (ids [n+1], totals [n+1, ...], count).
 
     The first `count` entries of ids are the distinct ids of `indices` in order of first appearance
     (as tf.unique gives them), each with the sum of its rows (in order of position) in totals; the
-    n - count entries after them are padding (id 0, totals 0), to be left out (`for_each_block`).
+    n + 1 - count entries after them are padding (id 0, totals 0), to be left out
+    (`for_each_block`). One more entry than ids, so that gathers from them compile for an empty batch
+    too (XLA rejects a gather from an empty tensor even where it would never run).
 
     Cost O(n) for n ids, independent of the size of the table they index (`first_positions`). A
     sort (what `sum_duplicate_rows` does) takes 3 ms on CPU under XLA for 26,624 ids, more than this
@@ -154,9 +156,9 @@ def unique_rows_padded(values, indices):
     slot_of_first = count_true(first) - 1
     slot = tf.gather(slot_of_first, first_position)  # the id's place among the distinct ids
     count = tf.reduce_sum(tf.cast(first, tf.int32))
-    totals = tf.math.unsorted_segment_sum(values, slot, n)
-    ids = tf.math.unsorted_segment_max(indices, slot, n)
-    ids = tf.where(positions < count, ids, tf.zeros_like(ids))
+    totals = tf.math.unsorted_segment_sum(values, slot, n + 1)
+    ids = tf.math.unsorted_segment_max(indices, slot, n + 1)
+    ids = tf.where(tf.range(n + 1) < count, ids, tf.zeros_like(ids))
     return ids, totals, count
 
 
@@ -187,6 +189,8 @@ def first_positions(indices):
     n = tf.shape(indices)[0]
     size = _HASH_SLOTS_PER_ID * n + 1  # slot `size` takes the writes of resolved ids
     ids64 = tf.cast(indices, tf.int64)
+    # One more id, never read for a real comparison: a gather from it compiles for an empty batch.
+    padded_indices = tf.pad(indices, [[0, 1]])
     multipliers = tf.constant(_HASH_MULTIPLIERS, tf.int64)
     positions = tf.range(n)
 
@@ -198,7 +202,7 @@ def first_positions(indices):
         slot = tf.where(open_, tf.cast(top % tf.cast(size, tf.int64), tf.int32), size)
         table = tf.tensor_scatter_nd_min(tf.fill([size + 1], n), slot[:, None], positions)
         holder = tf.gather(table, slot)
-        won = open_ & tf.equal(tf.gather(indices, tf.minimum(holder, n - 1)), indices)
+        won = open_ & (holder < n) & tf.equal(tf.gather(padded_indices, holder), indices)
         return step + 1, tf.where(won, holder, first)
 
     _, first = tf.while_loop(

@@ -200,7 +200,7 @@ def test_unique_rows_padded(case, mode):
         fn = tf.function(fn, jit_compile=True, input_signature=[
             tf.TensorSpec([None, 3], tf.float32), tf.TensorSpec([None], tf.as_dtype(ids.dtype))])
     unique_ids, totals, count = fn(tf.constant(values), tf.constant(ids))
-    assert unique_ids.shape == (n,) and totals.shape == (n, 3)
+    assert unique_ids.shape == (n + 1,) and totals.shape == (n + 1, 3)
     expected_ids, _ = _first_appearance(ids)
     count = int(count)
     assert count == len(expected_ids)
@@ -224,7 +224,7 @@ def test_unique_rows_padded_has_static_shapes_under_xla():
     fn = tf.function(gs.unique_rows_padded, jit_compile=True)
     concrete = fn.get_concrete_function(
         tf.TensorSpec([4096, 8], tf.float32), tf.TensorSpec([4096], tf.int64))
-    assert [o.shape.as_list() for o in concrete.outputs] == [[4096], [4096, 8], []]
+    assert [o.shape.as_list() for o in concrete.outputs] == [[4097], [4097, 8], []]
 
 
 @pytest.mark.parametrize("count, block", [(0, 4), (1, 4), (4, 4), (9, 4), (9, 16)])

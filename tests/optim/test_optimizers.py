@@ -534,7 +534,8 @@ def test_group_adam_matches_the_notes_over_several_blocks():
 @pytest.mark.parametrize("jit", [False, True])
 def test_sparse_step_with_a_batch_length_unknown_when_tracing(jit):
     # Keras traces its train step with the batch dimension None; XLA learns it when compiling.
-    grads = _sparse_gradients(4)
+    # An empty batch too (no block at all).
+    grads = _sparse_gradients(4) + [(np.zeros(0, np.int64), np.zeros((0, DIM), np.float32))]
     expected = _run(optim.GroupAdam(0.05, **LAMBDAS, jit_compile=False), _initial_table(), grads)
     opt = optim.GroupAdam(0.05, **LAMBDAS)
     var = tf.Variable(_initial_table(), name="embeddings")
