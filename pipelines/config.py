@@ -107,6 +107,24 @@ class ServingConfig:
 
 
 @dataclasses.dataclass
+class ServingCheckConfig:
+    """Limits of the ServingCheck step (components/serving_check): the candidate is served in a fresh
+    serving process before the push and must stay under each of them, or nothing is pushed."""
+    sample_rows: int = 200  # eval rows sent one per request over REST and over gRPC (and as one batch)
+    # A ReadWriteMany PersistentVolumeClaim (in the namespace the runs execute in) that the compiled
+    # spec mounts at serving.serving_dir in the steps that read or write the serving folder (Pusher,
+    # LatestPushedModel); TF Serving mounts the same claim read-only. Needed when serving_dir is a
+    # local path; an object-store serving_dir (gs://, s3://) needs none.
+    serving_volume_claim: Optional[str] = None
+    max_load_seconds: float = 60.0  # version published -> AVAILABLE
+    max_peak_rss_mb: float = 2048.0  # the serving process's peak resident memory after all requests
+    max_p99_latency_ms: float = 1000.0  # single-row requests, per protocol
+    max_score_diff: float = 1e-5  # |served probability - trained model's probability|
+    startup_timeout_seconds: float = 180.0  # serving process started -> listening
+    serving_check: ServingCheckConfig = dataclasses.field(default_factory=ServingCheckConfig)
+
+
+@dataclasses.dataclass
 class KubeflowConfig:
     image: str = "ghcr.io/sparsectr/pipeline:0.1.0"
     pipeline_root: str = "gs://YOUR_BUCKET/sparsectr/pipeline_root"
@@ -233,6 +251,17 @@ def _text(key, value):
         raise ConfigError(key, f"must be a non-empty string, got {value!r}")
     return value
 
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def _k8s_name(key, value):
+    """A Kubernetes object name (RFC 1123 subdomain: lower case, digits, '-', '.')."""
+    if not isinstance(value, str) or not _K8S_NAME.fullmatch(value):
+        raise ConfigError(key, f"must be a Kubernetes object name (lower-case letters, digits, '-' and '.', "
+                               f"starting and ending with a letter or digit), got {value!r}")
+    return value
+
+
 
 def _boolean(key, value):
     if not isinstance(value, bool):
@@ -300,6 +329,13 @@ _RULES: Dict[str, Rule] = {
     "data.generator_seed": _integer(0),
     "data.ground_truth": _optional(_text),
     "data.eval_split_buckets": _integer(1, SPLIT_BUCKETS - 1),
+    "serving_check.sample_rows": _integer(1, 10000),
+    "serving_check.max_load_seconds": _number(above=0),
+    "serving_check.max_peak_rss_mb": _number(above=0),
+    "kubeflow.serving_volume_claim": _optional(_k8s_name),
+    "serving_check.max_p99_latency_ms": _number(above=0),
+    "serving_check.max_score_diff": _number(0),
+    "serving_check.startup_timeout_seconds": _number(above=0),
     "trainer.model": _one_of(MODELS),
     "trainer.embedding_dim": _integer(1),
     "trainer.embedding_dims": _mapping_of(_integer(1)),

@@ -2,8 +2,10 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen (curated) -> ExampleValidator -> ValidationGate ->
 Transform -> Trainer (warm start: LatestPushedModel) -> Evaluator (baseline: LatestPushedModel) ->
-SparsityGate -> Pusher (PrunedPusher: embedding-pruned, parity-checked, atomic). Module code (preprocessing, training) lives in `components/` and is referenced by module
-path, so the same definition runs locally and in the pipeline image on Kubeflow.
+SparsityGate -> ServingCheck (the pruned candidate served in a fresh process) -> Pusher (PrunedPusher:
+publishes the checked candidate atomically). Module code (preprocessing, training) lives in
+`components/` and is referenced by module path, so the same definition runs locally and in the
+pipeline image on Kubeflow.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tfx.orchestration import metadata  # noqa: E402
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
 from components.pruned_pusher.component import PrunedPusher  # noqa: E402
+from components.serving_check.component import ServingCheck  # noqa: E402
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
 from components.schema import schema_file_for  # noqa: E402
 from components.validation_gate import ValidationGate  # noqa: E402
@@ -118,8 +121,27 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         min_sparsity=config.gates.min_sparsity,
         min_sparsity_per_table=json.dumps(config.gates.min_sparsity_per_table, sort_keys=True),
     )
-    # TFX's Pusher with the pruning executor: zero embedding rows dropped, parity-checked, warmup
-    # requests added, pushed atomically to <serving_dir>/<model_name>/<version>/ with models.config.
+    # The candidate the Pusher will publish (pruned export + warmup requests), proven servable first:
+    # loaded in a fresh serving process and asked over TF Serving's REST and gRPC APIs, within the
+        infra_blessing=serving_check.outputs["blessing"],
+    # serving_check limits. Fail-closed: its blessing gates the push.
+    limits = config.serving_check
+    serving_check = ServingCheck(
+        model=trainer.outputs["model"],
+        model_blessing=sparsity_gate.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        model_name=config.serving.model_name,
+        min_saved_bytes=config.serving.min_compact_bytes,
+        sample_rows=limits.sample_rows,
+        max_load_seconds=limits.max_load_seconds,
+        max_peak_rss_mb=limits.max_peak_rss_mb,
+        max_p99_latency_ms=limits.max_p99_latency_ms,
+        max_score_diff=limits.max_score_diff,
+        startup_timeout_seconds=limits.startup_timeout_seconds,
+    )
+    # TFX's Pusher with the pruning executor: publishes the ServingCheck's checked export atomically
+    # to <serving_dir>/<model_name>/<version>/ with models.config.
     pusher = PrunedPusher(
         model=trainer.outputs["model"],
         model_blessing=sparsity_gate.outputs["blessing"],
@@ -133,7 +155,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         min_saved_bytes=config.serving.min_compact_bytes,
     ).with_id("Pusher")
     components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform,
-                   latest_pushed, trainer, evaluator, sparsity_gate, pusher]
+                   latest_pushed, trainer, evaluator, sparsity_gate, serving_check, pusher]
     if metadata_connection_config is None:
         metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
     return tfx.dsl.Pipeline(

@@ -120,6 +120,11 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
         summary["evaluation"] = _evaluation_block(evaluation)
     for report in arts.get("sparsectr.GateReport", []):
         summary["gates"] = _read_json(os.path.join(report.uri, "gate_report.json"))
+    for report in arts.get("sparsectr.ServingCheckReport", []):
+        # The ServingCheck's verdict on the candidate goes into the gates block beside the gates'.
+        gates = summary.get("gates") or {}
+        gates["serving_check"] = _read_json(os.path.join(report.uri, "serving_check.json"))
+        summary["gates"] = gates
     for baseline in arts.get("Model", []):
         props = _props(baseline)
         if "found" in props:
@@ -141,7 +146,10 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
             # The served SavedModel (what TF Serving loads), without the warm-start state beside it.
             summary["push"]["size_bytes"] = props.get("size_after_bytes", _dir_size(summary["push"]["path"]))
         elif summary.get("gates"):
-            summary["push"]["reason"] = summary["gates"].get("reason")
+            check = summary["gates"].get("serving_check") or {}
+            summary["push"]["reason"] = (f"serving check failed: {check.get('reason')}"
+                                         if summary["gates"].get("blessed") and check and not check.get("passed")
+                                         else summary["gates"].get("reason"))
     return summary
 
 
@@ -224,7 +232,11 @@ def render(summary: Dict[str, Any]) -> str:
             value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
             verdicts.append(f"{name} {value} {'>=' if g['passed'] else '<'} {g['threshold']:.4f} "
                             f"{'PASS' if g['passed'] else 'FAIL'}")
-        lines.append("  gates: " + "; ".join(verdicts) + f" -> {'BLESSED' if gates['blessed'] else 'NOT BLESSED'}")
+        if "blessed" in gates:
+            lines.append("  gates: " + "; ".join(verdicts) + f" -> {'BLESSED' if gates['blessed'] else 'NOT BLESSED'}")
+        if gates.get("serving_check"):
+            from components.serving_check.check import summary_line
+            lines.append(f"  serving check: {summary_line(gates['serving_check'])}")
     push = summary.get("push")
     if push:
         if push["pushed"]:

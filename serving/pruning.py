@@ -625,12 +625,23 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
         error = check_parity(trained_model_dir, staging_dir, list(eval_examples)[:parity_examples], parity_tolerance)
         size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)
-        for name, source in (carry_dirs or {}).items():
-            _copy_tree(source, os.path.join(staging_dir, name))
-        with push_lock(os.path.join(base_dir, model_name), lock_timeout_s):
-            path, version = publish(staging_dir, base_dir, model_name, keep_versions, lock_timeout_s=lock_timeout_s)
-            config = write_models_config(base_dir, model_name, model_base_path, lock_timeout_s=lock_timeout_s)
+        path, version, config = push_export(staging_dir, base_dir, model_name, keep_versions, model_base_path,
+                                            carry_dirs, lock_timeout_s)
         return PushResult(path, version, report, dir_size(trained_model_dir), size_after, error, warmups, config)
     finally:
         if own_staging:
             shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def push_export(staging_dir: str, base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
+                model_base_path: Optional[str] = None, carry_dirs: Optional[Dict[str, str]] = None,
+                lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Tuple[str, int, str]:
+    """Publish a prepared export (`staging_dir`, a local folder that may be written to) and update
+    models.config; returns (version path, version, models.config path). `carry_dirs` as in
+    `prune_and_push`."""
+    for name, source in (carry_dirs or {}).items():
+        _copy_tree(source, os.path.join(staging_dir, name))
+    with push_lock(os.path.join(base_dir, model_name), lock_timeout_s):
+        path, version = publish(staging_dir, base_dir, model_name, keep_versions, lock_timeout_s=lock_timeout_s)
+        config = write_models_config(base_dir, model_name, model_base_path, lock_timeout_s=lock_timeout_s)
+    return path, version, config

@@ -2,6 +2,9 @@
 
 Blessing is checked by the stock ``CheckBlessing`` (model_blessing / infra_blessing): a model that is
 not blessed is not pushed and the PushedModel artifact gets ``pushed=0``, exactly like TFX's Pusher.
+With an ``infra_blessing`` from ServingCheck that carries the checked export (``has_model=1``), that
+export is published as it is (no second pruning); without one the executor prunes, parity-checks and
+adds the warmup file itself.
 """
 from __future__ import annotations
 
@@ -58,6 +61,12 @@ class Executor(tfx_pusher_executor.Executor):
                              "directory; the model goes to <base>/<model_name>/<version>/)")
         base_dir = destination.filesystem.base_directory
 
+        # A ServingCheck's blessing carries the checked candidate: publish exactly those files.
+        infra = (input_dict.get(standard_component_specs.INFRA_BLESSING_KEY) or [None])[0]
+        if infra is not None and infra.get_int_custom_property("has_model") == 1:
+            self._push_checked(infra, model_path, base_dir, props, model_push)
+            return
+
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         split_uri = artifact_utils.get_split_uri([examples], props[EXAMPLES_SPLIT_KEY])
         rows = pruning.read_examples([os.path.join(split_uri, "*")],
@@ -106,3 +115,34 @@ class Executor(tfx_pusher_executor.Executor):
                      "parity max |error| %.3g", result.path, result.size_before_bytes, result.size_after_bytes,
                      report.embedding_bytes_before, report.embedding_bytes_after, report.row_sparsity,
                      result.parity_max_abs_error)
+
+    def _push_checked(self, infra, model_path: str, base_dir: str, props: Dict[str, Any], model_push) -> None:
+        """Publish ``<infra_blessing>/stamped_model`` (the ServingCheck's checked export) as it is, plus the
+        Trainer's warm-start state; the pruning measurements come from the blessing's properties."""
+        from serving import pruning
+        from components import warm_start
+        from tfx.utils import path_utils
+        checked = path_utils.stamped_model_path(infra.uri)
+        state = warm_start.state_dir(os.path.dirname(model_path.rstrip("/")))
+        carry = {warm_start.STATE_DIR: state} if tf.io.gfile.isdir(state) else {}
+        with tempfile.TemporaryDirectory(prefix="checked-export-") as staging:
+            staged = os.path.join(staging, "model")
+            io_utils.copy_dir(checked, staged)
+            if pruning.manifest(staged) != pruning.manifest(checked):
+                raise RuntimeError(f"the copy of the checked export {checked} differs from it; nothing was pushed")
+            path, version, config = pruning.push_export(
+                staged, base_dir, props[MODEL_NAME_KEY], int(props[KEEP_VERSIONS_KEY]),
+                props[MODEL_BASE_PATH_KEY] or None, carry, float(props[LOCK_TIMEOUT_KEY]))
+            io_utils.copy_dir(staged, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=path, pushed_version=str(version))
+        from components.serving_check.executor import CARRIED_FLOAT_PROPERTIES, CARRIED_INT_PROPERTIES
+        for key in CARRIED_INT_PROPERTIES:
+            if infra.has_custom_property(key):
+                model_push.set_int_custom_property(key, int(infra.get_int_custom_property(key)))
+        for key in CARRIED_FLOAT_PROPERTIES:
+            if infra.has_custom_property(key):
+                model_push.set_float_custom_property(key, float(infra.get_float_custom_property(key)))
+        model_push.set_int_custom_property("warm_start_bytes", pruning.dir_size(state) if carry else 0)
+        model_push.set_string_custom_property("models_config", config)
+        model_push.set_string_custom_property("checked_export", checked)
+        logging.info("pushed the ServingCheck's checked export %s to %s", checked, path)

@@ -56,7 +56,7 @@ def test_every_component_wrote_its_artifact(demo_run):
     arts = _artifacts(out)
     for type_name in ("Examples", "ExampleStatistics", "Schema", "ExampleAnomalies", "TransformGraph",
                       "Model", "ModelRun", "ModelEvaluation", "ModelBlessing", "sparsectr.GateReport",
-                      "PushedModel"):
+                      "InfraBlessing", "sparsectr.ServingCheckReport", "PushedModel"):
         assert arts.get(type_name), f"no {type_name} artifact in the run"
     raw = [a for a in arts["Examples"] if "rows_read" in a.custom_properties][0]
     for split in ("train", "eval"):
@@ -77,6 +77,14 @@ def test_every_component_wrote_its_artifact(demo_run):
     assert all(b.custom_properties["blessed"].int_value == 1 for b in arts["ModelBlessing"])
     report = json.load(open(os.path.join(arts["sparsectr.GateReport"][0].uri, "gate_report.json")))
     assert report["blessed"] and set(report["gates"]) == {"auc", "sparsity"}
+    # The ServingCheck served the candidate and blessed it; the Pusher published exactly those files.
+    (infra,) = arts["InfraBlessing"]
+    assert infra.custom_properties["blessed"].int_value == 1
+    from serving.pruning import manifest
+    (pushed,) = arts["PushedModel"]
+    version_dir = pushed.custom_properties["pushed_destination"].string_value
+    published = {k: v for k, v in manifest(version_dir).items() if not k.startswith("warm_start/")}
+    assert published == manifest(os.path.join(infra.uri, "stamped_model"))
 
 
 def test_summary_has_every_stage(demo_run):
@@ -84,6 +92,12 @@ def test_summary_has_every_stage(demo_run):
     assert summary["status"] == "succeeded"
     ing = summary["ingestion"]
     assert ing["rows_read"] == ROWS == ing["rows_emitted"] + ing["rows_quarantined"]
+    # The ServingCheck's report is in the gates block, every limit measured and passed.
+    check = summary["gates"]["serving_check"]
+    assert check["passed"] and check["measured"]["warmup_requests"] > 0, check
+    assert set(check["checks"]) == {"load_s", "peak_rss_mb", "p99_latency_ms", "max_score_diff"}
+    assert all(c["passed"] for c in check["checks"].values())
+    assert "serving check: loaded in" in proc.stdout
     assert summary["validation"]["count"] == 0
     tr = summary["training"]
     assert tr["steps"] > 0 and 0.0 <= tr["sparsity"]["fraction"] <= 1.0
