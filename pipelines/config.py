@@ -125,6 +125,15 @@ class ServingCheckConfig:
 
 
 @dataclasses.dataclass
+class ScoringConfig:
+    # Backfills: a BulkInferrer step after the gates scores the ingested examples of these splits
+    # with the blessed model (an InferenceResult of PredictionLogs). Off by default. Click-log files
+    # are scored outside a run with `python -m pipelines score`.
+    bulk_inference: bool = False
+    bulk_inference_splits: List[str] = dataclasses.field(default_factory=lambda: ["eval"])
+
+
+@dataclasses.dataclass
 class KubeflowConfig:
     image: str = "ghcr.io/sparsectr/pipeline:0.1.0"
     pipeline_root: str = "gs://YOUR_BUCKET/sparsectr/pipeline_root"
@@ -140,6 +149,7 @@ class PipelineConfig:
     gates: GateConfig = dataclasses.field(default_factory=GateConfig)
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+    scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)
     # Beam: "local" = DirectRunner, multi-processing with one worker per core once the input is
     # larger than local_multiprocessing_min_bytes, in-memory below (worker start-up, each importing
     # TensorFlow, costs more than it saves on small data); or a preset name from BEAM_PRESETS
@@ -365,6 +375,8 @@ _RULES: Dict[str, Rule] = {
     "serving.keep_versions": _integer(1),
     "serving.model_base_path": _optional(_text),
     "serving.min_compact_bytes": _integer(0),
+    "scoring.bulk_inference": _boolean,
+    "scoring.bulk_inference_splits": _list_of(_one_of(("train", "eval"))),
     "kubeflow.image": _text,
     "kubeflow.pipeline_root": _text,
     "kubeflow.endpoint": _optional(_text),

@@ -156,6 +156,11 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
     ).with_id("Pusher")
     components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform,
                    latest_pushed, trainer, evaluator, sparsity_gate, serving_check, pusher]
+    # After the push: the run report as an HTML artifact (rendered by the Kubeflow Pipelines UI) and,
+    # with scoring.bulk_inference, BulkInferrer for backfills (pipelines/report_step.py).
+    from pipelines.report_step import after_push_steps
+    components += after_push_steps(config, example_gen, example_validator, trainer, evaluator, sparsity_gate,
+                                   latest_pushed, pusher)
     if metadata_connection_config is None:
         metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
     return tfx.dsl.Pipeline(

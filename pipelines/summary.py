@@ -93,6 +93,12 @@ def collect(metadata_path: str, pipeline_name: str) -> Dict[str, Any]:
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(config)
     run_id, arts = _latest_run_artifacts(store, pipeline_name)
+    return from_artifacts(arts, run_id)
+
+
+def from_artifacts(arts: Dict[str, List], run_id: Optional[str] = None) -> Dict[str, Any]:
+    """The summary blocks of a run's output artifacts (MLMD Artifact protos by type name); the
+    RunReport step (pipelines/report_step.py) calls it with its input artifacts."""
     summary: Dict[str, Any] = {"run_id": run_id}
 
     for examples in arts.get("Examples", []):

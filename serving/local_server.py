@@ -45,7 +45,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quiet unless --verbose (serving/quiet.py): TF's C++ start-up lines and known-harmless warnings,
+# set before TensorFlow loads.
+from serving.quiet import quiet_logs, quiet_process  # noqa: E402
+
+quiet_process(verbose="--verbose" in sys.argv[1:])
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -940,6 +944,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    quiet_logs(args.verbose, min_level=logging.NOTSET)  # our INFO lines stay; known-harmless ones go
     base = args.base or _default_base()
     if min(args.num_versions, args.max_batch_size, args.max_body_bytes, args.max_in_flight,
            args.max_in_flight_bytes or 1) < 1 or min(args.poll_seconds, args.socket_timeout_s) <= 0 \

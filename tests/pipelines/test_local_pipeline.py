@@ -3,6 +3,7 @@ pushed SavedModel scored through TF Serving's conventions."""
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -92,12 +93,6 @@ def test_summary_has_every_stage(demo_run):
     assert summary["status"] == "succeeded"
     ing = summary["ingestion"]
     assert ing["rows_read"] == ROWS == ing["rows_emitted"] + ing["rows_quarantined"]
-    # The ServingCheck's report is in the gates block, every limit measured and passed.
-    check = summary["gates"]["serving_check"]
-    assert check["passed"] and check["measured"]["warmup_requests"] > 0, check
-    assert set(check["checks"]) == {"load_s", "peak_rss_mb", "p99_latency_ms", "max_score_diff"}
-    assert all(c["passed"] for c in check["checks"].values())
-    assert "serving check: loaded in" in proc.stdout
     assert summary["validation"]["count"] == 0
     tr = summary["training"]
     assert tr["steps"] > 0 and 0.0 <= tr["sparsity"]["fraction"] <= 1.0
@@ -106,6 +101,12 @@ def test_summary_has_every_stage(demo_run):
     assert 0.5 < ev["auc"] <= summary["bayes_auc"] + 0.03
     assert ev["binary_crossentropy"] > 0 and ev["example_count"] > 0
     assert summary["push"]["pushed"] is True and summary["push"]["size_bytes"] > 0
+    # The ServingCheck's report is in the gates block, every limit measured and passed.
+    check = summary["gates"]["serving_check"]
+    assert check["passed"] and check["measured"]["warmup_requests"] > 0, check
+    assert set(check["checks"]) == {"load_s", "peak_rss_mb", "p99_latency_ms", "max_score_diff"}
+    assert all(c["passed"] for c in check["checks"].values())
+    assert "serving check: loaded in" in proc.stdout
     # The readable form goes to stdout.
     assert "SUCCEEDED" in proc.stdout and "pushed:" in proc.stdout
     # The demo step scored rows through the local TF Serving process, REST and gRPC agreeing.
@@ -208,3 +209,105 @@ def test_next_span_warm_starts_from_the_pushed_model_and_pushes_through_the_gate
     versions = sorted(p.name for p in (out / "serving" / "ctr").iterdir() if p.name.isdigit())
     assert versions == sorted([first["push"]["version"], summary["push"]["version"]])
     assert "warm start: from" in proc.stdout
+
+
+# Our own lines: progress ('[  12.3s] Transform finished'), the summary ('sparsectr run ...' and its
+# '  key: ...' lines). Everything else is library output; `make demo` allows ~25 such lines (issue #23).
+OWN_LINE = re.compile(r"^\[\s*\d+\.\d+s\] |^sparsectr run |^  [a-z][a-z -]*: ")
+
+
+def test_run_output_is_quiet(demo_run):
+    _, _, proc = demo_run
+    lines = [l for l in proc.stdout.splitlines() + proc.stderr.splitlines() if l.strip()]
+    others = [l for l in lines if not OWN_LINE.match(l)]
+    assert len(others) <= 25, f"{len(others)} lines that are not ours:\n" + "\n".join(others)
+    assert "Traceback" not in proc.stderr
+    stages = [l for l in proc.stderr.splitlines() if re.match(r"^\[\s*\d+\.\d+s\] \w+ (running|finished)", l)]
+    assert any("ClickLogExampleGen finished: rows read 3,000, emitted 3,000, quarantined 0" in l for l in stages), stages
+    assert any(re.search(r"Trainer epoch 1/2: \d+ steps in \d+s", l) for l in proc.stderr.splitlines()), proc.stderr
+
+
+def test_report_opens_in_a_browser_with_its_plots(demo_run, tmp_path):
+    from tests.pipelines.test_report import assert_renders_with_plots
+    out, summary, proc = demo_run
+    path = out / "report.html"
+    assert summary["report"] == str(path) and f"report: {path}" in proc.stdout
+    text = path.read_text()
+    assert summary["push"]["version"] in text and 'id="decision">BLESSED<' in text
+    assert 'id="bayes-auc">' in text  # generated data: the Bayes-optimal line
+    assert_renders_with_plots(str(path), tmp_path, plots=2)
+
+
+def test_score_command_gives_the_served_models_scores(demo_run, shared_data, tmp_path):
+    # Batch scoring of a real Criteo sample with the pushed model equals the local TF Serving's answers.
+    from tests.pipelines.test_score import run_score, served_scores
+    out, summary, _ = demo_run
+    data = os.path.join(shared_data, "criteo", "wide-resdnn", "dev.csv")
+    preds = tmp_path / "preds.csv"
+    proc = run_score("--data", data, "--format", "criteo", "--model", str(out / "serving"), "--output", str(preds))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import csv
+    ours = np.array([float(r["probability"]) for r in csv.DictReader(open(preds))])
+    served, _ = served_scores(str(out / "serving"), open(data, encoding="utf-8").read().splitlines())
+    assert len(ours) == len(served) == 409
+    np.testing.assert_allclose(ours, served, rtol=0, atol=1e-6)
+    result = json.loads((tmp_path / "preds.csv.summary.json").read_text())
+    assert str(result["model"]["version"]) == str(summary["push"]["version"])
+    assert 0.5 < result["metrics"]["auc"] < 1
+
+
+def test_run_report_artifact_for_the_kubeflow_ui(demo_run, tmp_path):
+    # The RunReport step's system.HTML artifact: the same report, a file at the artifact's URI
+    # (what the Kubeflow Pipelines UI reads), rendered by a real browser with its plots.
+    from tests.pipelines.test_report import assert_renders_with_plots
+    out, summary, _ = demo_run
+    reports = _artifacts(out).get("system.HTML")
+    assert reports and len(reports) == 1
+    path = reports[0].uri
+    assert os.path.isfile(path)
+    text = open(path).read()
+    assert 'id="decision">BLESSED<' in text and summary["push"]["version"] in text
+    html_copy = tmp_path / "report.html"
+    html_copy.write_text(text)
+    assert_renders_with_plots(str(html_copy), tmp_path, plots=2)
+
+
+def test_bulk_inferrer_scores_the_examples_with_the_trained_model(demo_run, tmp_path):
+    # scoring.bulk_inference adds TFX's BulkInferrer; its executor, run here on this run's examples
+    # and model, gives the model's serving_default scores for every eval row.
+    import tensorflow as tf
+    from tfx.components.bulk_inferrer import executor as bulk_executor
+    from tfx.proto import bulk_inferrer_pb2
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+    out, summary, _ = demo_run
+    arts = _artifacts(out)
+    examples = [a for a in arts["Examples"] if "rows_read" in a.custom_properties][0]
+    model = [a for a in arts["Model"] if "found" not in a.custom_properties][0]
+    blessing = [b for b in arts["ModelBlessing"] if b.custom_properties["blessed"].int_value == 1][-1]
+
+    def tfx_artifact(cls, mlmd):
+        a = cls()
+        a.set_mlmd_artifact(mlmd)
+        return a
+    ex = tfx_artifact(standard_artifacts.Examples, examples)
+    result = standard_artifacts.InferenceResult()
+    result.uri = str(tmp_path / "inference")
+    bulk_executor.Executor().Do(
+        {"examples": [ex], "model": [tfx_artifact(standard_artifacts.Model, model)],
+         "model_blessing": [tfx_artifact(standard_artifacts.ModelBlessing, blessing)]},
+        {"inference_result": [result]},
+        {"data_spec": proto_utils.proto_to_json(bulk_inferrer_pb2.DataSpec(example_splits=["eval"])),
+         "model_spec": proto_utils.proto_to_json(bulk_inferrer_pb2.ModelSpec(model_signature_name=["serving_default"]))})
+    from tensorflow_serving.apis import prediction_log_pb2
+    files = glob.glob(str(tmp_path / "inference" / "*"))
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    assert len(logs) == summary["evaluation"]["example_count"]
+    first = logs[0].predict_log
+    served = tf.saved_model.load(summary["push"]["path"]).signatures["serving_default"]
+    example = first.request.inputs["examples"].string_val[0]
+    expected = served(examples=tf.constant([example]))["probability"].numpy()[0]
+    got = tf.make_ndarray(first.response.outputs["probability"]).reshape(-1)[0]
+    assert abs(float(got) - float(expected)) < 1e-6
+

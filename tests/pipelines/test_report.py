@@ -141,3 +141,30 @@ def test_a_broken_plot_is_noticed(tmp_path):
     path.write_text(broken)
     dom = open_in_chromium(str(path), tmp_path)
     assert 'data-plots-loaded="1"' in dom and 'data-plots-broken="1"' in dom
+
+
+def test_report_and_bulk_inference_steps_in_the_pipeline(tmp_path):
+    # RunReport always follows the push; BulkInferrer only with scoring.bulk_inference. On Kubeflow the
+    # report is a system.HTML artifact (what the KFP UI renders), importable back as system.HTML.
+    import yaml
+
+    from pipelines import kubeflow_runner
+    from pipelines.config import load_config
+    from pipelines.pipeline import create_pipeline
+    from system import HTML
+    config = load_config(None, {"output_dir": str(tmp_path)})
+    ids = [c.id for c in create_pipeline(config, str(tmp_path)).components]
+    assert ids[-1] == "RunReport" and "BulkInferrer" not in ids
+    config = load_config(None, {"output_dir": str(tmp_path), "scoring": {"bulk_inference": True}})
+    ids = [c.id for c in create_pipeline(config, str(tmp_path)).components]
+    assert "BulkInferrer" in ids and "RunReport" in ids
+    assert HTML.TYPE_NAME == "system.HTML"
+
+    config = load_config(None, {"output_dir": str(tmp_path), "data": {"data_root": "gs://b/clicks"},
+                                "serving": {"serving_dir": "gs://b/models"}})
+    path = kubeflow_runner.compile_pipeline(config, str(tmp_path / "p.yaml"))
+    spec = yaml.safe_load(open(path))
+    outputs = spec["components"]["comp-RunReport" if "comp-RunReport" in spec["components"] else "RunReport"]
+    schema = outputs["outputDefinitions"]["artifacts"]["report"]["artifactType"]
+    title = schema.get("schemaTitle") or yaml.safe_load(schema["instanceSchema"])["title"]
+    assert title == "system.HTML"
