@@ -43,3 +43,9 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
   rm -rf .venv
   ln -s "$venv" .venv
 fi
+
+# CI (CI=true) or SPARSECTR_INSTALL_CHROMIUM=1: headless Chromium for the run report's browser test,
+# from Debian's packages when this runs as root (idempotent; skipped, with one line, otherwise).
+if [ "${CI:-}" = "true" ] || [ "${SPARSECTR_INSTALL_CHROMIUM:-}" = "1" ]; then
+  scripts/install_chromium.sh
+fi
