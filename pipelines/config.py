@@ -111,17 +111,11 @@ class ServingCheckConfig:
     """Limits of the ServingCheck step (components/serving_check): the candidate is served in a fresh
     serving process before the push and must stay under each of them, or nothing is pushed."""
     sample_rows: int = 200  # eval rows sent one per request over REST and over gRPC (and as one batch)
-    # A ReadWriteMany PersistentVolumeClaim (in the namespace the runs execute in) that the compiled
-    # spec mounts at serving.serving_dir in the steps that read or write the serving folder (Pusher,
-    # LatestPushedModel); TF Serving mounts the same claim read-only. Needed when serving_dir is a
-    # local path; an object-store serving_dir (gs://, s3://) needs none.
-    serving_volume_claim: Optional[str] = None
     max_load_seconds: float = 60.0  # version published -> AVAILABLE
     max_peak_rss_mb: float = 2048.0  # the serving process's peak resident memory after all requests
     max_p99_latency_ms: float = 1000.0  # single-row requests, per protocol
     max_score_diff: float = 1e-5  # |served probability - trained model's probability|
     startup_timeout_seconds: float = 180.0  # serving process started -> listening
-    serving_check: ServingCheckConfig = dataclasses.field(default_factory=ServingCheckConfig)
 
 
 @dataclasses.dataclass
@@ -138,6 +132,11 @@ class KubeflowConfig:
     image: str = "ghcr.io/sparsectr/pipeline:0.1.0"
     pipeline_root: str = "gs://YOUR_BUCKET/sparsectr/pipeline_root"
     endpoint: Optional[str] = None
+    # A ReadWriteMany PersistentVolumeClaim (in the namespace the runs execute in) that the compiled
+    # spec mounts at serving.serving_dir in the steps that read or write the serving folder (Pusher,
+    # LatestPushedModel); TF Serving mounts the same claim read-only. Needed when serving_dir is a
+    # local path; an object-store serving_dir (gs://, s3://) needs none.
+    serving_volume_claim: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -148,6 +147,7 @@ class PipelineConfig:
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     gates: GateConfig = dataclasses.field(default_factory=GateConfig)
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+    serving_check: ServingCheckConfig = dataclasses.field(default_factory=ServingCheckConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
     scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)
     # Beam: "local" = DirectRunner, multi-processing with one worker per core once the input is
@@ -261,17 +261,6 @@ def _text(key, value):
         raise ConfigError(key, f"must be a non-empty string, got {value!r}")
     return value
 
-_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-
-
-def _k8s_name(key, value):
-    """A Kubernetes object name (RFC 1123 subdomain: lower case, digits, '-', '.')."""
-    if not isinstance(value, str) or not _K8S_NAME.fullmatch(value):
-        raise ConfigError(key, f"must be a Kubernetes object name (lower-case letters, digits, '-' and '.', "
-                               f"starting and ending with a letter or digit), got {value!r}")
-    return value
-
-
 
 def _boolean(key, value):
     if not isinstance(value, bool):
@@ -287,6 +276,17 @@ def _name(key, value):
     if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
         raise ConfigError(key, f"must be a name of letters, digits, '.', '_' and '-' that starts with a "
                                f"letter or digit, got {value!r}")
+    return value
+
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def _k8s_name(key, value):
+    """A Kubernetes object name (RFC 1123 subdomain: lower case, digits, '-', '.')."""
+    if not isinstance(value, str) or not _K8S_NAME.fullmatch(value):
+        raise ConfigError(key, f"must be a Kubernetes object name (lower-case letters, digits, '-' and '.', "
+                               f"starting and ending with a letter or digit), got {value!r}")
     return value
 
 
@@ -339,13 +339,6 @@ _RULES: Dict[str, Rule] = {
     "data.generator_seed": _integer(0),
     "data.ground_truth": _optional(_text),
     "data.eval_split_buckets": _integer(1, SPLIT_BUCKETS - 1),
-    "serving_check.sample_rows": _integer(1, 10000),
-    "serving_check.max_load_seconds": _number(above=0),
-    "serving_check.max_peak_rss_mb": _number(above=0),
-    "kubeflow.serving_volume_claim": _optional(_k8s_name),
-    "serving_check.max_p99_latency_ms": _number(above=0),
-    "serving_check.max_score_diff": _number(0),
-    "serving_check.startup_timeout_seconds": _number(above=0),
     "trainer.model": _one_of(MODELS),
     "trainer.embedding_dim": _integer(1),
     "trainer.embedding_dims": _mapping_of(_integer(1)),
@@ -375,11 +368,18 @@ _RULES: Dict[str, Rule] = {
     "serving.keep_versions": _integer(1),
     "serving.model_base_path": _optional(_text),
     "serving.min_compact_bytes": _integer(0),
+    "serving_check.sample_rows": _integer(1, 10000),
+    "serving_check.max_load_seconds": _number(above=0),
+    "serving_check.max_peak_rss_mb": _number(above=0),
+    "serving_check.max_p99_latency_ms": _number(above=0),
+    "serving_check.max_score_diff": _number(0),
+    "serving_check.startup_timeout_seconds": _number(above=0),
     "scoring.bulk_inference": _boolean,
     "scoring.bulk_inference_splits": _list_of(_one_of(("train", "eval"))),
     "kubeflow.image": _text,
     "kubeflow.pipeline_root": _text,
     "kubeflow.endpoint": _optional(_text),
+    "kubeflow.serving_volume_claim": _optional(_k8s_name),
 }
 
 

@@ -23,9 +23,9 @@ from tfx.orchestration import metadata  # noqa: E402
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
 from components.pruned_pusher.component import PrunedPusher  # noqa: E402
-from components.serving_check.component import ServingCheck  # noqa: E402
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
 from components.schema import schema_file_for  # noqa: E402
+from components.serving_check.component import ServingCheck  # noqa: E402
 from components.validation_gate import ValidationGate  # noqa: E402
 from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
 
@@ -123,7 +123,6 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
     )
     # The candidate the Pusher will publish (pruned export + warmup requests), proven servable first:
     # loaded in a fresh serving process and asked over TF Serving's REST and gRPC APIs, within the
-        infra_blessing=serving_check.outputs["blessing"],
     # serving_check limits. Fail-closed: its blessing gates the push.
     limits = config.serving_check
     serving_check = ServingCheck(
@@ -145,6 +144,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
     pusher = PrunedPusher(
         model=trainer.outputs["model"],
         model_blessing=sparsity_gate.outputs["blessing"],
+        infra_blessing=serving_check.outputs["blessing"],
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
