@@ -117,7 +117,7 @@ def cmd_run(args) -> int:
 
 def cmd_generate(args) -> int:
     from pipelines import generator
-    cfg = generator.GeneratorConfig(seed=args.seed)
+    cfg = generator.preset_config(args.preset, seed=args.seed)
     report = generator.generate(args.out, args.rows, cfg, span=args.span, truth_path=args.truth)
     print(json.dumps(report, indent=1))
     return 0
@@ -133,6 +133,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     gen.add_argument("--out", required=True, help="folder for the click-log file")
     gen.add_argument("--rows", type=int, default=100000)
     gen.add_argument("--seed", type=int, default=7, help="seed of the ground truth")
+    from pipelines.config import GENERATOR_PRESETS
+    gen.add_argument("--preset", default="default", choices=GENERATOR_PRESETS,
+                     help="default (demo-sized vocabularies) | criteo-scale (Criteo-like cardinalities: "
+                          "~1.16M vocabulary rows at 10M rows, tails drifting across spans)")
     gen.add_argument("--span", type=int, default=0, help="span number (rows differ per span, truth does not)")
     gen.add_argument("--truth", help="ground-truth JSON path (default: <out>/../ground_truth.json)")
     gen.set_defaults(func=cmd_generate)

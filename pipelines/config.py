@@ -30,6 +30,8 @@ SPLIT_BUCKETS = 10
 # The generator writes ~244 bytes a row, ~15 us a row on one core: 1e8 rows are ~24 GB and ~25 min.
 # Bigger sets belong in data.data_root (--data).
 MAX_GENERATED_ROWS = 100_000_000
+# pipelines.generator.PRESETS (tests/pipelines/test_generator.py checks they agree).
+GENERATOR_PRESETS = ("default", "criteo-scale")
 
 
 @dataclasses.dataclass
@@ -49,6 +51,8 @@ class DataConfig:
     # Rows generated when data_root is None.
     generated_rows: int = 20000
     generator_seed: int = 7
+    # Generated data's preset (pipelines.generator.preset_config): default | criteo-scale.
+    generator_preset: str = "default"
     # Ground truth of generated data (its Bayes-optimal AUC goes into the summary).
     ground_truth: Optional[str] = None
     eval_split_buckets: int = 2  # eval hash buckets out of SPLIT_BUCKETS: train:eval = 8:2
@@ -337,6 +341,7 @@ _RULES: Dict[str, Rule] = {
     "data.max_quarantine_records_per_reason": _integer(0),
     "data.generated_rows": _integer(1, MAX_GENERATED_ROWS),
     "data.generator_seed": _integer(0),
+    "data.generator_preset": _one_of(GENERATOR_PRESETS),
     "data.ground_truth": _optional(_text),
     "data.eval_split_buckets": _integer(1, SPLIT_BUCKETS - 1),
     "trainer.model": _one_of(MODELS),

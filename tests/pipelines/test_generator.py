@@ -157,3 +157,138 @@ def test_rejects_a_set_larger_than_the_free_disk_before_drawing_it(tmp_path):
         generator.generate(str(tmp_path / "data"), 10**12)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "data").exists()
+
+
+# -- presets ------------------------------------------------------------------------------------------
+# sha256 of the default preset's files as the generator wrote them before the presets (commit
+# 70e8c9c): the default's rows must stay byte for byte what they were.
+_DEFAULT_SHA256 = {(3001, 1): "f62d879c608a7cccdd5b907d920bc795044bde9d0bfe7dc594d7fe55db8d5627"}
+
+
+def test_default_preset_rows_and_truth_are_unchanged(tmp_path):
+    import hashlib
+    assert generator.preset_config("default", seed=7) == generator.GeneratorConfig()
+    report = generator.generate(str(tmp_path / "data"), 3001, generator.preset_config("default"), span=1)
+    with open(report["path"], "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == _DEFAULT_SHA256[3001, 1]
+    # The keys added with the presets stay out of the default's truth file (older files still match).
+    truth = json.load(open(report["truth_path"]))
+    assert not set(generator._OPTIONAL_KEYS) & set(truth["generator"])
+
+
+def test_presets_agree_with_the_config_rule():
+    from pipelines import config
+    assert tuple(generator.PRESETS) == config.GENERATOR_PRESETS
+    assert config.DataConfig().generator_preset == "default"
+    for name in generator.PRESETS:
+        generator.preset_config(name).check()
+    with pytest.raises(ValueError, match="unknown generator preset 'nope'"):
+        generator.preset_config("nope")
+    with pytest.raises(config.ConfigError, match="data.generator_preset"):
+        config.validate(config.PipelineConfig(data=config.DataConfig(generator_preset="nope")))
+
+
+def _scale_sample(rows, span, cfg=None):
+    cfg = cfg or generator.preset_config("criteo-scale")
+    dists = generator._FieldDists(cfg)
+    rng = np.random.default_rng([cfg.seed, 2, span])
+    return generator._sample(cfg, generator._OneGenerator(rng), rows, dists, span), dists
+
+
+def test_criteo_scale_cardinalities_missing_rates_and_truth(tmp_path):
+    cfg = generator.preset_config("criteo-scale", seed=3)
+    assert cfg.vocab_sizes[generator.CAT_COLUMNS.index("C3")] >= 1_000_000
+    assert sum(n >= 1_000_000 for n in cfg.vocab_sizes) >= 6
+    report = generator.generate(str(tmp_path / "data"), 20000, cfg, span=0)
+    assert 0.75 < report["bayes_auc"] < 0.9 and abs(report["ctr"] - 0.25) < 0.02
+    rows = list(_read_rows(report["path"]))
+    int_missing, cat_missing = cfg.missing_rates()
+    for j, f in enumerate(generator.CAT_COLUMNS):
+        rate = np.mean([r[2][f] is None for r in rows])
+        assert abs(rate - cat_missing[j]) < 0.02, (f, rate)
+    for j, f in enumerate(generator.INT_COLUMNS):
+        rate = np.mean([r[1][f] is None for r in rows])
+        assert abs(rate - int_missing[j]) < 0.02, (f, rate)
+    # A large field: mostly distinct values in 20k rows; a small one: a handful.
+    assert len({r[2]["C3"] for r in rows}) > 10000
+    assert len({r[2]["C9"] for r in rows}) == 3
+    truth = generator.GroundTruth.load(report["truth_path"])
+    assert truth.d["generator"]["preset"] == "criteo-scale"
+    # The truth scores the file's rows: its logits rank the labels as well as the reported Bayes AUC.
+    labels = np.array([r[0] for r in rows])
+    logits = np.array([truth.logit(r[1], r[2]) for r in rows])
+    assert abs(_rank_auc(logits, labels) - report["bayes_auc"]) < 0.03
+
+
+def test_criteo_scale_expected_vocabulary_matches_a_count():
+    # The analytic count of values at or above the threshold (what the 10M-row claim rests on)
+    # against a direct count on 200k drawn rows, train split by binomial thinning.
+    cfg = generator.preset_config("criteo-scale")
+    rows = 200_000
+    sample, _ = _scale_sample(rows, span=0, cfg=cfg)
+    rng = np.random.default_rng(0)
+    counted = 0
+    for j, f in enumerate(generator.CAT_COLUMNS):
+        idx = sample["cat_idx"][f]
+        counts = np.bincount(idx[idx >= 0], minlength=cfg.vocab_sizes[j])
+        counted += int(np.count_nonzero(rng.binomial(counts, 0.8) >= 10))
+    expected = generator.expected_vocabulary(cfg, rows)["total"]
+    assert abs(counted - expected) < 0.03 * expected, (counted, expected)
+    assert generator.expected_vocabulary(cfg, 10_000_000)["total"] >= 1_000_000
+
+
+def test_criteo_scale_tails_drift_across_spans_head_and_signal_stay():
+    cfg = generator.preset_config("criteo-scale")
+    dists = generator._FieldDists(cfg)
+    j = generator.CAT_COLUMNS.index("C3")
+    ranks = np.arange(cfg.vocab_sizes[j])
+    day = [dists.rank_to_value(j, ranks, span) for span in range(3)]
+    np.testing.assert_array_equal(day[0], ranks)  # span 0: no shift
+    head = cfg.drift_head
+    assert head >= cfg.signal_top_k
+    for d in day[1:]:
+        np.testing.assert_array_equal(d[:head], ranks[:head])  # head (and signal values) stay
+        assert sorted(d.tolist()) == ranks.tolist()  # a permutation of the field's values
+    shift = cfg.drift_ranks[j]
+    # Old values fade: the value at tail rank r today is at rank r + shift tomorrow.
+    r = np.arange(head, head + 1000)
+    np.testing.assert_array_equal(day[1][r + shift], day[0][r])
+    # New values appear: the first tail ranks of span 1 hold values from the far end of span 0's tail.
+    assert day[1][head] == cfg.vocab_sizes[j] - shift
+    # In data: two spans share the frequent values and differ in the tail.
+    a, _ = _scale_sample(30000, span=1, cfg=cfg)
+    b, _ = _scale_sample(30000, span=2, cfg=cfg)
+    for f in ("C1", "C24"):  # signal fields: the most frequent values are the same head values
+        top = lambda s: np.argsort(-np.bincount(s["cat_idx"][f][s["cat_idx"][f] >= 0]), kind="stable")[:20]
+        assert set(top(a)[:3]) == set(top(b)[:3]) and max(top(a)) < head and max(top(b)) < head
+    tail = lambda s: set(s["cat_idx"]["C3"][s["cat_idx"]["C3"] >= head].tolist())
+    overlap = len(tail(a) & tail(b)) / len(tail(a))
+    assert overlap < 0.9
+
+
+def test_criteo_scale_memory_is_bounded(tmp_path):
+    import tracemalloc
+    cfg = generator.preset_config("criteo-scale")
+
+    def peak(rows):
+        tracemalloc.start()
+        try:
+            generator.generate(str(tmp_path / str(rows) / "data"), rows, cfg, chunk_rows=2000)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(2000), peak(30000)
+    # Fixed: the cumulative distributions (8 bytes a value) and the drawn values' strings (9 bytes a
+    # value), ~250 MB for 13.6M values; it does not grow with rows.
+    assert large < 1.1 * small, (small, large)
+    assert large < 400 << 20
+
+
+def test_bad_generator_configs_are_one_line_errors():
+    bad = [dict(zipf_exponents=(1.0,) * 3), dict(cat_missing=(1.0,) * 26), dict(drift_head=100),
+           dict(drift_head=10, drift_ranks=(0,) * 26), dict(vocab_sizes=(0,) * 26)]
+    for kwargs in bad:
+        with pytest.raises(ValueError) as e:
+            generator.GeneratorConfig(**kwargs).check()
+        assert "\n" not in str(e.value)
