@@ -15,6 +15,15 @@ Runtime parameters of the compiled pipeline (override per run with `--param NAME
 Their defaults come from the config and are written into the spec (root inputDefinitions), so a run
 needs no parameters. The pipeline has no TFX Resolver node: open-source KFP v2 cannot run them.
 
+Where models go: the Pusher writes ``<serving.serving_dir>/<model>/<version>/``, which TF Serving
+must read. Either an object-store URI (gs://, s3://: TF's filesystems, the same URI in TF Serving's
+models.config), or a local path backed by ``kubeflow.serving_volume_claim``: the compiled file then
+carries a KFP PlatformSpec (kfp-kubernetes' KubernetesExecutorConfig, the second YAML document) that
+mounts the claim at serving_dir in the Pusher and LatestPushedModel pods. A local serving_dir that no
+step mounts is refused. In the cluster, `submit`/`schedule` authenticate with the projected
+ServiceAccount token (``--token-file``, ``$KF_PIPELINES_SA_TOKEN_PATH`` or the default projection
+path) through kfp's ServiceAccountTokenVolumeCredentials.
+
 Heavy imports (TensorFlow, TFX) happen only inside `compile`; `submit`/`schedule` of a compiled file
 import only kfp.
 """
@@ -70,8 +79,13 @@ def schema_file_in_image(spec, config) -> str:
     return path
 
 
+def is_object_store(path: str) -> bool:
+    """A URI TF's filesystems reach from any pod (gs://, s3://, hdfs://, ...), not a path in the pod."""
+    return "://" in (path or "")
+
+
 def check_kubeflow_config(config) -> None:
-    """What a run inside the cluster needs and the local defaults do not give."""
+    """What a run inside the cluster needs and the local defaults do not give; one-line ValueErrors."""
     if not config.data.data_root:
         raise ValueError("data.data_root is not set: give the click-log folder the cluster reads "
                          "(e.g. gs://BUCKET/clicks) with --data or in the config; Kubeflow runs do not "
@@ -79,6 +93,18 @@ def check_kubeflow_config(config) -> None:
     if not config.serving.serving_dir:
         raise ValueError("serving.serving_dir is not set: give the model base folder TF Serving reads "
                          "(e.g. gs://BUCKET/models or /models) in the config")
+    serving_dir, claim = config.serving.serving_dir, config.kubeflow.serving_volume_claim
+    if not is_object_store(serving_dir):
+        if not claim:
+            raise ValueError(f"serving.serving_dir {serving_dir} is a local path that no Kubeflow step mounts: set "
+                             f"kubeflow.serving_volume_claim to the ReadWriteMany PVC TF Serving reads (it is mounted "
+                             f"at {serving_dir} in the Pusher and LatestPushedModel), or use gs://... or s3://...")
+        if not os.path.isabs(serving_dir) or serving_dir.rstrip("/") in ("", "/"):
+            raise ValueError(f"serving.serving_dir {serving_dir}: a volume mount path must be an absolute "
+                             f"folder other than / (e.g. /models)")
+    elif claim:
+        raise ValueError(f"kubeflow.serving_volume_claim {claim} is set but serving.serving_dir {serving_dir} is "
+                         f"an object-store URI: the Pusher writes there, not to the volume; drop one of the two")
     if not config.kubeflow.image:
         raise ValueError("kubeflow.image is not set")
     if not config.kubeflow.pipeline_root:
@@ -86,13 +112,40 @@ def check_kubeflow_config(config) -> None:
 
 
 def local_path_warnings(config) -> List[str]:
-    """Paths without a scheme: KFP's step pods see them only if the volume is mounted into them."""
-    out = []
-    for key, value in (("data.data_root", config.data.data_root), ("serving.serving_dir", config.serving.serving_dir)):
-        if value and "://" not in value:
-            out.append(f"warning: {key} {value} is a local path: every Kubeflow step pod must have it mounted "
-                       f"(the compiled spec mounts no volumes; use gs://... or s3://...)")
-    return out
+    """data.data_root without a scheme: ExampleGen's pod sees it only if the image has it.
+
+    (A local serving.serving_dir is refused by check_kubeflow_config unless it is mounted.)
+    """
+    value = config.data.data_root
+    if value and not is_object_store(value):
+        return [f"warning: data.data_root {value} is a local path: ExampleGen's pod must have it (the compiled "
+                f"spec mounts only kubeflow.serving_volume_claim; use gs://... or s3://...)"]
+    return []
+
+
+# The steps that read or write the serving folder: the Pusher publishes versions and models.config
+# into it, LatestPushedModel reads the newest version (warm start, baseline).
+SERVING_DIR_STEPS = ("Pusher", "LatestPushedModel")
+
+
+def serving_volume_platform_spec(config, pipeline_spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The KFP PlatformSpec (kfp-kubernetes' KubernetesExecutorConfig) that mounts
+    kubeflow.serving_volume_claim at serving.serving_dir in SERVING_DIR_STEPS; None without a claim."""
+    claim = config.kubeflow.serving_volume_claim
+    if not claim:
+        return None
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    executors = {}
+    for task in SERVING_DIR_STEPS:
+        component = pipeline_spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+        label = pipeline_spec["components"][component]["executorLabel"]
+        mount = k8s.KubernetesExecutorConfig(pvc_mount=[k8s.PvcMount(constant=claim, mount_path=config.serving_dir)])
+        executors[label] = json_format.MessageToDict(mount)
+    platform = {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())  # fails here, not on the server
+    return platform
 
 
 def kubeflow_pipeline(config):
@@ -137,6 +190,7 @@ def compile_pipeline(config, output_path: str) -> str:
     """Writes the KFP v2 PipelineSpec YAML of the pipeline to `output_path` and returns the path."""
     if not output_path.endswith((".yaml", ".yml")):
         raise ValueError(f"--output {output_path}: must end with .yaml (a KFP PipelineSpec)")
+    import yaml
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
     from tfx import v1 as tfx
@@ -162,10 +216,26 @@ def compile_pipeline(config, output_path: str) -> str:
             params[name]["isOptional"] = True
     spec["defaultPipelineRoot"] = config.kubeflow.pipeline_root
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # fails here, not on the server
+    platform = serving_volume_platform_spec(config, spec)
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    kubeflow_v2_dag_runner._write_pipeline_spec_to_file(  # pylint: disable=protected-access
-        job, f"sparsectr pipeline, converted from TFX by tfx-{tfx_version.__version__}", output_path)
+    # As kfp's own compiler writes it: the PipelineSpec, then (when there is one) the PlatformSpec as a
+    # second YAML document; kfp.Client sends both.
+    comments = kubeflow_v2_dag_runner._extract_comments_from_pipeline_spec(  # pylint: disable=protected-access
+        spec, f"sparsectr pipeline, converted from TFX by tfx-{tfx_version.__version__}")
+    with open(output_path, "w", encoding="utf-8") as f:
+        f.write(comments)
+        yaml.dump_all([spec] + ([platform] if platform else []), f, sort_keys=True)
     return output_path
+
+
+def load_platform_spec(path: str):
+    """The PlatformSpec of a compiled file (its second YAML document; empty when it has none), as kfp.Client reads it."""
+    from kfp.client import client as kfp_client
+    try:
+        return kfp_client._extract_pipeline_yaml(path).platform_spec  # pylint: disable=protected-access
+    except Exception as e:  # yaml, protobuf and type errors alike
+        raise ValueError(f"--package {path}: its platform spec is not a KFP PlatformSpec "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def load_package(path: str):
@@ -178,9 +248,11 @@ def load_package(path: str):
     try:
         with open(path, encoding="utf-8") as f:
             doc = next(iter(yaml.safe_load_all(f)), None)
-        return json_format.ParseDict(doc, pipeline_spec_pb2.PipelineSpec())
+        spec = json_format.ParseDict(doc, pipeline_spec_pb2.PipelineSpec())
     except Exception as e:  # yaml, protobuf and type errors alike
         raise ValueError(f"--package {path}: not a KFP PipelineSpec YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    load_platform_spec(path)
+    return spec
 
 
 # -- submit / schedule -----------------------------------------------------------------------------
@@ -294,20 +366,47 @@ def _kfp_errors(endpoint: str):
         raise EndpointError(f"cannot reach Kubeflow Pipelines at {endpoint}: {text}") from None
 
 
-def make_client(endpoint: str, namespace: Optional[str] = None):
-    """`kfp.Client(host=endpoint)`; connects at once (healthz), so an unreachable endpoint fails here."""
+# In the cluster, KFP authenticates API calls with a projected ServiceAccount token of audience
+# pipelines.kubeflow.org (k8s/base/pipeline-cronjob.yaml projects it here); kfp's
+# ServiceAccountTokenVolumeCredentials reads it before every request (the kubelet rotates it).
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+TOKEN_AUDIENCE = "pipelines.kubeflow.org"
+
+
+def token_path(explicit: Optional[str] = None) -> Optional[str]:
+    """The KFP token file to authenticate with: --token-file, else $KF_PIPELINES_SA_TOKEN_PATH, else
+    DEFAULT_TOKEN_PATH when it exists (in a pod that projects it), else None (no credentials)."""
+    path = explicit or os.environ.get(TOKEN_PATH_ENV)
+    if not path:
+        return DEFAULT_TOKEN_PATH if os.path.isfile(DEFAULT_TOKEN_PATH) else None
+    try:
+        with open(path, encoding="utf-8") as f:
+            if not f.read().strip():
+                raise ValueError(f"--token-file {path}: the token file is empty")
+    except OSError as e:
+        raise ValueError(f"--token-file {path}: cannot read the KFP token: {e.strerror or e}") from None
+    return path
+
+
+def make_client(endpoint: str, namespace: Optional[str] = None, token_file: Optional[str] = None):
+    """`kfp.Client(host=endpoint)` with the ServiceAccount token of `token_path` (when there is one) as
+    credentials; connects at once (healthz), so an unreachable endpoint fails here."""
     if not endpoint:
         raise ValueError("no Kubeflow Pipelines endpoint: pass --endpoint URL or set kubeflow.endpoint in the config")
     if not re.match(r"^https?://[^/\s]+", endpoint):
         raise ValueError(f"--endpoint {endpoint!r}: expected http(s)://HOST[:PORT][/PATH]")
     import logging
     import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+    path = token_path(token_file)
+    credentials = {"credentials": ServiceAccountTokenVolumeCredentials(path)} if path else {}
     # kfp logs each failed healthz attempt with a traceback; the failure is reported in one line instead.
     logging.disable(logging.ERROR)
     try:
         with warnings.catch_warnings(), _kfp_errors(endpoint):
             warnings.simplefilter("ignore")
-            return kfp.Client(host=endpoint, **({"namespace": namespace} if namespace else {}))
+            return kfp.Client(host=endpoint, **({"namespace": namespace} if namespace else {}), **credentials)
     finally:
         logging.disable(logging.NOTSET)
 
@@ -315,11 +414,11 @@ def make_client(endpoint: str, namespace: Optional[str] = None):
 def submit(package: str, endpoint: str, *, params: Optional[Dict[str, Any]] = None,
            run_name: Optional[str] = None, experiment: str = DEFAULT_EXPERIMENT,
            pipeline_root: Optional[str] = None, namespace: Optional[str] = None,
-           service_account: Optional[str] = None) -> Dict[str, Any]:
+           service_account: Optional[str] = None, token_file: Optional[str] = None) -> Dict[str, Any]:
     """Creates one run of the compiled pipeline; returns its id and name."""
     spec = load_package(package)
     run_name = run_name or f"{spec.pipeline_info.name} {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H-%M-%S}"
-    client = make_client(endpoint, namespace)
+    client = make_client(endpoint, namespace, token_file)
     with warnings.catch_warnings(), _kfp_errors(endpoint):
         warnings.simplefilter("ignore")
         result = client.create_run_from_pipeline_package(
@@ -332,7 +431,8 @@ def submit(package: str, endpoint: str, *, params: Optional[Dict[str, Any]] = No
 def schedule(package: str, endpoint: str, cron: str, *, params: Optional[Dict[str, Any]] = None,
              job_name: Optional[str] = None, experiment: str = DEFAULT_EXPERIMENT,
              pipeline_root: Optional[str] = None, namespace: Optional[str] = None,
-             start_time: Optional[str] = None, service_account: Optional[str] = None) -> Dict[str, Any]:
+             start_time: Optional[str] = None, service_account: Optional[str] = None,
+             token_file: Optional[str] = None) -> Dict[str, Any]:
     """Creates a recurring run: one run per cron tick, at most one at a time, no catch-up of missed ticks."""
     cron6 = normalize_cron(cron)
     if start_time:
@@ -342,7 +442,7 @@ def schedule(package: str, endpoint: str, cron: str, *, params: Optional[Dict[st
             raise ValueError(f"--start-time {start_time!r}: expected RFC 3339, e.g. 2026-12-01T03:00:00Z") from None
     spec = load_package(package)
     job_name = job_name or f"{spec.pipeline_info.name} retraining"
-    client = make_client(endpoint, namespace)
+    client = make_client(endpoint, namespace, token_file)
     with warnings.catch_warnings(), _kfp_errors(endpoint):
         warnings.simplefilter("ignore")
         experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
@@ -381,6 +481,9 @@ def _add_endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="KFP experiment (created if missing)")
     p.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
     p.add_argument("--service-account", help="Kubernetes service account of the run's pods")
+    p.add_argument("--token-file", metavar="PATH",
+                   help=f"ServiceAccount token (audience {TOKEN_AUDIENCE}) sent as the KFP credentials "
+                        f"(default: ${TOKEN_PATH_ENV}, else {DEFAULT_TOKEN_PATH} when it exists)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help=f"runtime parameter override (repeatable): {', '.join(RUNTIME_PARAMETERS)}")
     p.add_argument("--trainer-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -425,8 +528,10 @@ def cmd_compile(args) -> int:
         print(line, file=sys.stderr)
     _quiet()
     path = compile_pipeline(config, args.output)
+    claim = config.kubeflow.serving_volume_claim
     print(f"compiled {config.pipeline_name} -> {path} (image {config.kubeflow.image}, "
-          f"pipeline root {config.kubeflow.pipeline_root})")
+          f"pipeline root {config.kubeflow.pipeline_root}; models pushed to {config.serving_dir}"
+          + (f" on volume claim {claim}, mounted in {' and '.join(SERVING_DIR_STEPS)})" if claim else ")"))
     return 0
 
 
@@ -452,6 +557,7 @@ def _endpoint(args, config) -> str:
 
 def cmd_submit(args) -> int:
     params = parse_params(args.param)
+    token_path(args.token_file)  # an unreadable token fails before the compile
     if args.endpoint is not None:
         make_endpoint_check(args.endpoint)
     package, config, tmp = _package_and_config(args)
@@ -459,7 +565,8 @@ def cmd_submit(args) -> int:
         params.update(trainer_override(load_package(package), args.trainer_arg))
         result = submit(package, _endpoint(args, config), params=params, run_name=args.run_name,
                         experiment=args.experiment, pipeline_root=config.kubeflow.pipeline_root if config else None,
-                        namespace=args.namespace, service_account=args.service_account)
+                        namespace=args.namespace, service_account=args.service_account,
+                        token_file=args.token_file)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -470,6 +577,7 @@ def cmd_submit(args) -> int:
 def cmd_schedule(args) -> int:
     params = parse_params(args.param)
     normalize_cron(args.cron)
+    token_path(args.token_file)
     if args.endpoint is not None:
         make_endpoint_check(args.endpoint)
     package, config, tmp = _package_and_config(args)
@@ -479,7 +587,7 @@ def cmd_schedule(args) -> int:
                           experiment=args.experiment,
                           pipeline_root=config.kubeflow.pipeline_root if config else None,
                           namespace=args.namespace, start_time=args.start_time,
-                          service_account=args.service_account)
+                          service_account=args.service_account, token_file=args.token_file)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

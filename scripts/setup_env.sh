@@ -19,6 +19,8 @@ find_python310() {
 }
 
 lock=requirements.lock
+PIP_VERSION=24.3.1
+PIP_SHA256=sha256:3790624780082365f47549d032f3770eeb2b1e8bd1f7b2e02dace1afa361b4ed
 hash=$(sha256sum "$lock" | cut -c1-16)
 cache_root=${SPARSECTR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sparsectr}
 venv="$cache_root/venv-$hash"
@@ -32,10 +34,14 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   mkdir -p "$cache_root"
   "$py" -m venv "$venv"
+  # pip itself, pinned by hash like everything else (the venv's bundled pip is older).
   # (The grep drops notices about this machine's pip index settings, not about the install.)
-  "$venv/bin/python" -m pip install -q --upgrade 'pip<25' 2> >(grep -v 'is ignored: it is neither' >&2)
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps -r /dev/stdin \
+    2> >(grep -v 'is ignored: it is neither' >&2) <<< "pip==$PIP_VERSION --hash=$PIP_SHA256"
+  # --require-hashes: every file must match the lock's sha256 (pip refuses anything else).
   # --no-deps: the lock is the complete, resolved set; letting pip resolve again backtracks for minutes.
-  "$venv/bin/python" -m pip install -q --no-deps -r "$lock" 2> >(grep -v 'is ignored: it is neither' >&2)
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps -r "$lock" \
+    2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$venv/.complete"
 fi
 

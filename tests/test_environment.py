@@ -13,7 +13,7 @@ def test_python_310_and_locked_stack():
     with open(os.path.join(REPO_ROOT, "requirements.lock")) as f:
         for line in f:
             if "==" in line and not line.startswith("#"):
-                name, version = line.strip().split("==")
+                name, version = line.split()[0].split("==")  # "name==version --hash=sha256:..."
                 pins[name.lower().replace("_", "-")] = version
     for name in ("tfx", "tensorflow", "tf-keras", "tensorflow-transform", "tensorflow-model-analysis",
                  "apache-beam", "kfp", "protobuf", "pyarrow", "numpy"):

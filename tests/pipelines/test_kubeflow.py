@@ -19,7 +19,9 @@ PIPELINE_ROOT = "gs://test-bucket/sparsectr/pipeline_root"
 DATA_ROOT = "gs://test-bucket/clicks"
 SERVING_DIR = "gs://test-bucket/models"
 EXPECTED_COMPONENTS = {"ClickLogExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "ValidationGate",
-                       "Transform", "Trainer", "Evaluator", "Pusher"}
+                       "Transform", "LatestPushedModel", "Trainer", "Evaluator", "SparsityGate", "ServingCheck",
+                       "Pusher"}
+CLAIM = "sparsectr-models"
 
 
 def kubeflow_config():
@@ -79,6 +81,19 @@ def test_every_component_is_a_task_and_there_are_no_resolvers(compiled):
     # Dependencies as in the local pipeline.
     assert "ValidationGate" in spec.root.dag.tasks["Transform"].dependent_tasks
     assert set(spec.root.dag.tasks["Pusher"].inputs.artifacts) >= {"model", "model_blessing"}
+    # The ServingCheck sits between the gates and the Pusher: it follows the SparsityGate's blessing and
+    # its own blessing (with the checked export) is the Pusher's infra_blessing.
+    check = spec.root.dag.tasks["ServingCheck"].inputs.artifacts
+    assert check["model_blessing"].task_output_artifact.producer_task == "SparsityGate"
+    assert check["model"].task_output_artifact.producer_task == "Trainer"
+    infra = spec.root.dag.tasks["Pusher"].inputs.artifacts["infra_blessing"].task_output_artifact
+    assert (infra.producer_task, infra.output_artifact_key) == ("ServingCheck", "blessing")
+    limits = spec.root.dag.tasks["ServingCheck"].inputs.parameters
+    from pipelines.config import ServingCheckConfig
+    assert limits["max_p99_latency_ms"].runtime_value.constant.number_value == ServingCheckConfig().max_p99_latency_ms
+    # An object-store serving_dir needs no volume: the file has no platform spec.
+    from pipelines import kubeflow_runner
+    assert kubeflow_runner.load_platform_spec(compiled[0]).platforms == {}
 
 
 def test_every_step_runs_the_configured_image_with_the_beam_args(compiled):
@@ -159,7 +174,8 @@ def kfp_server(monkeypatch):
     def request(self, method, url, query_params=None, headers=None, body=None, post_params=None,
                 _preload_content=True, _request_timeout=None):
         path = re.sub(r"^https?://[^/]+", "", url)
-        sent.append({"method": method, "path": path, "query": dict(query_params or []), "body": body})
+        sent.append({"method": method, "path": path, "query": dict(query_params or []), "body": body,
+                     "headers": {k.lower(): v for k, v in (headers or {}).items()}})  # case-insensitive
         routes = {
             ("GET", "/apis/v2beta1/healthz"): {"multi_user": False},
             ("GET", "/apis/v2beta1/experiments"): {"experiments": [], "total_size": 0},
@@ -275,6 +291,9 @@ def assert_one_line_error(code, err, must_contain):
     (["compile", "--output", "pipeline.json", "--data", "gs://b/c", "--serving-dir", "gs://b/m"], "must end with .yaml"),
     (["compile"], "data.data_root is not set"),
     (["compile", "--data", "gs://b/c"], "serving.serving_dir is not set"),
+    (["compile", "--data", "gs://b/c", "--serving-dir", "/models"],
+     "serving.serving_dir /models is a local path that no Kubeflow step mounts: set kubeflow.serving_volume_claim"),
+    (["submit", "--package", "PKG", "--endpoint", "http://kfp", "--token-file", "MISSING"], "cannot read the KFP token"),
 ])
 def test_bad_arguments_are_one_line_errors(compiled, kfp_server, tmp_path, capsys, args, message):
     from pipelines import cli
@@ -318,6 +337,11 @@ def test_cronjob_command_line_parses():
     kubeflow_runner.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["submit"] + container["args"])
     assert args.config == "/etc/sparsectr/pipeline.yaml" and args.endpoint == "$(KFP_ENDPOINT)"
+    # The run goes to the pod's own namespace, authenticated with the projected KFP token.
+    assert args.namespace == "$(POD_NAMESPACE)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert args.token_file == kubeflow_runner.DEFAULT_TOKEN_PATH
     # The mounted config compiles for Kubeflow: it names a data root and a serving folder.
     config = kubeflow_runner._kubeflow_config(argparse.Namespace(
         config=os.path.join(REPO_ROOT, "k8s", "base", "config", "pipeline.yaml")))
@@ -339,10 +363,14 @@ def dockerfile_instructions():
 
 def test_dockerfile_builds_the_pipeline_image():
     instructions = dockerfile_instructions()
-    froms = [rest for kw, rest in instructions if kw == "FROM"]
+    args = dict(rest.split("=", 1) for kw, rest in instructions if kw == "ARG" and "=" in rest)
+    froms = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest) for kw, rest in instructions if kw == "FROM"]
     assert froms and (froms[-1].startswith("python:3.10") or froms[-1].startswith("gcr.io/tfx-oss-public/tfx:1.16.0"))
     runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
-    assert re.search(r"pip install [^&;]*--no-deps[^&;]*-r \S*requirements\.lock", runs), runs
+    # Every install checks the lock's hashes (pip itself included) and resolves nothing.
+    installs = re.findall(r"pip install [^&;]*", runs)
+    assert installs and all("--require-hashes" in i and "--no-deps" in i for i in installs), installs
+    assert any(re.search(r"-r /tmp/image\.lock", i) for i in installs), installs
     env = " ".join(rest for kw, rest in instructions if kw == "ENV")
     assert "TF_USE_LEGACY_KERAS=1" in env and "PYTHONPATH=/app" in env
     copies = [rest.split() for kw, rest in instructions if kw == "COPY"]
@@ -359,21 +387,180 @@ def test_dockerfile_builds_the_pipeline_image():
     assert {".venv", "output", ".git"} <= {i.lstrip("/") for i in ignored}
 
 
-def test_cronjob_submit_compiles_the_mounted_config_and_submits(compiled, kfp_server, capsys):
-    """What the CronJob runs: `submit --config <k8s/base/config/pipeline.yaml> --endpoint URL`."""
+def test_cronjob_submit_compiles_the_mounted_config_and_submits(kfp_server, capsys, tmp_path):
+    """What the CronJob runs: `submit --config <k8s/base/config/pipeline.yaml> --endpoint URL --namespace NS
+    --token-file TOKEN`: the PVC is mounted in the steps that touch the serving folder, every request
+    carries the ServiceAccount token."""
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
     from pipelines import cli
     from pipelines.config import load_config
     path = os.path.join(REPO_ROOT, "k8s", "base", "config", "pipeline.yaml")
     config = load_config(path)
-    assert cli.main(["submit", "--config", path, "--endpoint", "http://kfp.example"]) == 0
+    token = tmp_path / "token"
+    token.write_text("sa-token-1\n")
+    assert cli.main(["submit", "--config", path, "--endpoint", "http://kfp.example", "--namespace", "sparsectr",
+                     "--token-file", str(token)]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["run_id"] == "run-1"
-    assert "serving.serving_dir /models is a local path" in captured.err  # a warning, not an error
+    assert "warning" not in captured.err  # the serving folder is mounted, the data root is a bucket
     run = _one(kfp_server, "POST", "/apis/v2beta1/runs")["body"]
     assert run["runtime_config"]["pipeline_root"] == config.kubeflow.pipeline_root
-    sent = json_format.ParseDict(run["pipeline_spec"], pipeline_spec_pb2.PipelineSpec())
+    assert _one(kfp_server, "POST", "/apis/v2beta1/experiments")["body"]["namespace"] == "sparsectr"
+    # The spec and its platform spec, as kfp sends a file with two documents.
+    assert set(run["pipeline_spec"]) == {"pipeline_spec", "platform_spec"}
+    sent = json_format.ParseDict(run["pipeline_spec"]["pipeline_spec"], pipeline_spec_pb2.PipelineSpec())
     assert sent.root.input_definitions.parameters["data_root"].default_value.string_value == config.data.data_root
     assert {e["container"]["image"] for e in json_format.MessageToDict(sent.deployment_spec)["executors"].values()} \
         == {config.kubeflow.image}
+    mounts = volume_mounts(run["pipeline_spec"]["platform_spec"])
+    assert mounts == {"Pusher_executor": [(CLAIM, "/models")], "LatestPushedModel_executor": [(CLAIM, "/models")]}
+    # Every API call (healthz, experiments, runs) carried the projected token as a bearer token.
+    assert kfp_server and all(r["headers"].get("authorization") == "Bearer sa-token-1" for r in kfp_server), \
+        [(r["method"], r["path"], r["headers"]) for r in kfp_server]
+
+
+def volume_mounts(platform_spec):
+    """{executor label: [(claim, mount path)]} of a PlatformSpec dict, read with kfp-kubernetes' proto."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    spec = json_format.ParseDict(platform_spec, pipeline_spec_pb2.PlatformSpec())
+    out = {}
+    for label, struct in spec.platforms["kubernetes"].deployment_spec.executors.items():
+        config = json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
+        out[label] = [(m.constant, m.mount_path) for m in config.pvc_mount]
+    return out
+
+
+def test_credentials_are_the_token_file_read_before_every_request(compiled, kfp_server, tmp_path, monkeypatch):
+    """kfp's ServiceAccountTokenVolumeCredentials: the kubelet rotates the projected token, each call reads it."""
+    from pipelines import kubeflow_runner
+    token = tmp_path / "token"
+    token.write_text("first")
+    kubeflow_runner.submit(compiled[0], "http://kfp.example:8888", run_name="a", token_file=str(token))
+    token.write_text("second")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))  # the env var kfp documents, no option
+    kubeflow_runner.schedule(compiled[0], "http://kfp.example:8888", "0 3 * * *", job_name="b")
+    runs = [r for r in kfp_server if r["path"] == "/apis/v2beta1/runs"]
+    recurring = [r for r in kfp_server if r["path"] == "/apis/v2beta1/recurringruns"]
+    assert runs[0]["headers"]["authorization"] == "Bearer first"
+    assert recurring[0]["headers"]["authorization"] == "Bearer second"
+
+
+def test_without_a_token_no_credentials_are_sent(compiled, kfp_server, monkeypatch):
+    from pipelines import kubeflow_runner
+    monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
+    monkeypatch.setattr(kubeflow_runner, "DEFAULT_TOKEN_PATH", "/nonexistent/token")
+    kubeflow_runner.submit(compiled[0], "http://kfp.example:8888", run_name="a")
+    assert not any("authorization" in r["headers"] for r in kfp_server)
+
+
+def test_serving_volume_claim_and_serving_dir_must_agree():
+    from pipelines import kubeflow_runner
+    from pipelines.config import load_config
+    base = {"data": {"data_root": DATA_ROOT}, "kubeflow": {"image": IMAGE, "pipeline_root": PIPELINE_ROOT}}
+    with pytest.raises(ValueError, match="is a local path that no Kubeflow step mounts"):
+        kubeflow_runner.check_kubeflow_config(load_config(None, dict(base, serving={"serving_dir": "/models"})))
+    with pytest.raises(ValueError, match="is set but serving.serving_dir gs://b/m is an object-store URI"):
+        kubeflow_runner.check_kubeflow_config(load_config(None, dict(
+            base, serving={"serving_dir": "gs://b/m"}, kubeflow=dict(base["kubeflow"], serving_volume_claim=CLAIM))))
+    with pytest.raises(ValueError, match="must be an absolute folder"):
+        kubeflow_runner.check_kubeflow_config(load_config(None, dict(
+            base, serving={"serving_dir": "models"}, kubeflow=dict(base["kubeflow"], serving_volume_claim=CLAIM))))
+    from pipelines.config import ConfigError
+    with pytest.raises(ConfigError, match="kubeflow.serving_volume_claim: must be a Kubernetes object name"):
+        load_config(None, {"kubeflow": {"serving_volume_claim": "Models_PVC"}})
+
+
+def test_compiled_package_mounts_the_claim_in_the_pusher_and_latest_pushed_model(tmp_path):
+    """kfp's own reader of the file finds the PlatformSpec; the mounts are where the two steps read and write."""
+    import json as _json
+
+    from kfp.client import client as kfp_client
+    from pipelines import kubeflow_runner
+    from pipelines.config import load_config
+    config = load_config(os.path.join(REPO_ROOT, "k8s", "base", "config", "pipeline.yaml"))
+    path = kubeflow_runner.compile_pipeline(config, str(tmp_path / "p.yaml"))
+    doc = kfp_client._extract_pipeline_yaml(path)
+    from google.protobuf import json_format
+    mounts = volume_mounts(json_format.MessageToDict(doc.platform_spec))
+    assert mounts == {"Pusher_executor": [(CLAIM, "/models")], "LatestPushedModel_executor": [(CLAIM, "/models")]}
+    tasks = doc.pipeline_spec.root.dag.tasks
+    push = _json.loads(tasks["Pusher"].inputs.parameters["push_destination"].runtime_value.constant.string_value)
+    assert push["filesystem"]["base_directory"] == "/models"
+    assert tasks["LatestPushedModel"].inputs.parameters["model_base"].runtime_value.constant.string_value \
+        == "/models/ctr"
+    # The ServingCheck needs no volume: the candidate travels as its blessing artifact.
+    assert "ServingCheck_executor" not in mounts
+
+
+# -- the lock and the image's packages -------------------------------------------------------------
+
+def image_excluded_packages():
+    """The distributions the Dockerfile leaves out of the image (its grep -v of the lock)."""
+    runs = " ".join(rest for kw, rest in dockerfile_instructions() if kw == "RUN")
+    match = re.search(r"grep -v -i -E '\^\(([^)]*)\)=='", runs)
+    assert match, "no exclusion of the lock in the Dockerfile"
+    return match.group(1).split("|")
+
+
+def test_lock_pins_every_package_with_a_hash_and_installs_require_them():
+    from scripts.lock_hashes import read_lock
+    header, pins = read_lock(os.path.join(REPO_ROOT, "requirements.lock"))
+    assert len(pins) > 200 and all(hashes for _, _, hashes in pins), [n for n, _, h in pins if not h]
+    assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for _, _, hashes in pins for h in hashes)
+    names = [n.lower() for n, _, _ in pins]
+    assert len(names) == len(set(names)) and "kfp-kubernetes" in names
+    with open(os.path.join(REPO_ROOT, "scripts", "setup_env.sh")) as f:
+        setup = f.read()
+    installs = re.findall(r'pip install [^\n]*', setup)
+    assert installs and all("--require-hashes" in i for i in installs), installs
+    # The installed environment is the lock (same versions), so the hashes describe what runs here.
+    from importlib import metadata
+    for name, version, _ in pins:
+        assert metadata.version(name) == version, name
+
+
+def test_image_has_no_notebook_servers_and_the_steps_do_not_need_them(tmp_path):
+    from scripts.lock_hashes import read_lock
+    excluded = image_excluded_packages()
+    _, pins = read_lock(os.path.join(REPO_ROOT, "requirements.lock"))
+    pinned = {n.lower() for n, _, _ in pins}
+    assert {e.lower() for e in excluded} <= pinned  # no stale names
+    # Every notebook / Jupyter server of the lock is left out.
+    servers = {n for n in pinned if re.match(r"(notebook|jupyter.*server|jupyterlab|terminado|jupyter-lsp)", n)}
+    assert servers and servers <= {e.lower() for e in excluded}, servers - {e.lower() for e in excluded}
+    # What the steps and the CronJob import (every executor of the pipeline, the KFP entrypoint, kfp and
+    # the serving process) loads no module of a left-out distribution.
+    code = """
+import sys, json
+from importlib import metadata
+import pipelines.pipeline, pipelines.kubeflow_runner, pipelines.cli, serving.local_server, serving.grpc_client
+import components.trainer_module, components.preprocessing, components.gates, components.validation_gate
+import components.pruned_pusher.executor, components.serving_check.executor
+import components.click_log_example_gen.executor
+import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor
+import tfx.orchestration.kubeflow.v2.file_based_example_gen.driver
+from tfx.components.evaluator import executor as _e
+from tfx.components.transform import executor as _t
+from tfx.components.statistics_gen import executor as _s
+from tfx.components.example_validator import executor as _v
+from tfx.components.trainer import executor as _tr
+from tfx.components.schema_gen.import_schema_gen import executor as _i
+import kfp, kfp.kubernetes
+loaded = set()
+for name in json.loads(sys.argv[1]):
+    dist = metadata.distribution(name)
+    tops = (dist.read_text("top_level.txt") or "").split()
+    tops += [f.parts[0].split(".")[0] for f in (dist.files or []) if f.suffix == ".py" and len(f.parts) >= 1]
+    for top in set(tops):
+        if top and top in sys.modules and top not in ("__pycache__",):
+            loaded.add(f"{name}:{top}")
+print(json.dumps(sorted(loaded)))
+"""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(excluded)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 
@@ -104,6 +105,8 @@ def test_every_container_is_locked_down(rendered, overlay):
             assert security["seccompProfile"]["type"] == "RuntimeDefault", where
             image = container["image"]
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{where}: unpinned {image}"
+            if overlay == "prod":  # by digest, not by a tag that can move
+                assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", image), f"{where}: not pinned by digest: {image}"
             resources = container["resources"]
             for kind in ("cpu", "memory"):
                 assert kind in resources["requests"] and kind in resources["limits"], where
@@ -165,7 +168,14 @@ def test_tf_serving_deployment(rendered, overlay):
     assert monitoring.prometheus_config.enable
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == monitoring.prometheus_config.path == tf_serving_config.PROMETHEUS_PATH
-    assert int(annotations["prometheus.io/port"]) == ports["http"]
+    # Scraped through the metrics proxy's own port, which forwards to TF Serving's REST port.
+    proxy = next(c for c in spec["containers"] if c["name"] == "metrics-proxy")
+    proxy_ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert int(annotations["prometheus.io/port"]) == proxy_ports["metrics"] != ports["http"]
+    proxy_conf = one(docs, "ConfigMap", "tfserving-metrics-proxy")["data"]["metrics-proxy.conf"]
+    assert f"listen {proxy_ports['metrics']};" in proxy_conf
+    assert f"location = {monitoring.prometheus_config.path} {{" in proxy_conf
+    assert f"proxy_pass http://127.0.0.1:{ports['http']};" in proxy_conf
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -190,10 +200,10 @@ def test_service_hpa_pdb_and_network_policy_select_the_serving_pods(rendered, ov
     if "minAvailable" in pdb["spec"]:
         assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
-    policy = one(docs, "NetworkPolicy")
+    policy = one(docs, "NetworkPolicy", "tfserving")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == set(container_ports.values())
+    assert allowed == set(container_ports.values()) | {9102}
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
 
 
@@ -207,7 +217,19 @@ def test_recurring_run_cronjob_and_rbac(rendered, overlay, tmp_path):
     spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = spec["containers"][0]
     assert container["command"][-2:] == ["pipelines", "submit"]
-    assert container["image"] == PipelineConfig().kubeflow.image
+    assert container["image"].split("@")[0] == PipelineConfig().kubeflow.image
+    # Every step of the run uses the CronJob's own image (pinned by digest in prod).
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["args"][container["args"].index("--image") + 1] == "$(PIPELINE_IMAGE)"
+    assert env["PIPELINE_IMAGE"] == container["image"]
+    # Its only credential: a projected token for Kubeflow Pipelines, no Kubernetes API token.
+    assert spec["automountServiceAccountToken"] is False
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    token_arg = container["args"][container["args"].index("--token-file") + 1]
+    token_mount = next(m for m in container["volumeMounts"] if token_arg.startswith(m["mountPath"] + "/"))
+    (source,) = volumes[token_mount["name"]]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert token_arg == token_mount["mountPath"] + "/" + source["serviceAccountToken"]["path"]
 
     # The CronJob's ServiceAccount is bound to a Role that lets it create Kubeflow Pipelines runs.
     account = spec["serviceAccountName"]
@@ -217,8 +239,12 @@ def test_recurring_run_cronjob_and_rbac(rendered, overlay, tmp_path):
     role = one(docs, "Role")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
-    assert any("runs" in rule["resources"] and "create" in rule["verbs"] for rule in role["rules"])
-    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
+    # Exactly what `submit` calls: ListExperiments, CreateExperiment (first run only), CreateRun.
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == {("pipelines.kubeflow.org", "experiments", "list"),
+                       ("pipelines.kubeflow.org", "experiments", "create"),
+                       ("pipelines.kubeflow.org", "runs", "create")}
 
     # The mounted pipeline config is a valid pipelines/config.py overlay that pushes where TF Serving reads.
     config_arg = container["args"][container["args"].index("--config") + 1]
@@ -284,3 +310,282 @@ def test_generated_configs_match_the_committed_ones():
         tf_serving_config.parse_monitoring_config(tf_serving_config.monitoring_config_text())
     assert tf_serving_config.parse_model_config(read("models.config")) == tf_serving_config.model_server_config(
         [{"name": ServingConfig().model_name, "base_path": "/models/" + ServingConfig().model_name}])
+
+
+# -- network policies: NetworkPolicy semantics evaluated on the rendered objects ----------------------
+
+def _selects(selector, labels) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions) against a label map; {} selects everything."""
+    if not all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _peer_matches(peer, own_namespace, peer_namespace, peer_labels, peer_ip) -> bool:
+    import ipaddress
+    if "ipBlock" in peer:
+        if peer_ip is None:
+            return False
+        block = peer["ipBlock"]
+        address = ipaddress.ip_address(peer_ip)
+        return address in ipaddress.ip_network(block["cidr"]) and \
+            not any(address in ipaddress.ip_network(e) for e in block.get("except", []))
+    if peer_namespace is None:  # an address outside the cluster
+        return False
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": peer_namespace}):
+            return False
+    elif peer_namespace != own_namespace:
+        return False
+    return _selects(peer.get("podSelector") or {}, peer_labels or {})
+
+
+def allowed(docs, pod_labels, direction, port, peer_namespace=None, peer_labels=None, peer_ip=None,
+            protocol="TCP") -> bool:
+    """Would the policies let traffic in (`Ingress`, from the peer) or out (`Egress`, to the peer) of a pod
+    with `pod_labels` in the overlay's namespace, on `port`? (The Kubernetes NetworkPolicy rules: a pod
+    selected by no policy of that direction is open; otherwise any rule of any selecting policy allows.)"""
+    policies = [p for p in objects(docs, "NetworkPolicy") if _selects(p["spec"]["podSelector"], pod_labels)
+                and direction in p["spec"].get("policyTypes", ["Ingress"])]
+    if not policies:
+        return True
+    namespace = policies[0]["metadata"]["namespace"]
+    for policy in policies:
+        for rule in policy["spec"].get(direction.lower(), []):
+            peers = rule.get("from" if direction == "Ingress" else "to")
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports):
+                continue
+            if not peers or any(_peer_matches(peer, namespace, peer_namespace, peer_labels, peer_ip) for peer in peers):
+                return True
+    return False
+
+
+SERVING = {"app.kubernetes.io/name": "tfserving", "app.kubernetes.io/component": "serving"}
+CLIENT = {"sparsectr/serving-client": "true"}
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+KUBE_DNS = ("kube-system", {"k8s-app": "kube-dns"})
+KFP_STEP = {"pipelines.kubeflow.org/v2_component": "true", "workflows.argoproj.io/workflow": "sparsectr-x"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_default_deny_and_a_policy_for_every_workload(rendered, overlay):
+    docs = rendered[overlay]
+    policies = objects(docs, "NetworkPolicy")
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and
+            set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")]
+    assert deny, "no default-deny policy"
+    # Every workload (and the KFP step pods) is selected by a policy of its own besides the namespace-wide ones.
+    own = [p for p in policies if p["spec"]["podSelector"] != {}]
+    templates = [d["spec"]["template"]["metadata"]["labels"] for d in objects(docs, "Deployment")]
+    templates += [d["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"] for d in objects(docs, "CronJob")]
+    for labels in templates + [KFP_STEP]:
+        assert any(_selects(p["spec"]["podSelector"], labels) for p in own), labels
+    # No rule opens egress to everything: each has peers, ports, and no ipBlock wider than a /24.
+    import ipaddress
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("to") and rule.get("ports"), (policy["metadata"]["name"], rule)
+            for peer in rule["to"]:
+                if "ipBlock" in peer:
+                    assert ipaddress.ip_network(peer["ipBlock"]["cidr"]).prefixlen >= 24, peer
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tf_serving_predict_only_from_named_clients_and_metrics_only_from_prometheus(rendered, overlay):
+    docs = rendered[overlay]
+    own = one(docs, "Namespace")["metadata"]["name"]
+    ingress = lambda port, ns, labels: allowed(docs, SERVING, "Ingress", port, ns, labels)  # noqa: E731
+    for port in (8500, 8501):
+        assert ingress(port, own, CLIENT), port
+        assert ingress(port, "ctr-clients", CLIENT), port  # the named client namespace
+        assert not ingress(port, own, {}), port  # unlabelled pods of the namespace
+        assert not ingress(port, "elsewhere", CLIENT), port  # labelled pods of other namespaces
+        assert not ingress(port, "monitoring", PROMETHEUS), port  # Prometheus cannot call predict
+    assert ingress(9102, "monitoring", PROMETHEUS)
+    assert not ingress(9102, "monitoring", {"app.kubernetes.io/name": "grafana"})
+    assert not ingress(9102, own, CLIENT)  # clients do not get the metrics port
+    # Out: names only (the models come from the volume).
+    assert allowed(docs, SERVING, "Egress", 53, *KUBE_DNS, protocol="UDP")
+    assert not allowed(docs, SERVING, "Egress", 443, peer_ip="8.8.8.8")
+    assert not allowed(docs, SERVING, "Egress", 8888, "kubeflow", {"app": "ml-pipeline"})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cronjob_reaches_the_kfp_api_only_and_steps_their_named_endpoints(rendered, overlay):
+    docs = rendered[overlay]
+    cron = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert allowed(docs, cron, "Egress", 8888, "kubeflow", {"app": "ml-pipeline"})
+    assert allowed(docs, cron, "Egress", 53, *KUBE_DNS, protocol="UDP")
+    assert not allowed(docs, cron, "Egress", 8888, "kubeflow", {"app": "ml-pipeline-ui"})
+    assert not allowed(docs, cron, "Egress", 443, peer_ip="8.8.8.8")
+    assert not allowed(docs, cron, "Egress", 8501, one(docs, "Namespace")["metadata"]["name"], SERVING)
+    assert not allowed(docs, cron, "Ingress", 8080, "kubeflow", {})
+    # The run's pods: the KFP services, the API server and the object store by address; nothing else.
+    for port in (8887, 8888, 8080, 9000):
+        assert allowed(docs, KFP_STEP, "Egress", port, "kubeflow", {"app": "anything"}), port
+    assert allowed(docs, KFP_STEP, "Egress", 443, peer_ip="199.36.153.5")  # restricted.googleapis.com
+    assert not allowed(docs, KFP_STEP, "Egress", 443, peer_ip="8.8.8.8")
+    assert not allowed(docs, KFP_STEP, "Egress", 8501, one(docs, "Namespace")["metadata"]["name"], SERVING)
+    assert not allowed(docs, KFP_STEP, "Ingress", 8080, "kubeflow", {})
+
+
+def test_prod_overlay_pins_every_image_by_digest_with_kustomize_images(rendered):
+    """The digests are kustomize `images:` entries (what `kustomize edit set image` writes), one per image
+    of the base, so that one command per image updates them."""
+    with open(os.path.join(REPO_ROOT, "k8s", "overlays", "prod", "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    entries = {i["name"]: i for i in kustomization["images"]}
+    base_images = {c["image"].split(":")[0] for _, spec in pod_specs(render_base())
+                   for c in spec.get("initContainers", []) + spec["containers"]}
+    assert set(entries) == base_images
+    for name, entry in entries.items():
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"]), entry
+    for _, spec in pod_specs(rendered["prod"]):
+        for container in spec["containers"]:
+            name = container["image"].split("@")[0].rsplit(":", 1)[0]
+            assert container["image"].endswith("@" + entries[name]["digest"]), container["image"]
+
+
+def render_base():
+    result = subprocess.run([KUBECTL, "kustomize", os.path.join(REPO_ROOT, "k8s", "base")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+# -- delivery: the Pusher writes where TF Serving reads ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compiled_from_overlay(rendered, tmp_path_factory):
+    """{overlay: (config, PipelineSpec, PlatformSpec)} compiled from the pipeline config the CronJob mounts."""
+    from kfp.client import client as kfp_client
+
+    from pipelines import kubeflow_runner
+    out, cache = {}, {}
+    for overlay in OVERLAYS:
+        cronjob = one(rendered[overlay], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        container = cronjob["containers"][0]
+        config_arg = container["args"][container["args"].index("--config") + 1]
+        mount = next(m for m in container["volumeMounts"] if config_arg.startswith(m["mountPath"] + "/"))
+        configmap = next(v["configMap"]["name"] for v in cronjob["volumes"] if v["name"] == mount["name"])
+        text = config_file(rendered[overlay], configmap, os.path.basename(config_arg))
+        if text not in cache:
+            root = tmp_path_factory.mktemp(f"compiled-{overlay}")
+            (root / "pipeline.yaml").write_text(text)
+            config = load_config(str(root / "pipeline.yaml"))
+            doc = kfp_client._extract_pipeline_yaml(kubeflow_runner.compile_pipeline(config, str(root / "p.yaml")))
+            cache[text] = (config, doc.pipeline_spec, doc.platform_spec)
+        out[overlay] = cache[text]
+    return out
+
+
+def _executor_mounts(platform_spec, pipeline_spec, task):
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
+    label = pipeline_spec.components[pipeline_spec.root.dag.tasks[task].component_ref.name].executor_label
+    struct = platform_spec.platforms["kubernetes"].deployment_spec.executors[label]
+    config = json_format.ParseDict(json_format.MessageToDict(struct), k8s.KubernetesExecutorConfig())
+    return [(m.constant, m.mount_path) for m in config.pvc_mount]
+
+
+def _on_volume(path, mounts):
+    """(claim, path relative to the claim's root) of `path` under one of `mounts` [(claim, mount path)]."""
+    for claim, mount_path in mounts:
+        if path == mount_path or path.startswith(mount_path.rstrip("/") + "/"):
+            return claim, os.path.relpath(path, mount_path)
+    raise AssertionError(f"{path} is on none of the mounted volumes {mounts}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pusher_destination_and_tf_serving_base_path_are_the_same_storage(rendered, compiled_from_overlay, overlay):
+    """From the compiled PipelineSpec (+ PlatformSpec) and the rendered manifests: the folder the Pusher
+    writes <model>/<version>/ into and the folder TF Serving's models.config serves are one place on one
+    ReadWriteMany claim; LatestPushedModel reads that place too."""
+    import json as _json
+
+    docs = rendered[overlay]
+    config, pipeline_spec, platform_spec = compiled_from_overlay[overlay]
+    model_name = config.serving.model_name
+    tasks = pipeline_spec.root.dag.tasks
+    base = _json.loads(tasks["Pusher"].inputs.parameters["push_destination"].runtime_value.constant.string_value)
+    pushed_to = _on_volume(os.path.join(base["filesystem"]["base_directory"], model_name),
+                           _executor_mounts(platform_spec, pipeline_spec, "Pusher"))
+    latest = tasks["LatestPushedModel"].inputs.parameters["model_base"].runtime_value.constant.string_value
+    read_from = _on_volume(latest, _executor_mounts(platform_spec, pipeline_spec, "LatestPushedModel"))
+
+    deployment = one(docs, "Deployment", "tfserving")
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    args = dict(a.lstrip("-").split("=", 1) for a in container["args"])
+    data = one(docs, "ConfigMap", "tfserving-config")["data"]
+    models = tf_serving_config.parse_model_config(data[os.path.basename(args["model_config_file"])])
+    (entry,) = [m for m in models.model_config_list.config if m.name == model_name]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    serving_mounts = [(volumes[m["name"]]["persistentVolumeClaim"]["claimName"], m["mountPath"])
+                      for m in container["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]]
+    served_from = _on_volume(entry.base_path, serving_mounts)
+
+    assert pushed_to == served_from == read_from, (pushed_to, served_from, read_from)
+    claim = served_from[0]
+    pvc = one(docs, "PersistentVolumeClaim", claim)
+    assert pvc["metadata"]["name"] == claim and "ReadWriteMany" in pvc["spec"]["accessModes"]
+    # TF Serving only reads it; the run's pods are in the same namespace (a PVC is namespaced).
+    assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] in
+               [n for n, v in volumes.items() if "persistentVolumeClaim" in v])
+    assert config.kubeflow.serving_volume_claim == claim
+
+
+# -- the metrics proxy, run with nginx in front of the serving process ----------------------------------
+
+NGINX = shutil.which("nginx")
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (the metrics proxy's config is run with it)")
+def test_metrics_proxy_answers_the_metrics_and_nothing_else(rendered, serving_base, tmp_path):
+    import socket
+    import time
+
+    import requests
+
+    from serving.local_server import LocalServer
+    conf = one(rendered["prod"], "ConfigMap", "tfserving-metrics-proxy")["data"]["metrics-proxy.conf"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with LocalServer(serving_base, "ctr", rest_port=0, grpc_port=0) as server:
+        # The committed config with this machine's ports and a temp folder instead of /tmp.
+        local = conf.replace("listen 9102;", f"listen 127.0.0.1:{port};") \
+            .replace("http://127.0.0.1:8501", f"http://127.0.0.1:{server.rest_port}").replace("/tmp/", f"{tmp_path}/")
+        (tmp_path / "nginx.conf").write_text(local)
+        proc = subprocess.Popen([NGINX, "-e", "stderr", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    metrics = requests.get(url + tf_serving_config.PROMETHEUS_PATH, timeout=2)
+                    break
+                except requests.ConnectionError:
+                    assert proc.poll() is None, proc.stderr.read().decode()
+                    time.sleep(0.05)
+            assert metrics.status_code == 200 and "# TYPE" in metrics.text
+            predict = requests.post(url + "/v1/models/ctr:predict", json={"instances": [{"b64": ""}]}, timeout=5)
+            assert predict.status_code == 404
+            assert requests.get(url + "/v1/models/ctr", timeout=5).status_code == 404
+            assert requests.get(url + "/v1/models/ctr/metadata", timeout=5).status_code == 404
+            assert requests.post(url + tf_serving_config.PROMETHEUS_PATH, data="x", timeout=5).status_code == 403
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
