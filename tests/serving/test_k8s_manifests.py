@@ -19,7 +19,9 @@ from pipelines.config import PipelineConfig, ServingConfig, load_config
 from serving import tf_serving_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod")  # models on the ReadWriteMany volume
+OBJECT_STORE = "prod-object-store"  # prod with k8s/components/object-store-models
+ALL_OVERLAYS = OVERLAYS + (OBJECT_STORE,)
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes minor still in upstream support when these were written
 KUBECTL = shutil.which("kubectl")
 
@@ -35,7 +37,7 @@ def render(overlay: str):
 
 @pytest.fixture(scope="module")
 def rendered():
-    return {overlay: render(overlay) for overlay in OVERLAYS}
+    return {overlay: render(overlay) for overlay in ALL_OVERLAYS}
 
 
 def objects(docs, kind):
@@ -61,7 +63,7 @@ def config_file(docs, configmap_prefix, key):
     return one(docs, "ConfigMap", configmap_prefix)["data"][key]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_every_object_validates_strictly(rendered, overlay):
     import kubernetes_validate
 
@@ -70,7 +72,7 @@ def test_every_object_validates_strictly(rendered, overlay):
             "CronJob", "ServiceAccount", "Role", "RoleBinding", "Namespace"} <= set(kinds)
     for doc in rendered[overlay]:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        assert doc["metadata"].get("namespace", overlay) == {"dev": "sparsectr-dev", "prod": "sparsectr"}[overlay] \
+        assert doc["metadata"].get("namespace", overlay) == {"dev": "sparsectr-dev"}.get(overlay, "sparsectr") \
             or doc["kind"] == "Namespace"
 
 
@@ -84,7 +86,7 @@ def test_strict_validation_rejects_a_misspelt_field(rendered):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_every_container_is_locked_down(rendered, overlay):
     specs = list(pod_specs(rendered[overlay]))
     assert {name for name, _ in specs} == {"tfserving-ctr", "sparsectr-pipeline"}
@@ -105,7 +107,7 @@ def test_every_container_is_locked_down(rendered, overlay):
             assert security["seccompProfile"]["type"] == "RuntimeDefault", where
             image = container["image"]
             assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{where}: unpinned {image}"
-            if overlay == "prod":  # by digest, not by a tag that can move
+            if overlay.startswith("prod"):  # by digest, not by a tag that can move
                 assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", image), f"{where}: not pinned by digest: {image}"
             resources = container["resources"]
             for kind in ("cpu", "memory"):
@@ -474,7 +476,7 @@ def compiled_from_overlay(rendered, tmp_path_factory):
 
     from pipelines import kubeflow_runner
     out, cache = {}, {}
-    for overlay in OVERLAYS:
+    for overlay in ALL_OVERLAYS:
         cronjob = one(rendered[overlay], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         container = cronjob["containers"][0]
         config_arg = container["args"][container["args"].index("--config") + 1]
@@ -545,6 +547,37 @@ def test_pusher_destination_and_tf_serving_base_path_are_the_same_storage(render
     assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] in
                [n for n, v in volumes.items() if "persistentVolumeClaim" in v])
     assert config.kubeflow.serving_volume_claim == claim
+
+
+def test_object_store_overlay_pushes_and_serves_the_same_uri(rendered, compiled_from_overlay):
+    """k8s/overlays/prod-object-store: no volume anywhere; the Pusher's <serving_dir>/<model> is TF Serving's
+    base_path (gs://...), read through TF's filesystems; TF Serving may reach only the object store."""
+    import json as _json
+
+    docs = rendered[OBJECT_STORE]
+    config, pipeline_spec, platform_spec = compiled_from_overlay[OBJECT_STORE]
+    assert not platform_spec.platforms and config.kubeflow.serving_volume_claim is None
+    assert not objects(docs, "PersistentVolumeClaim")
+    tasks = pipeline_spec.root.dag.tasks
+    base = _json.loads(tasks["Pusher"].inputs.parameters["push_destination"].runtime_value.constant.string_value)
+    pushed_to = base["filesystem"]["base_directory"].rstrip("/") + "/" + config.serving.model_name
+    assert pushed_to.startswith("gs://")
+    assert tasks["LatestPushedModel"].inputs.parameters["model_base"].runtime_value.constant.string_value == pushed_to
+    deployment = one(docs, "Deployment", "tfserving")
+    spec = deployment["spec"]["template"]["spec"]
+    assert not any("persistentVolumeClaim" in v for v in spec["volumes"])
+    args = dict(a.lstrip("-").split("=", 1) for a in spec["containers"][0]["args"])
+    data = one(docs, "ConfigMap", "tfserving-config")["data"]
+    models = tf_serving_config.parse_model_config(data[os.path.basename(args["model_config_file"])])
+    (entry,) = [m for m in models.model_config_list.config if m.name == config.serving.model_name]
+    assert entry.base_path == pushed_to
+    # The other TF Serving files are the base's (the component merges models.config only).
+    assert {"batching.config", "monitoring.config"} <= set(data)
+    assert allowed(docs, SERVING, "Egress", 443, peer_ip="199.36.153.4")
+    assert not allowed(docs, SERVING, "Egress", 443, peer_ip="8.8.8.8")
+    account = one(docs, "ServiceAccount", "tfserving")
+    assert spec["serviceAccountName"] == account["metadata"]["name"]
+    assert "iam.gke.io/gcp-service-account" in account["metadata"]["annotations"]
 
 
 # -- the metrics proxy, run with nginx in front of the serving process ----------------------------------
