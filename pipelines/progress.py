@@ -131,7 +131,8 @@ def describe_counters(stage: str, counters: Dict[tuple, int], seconds: float) ->
             rate = f" ({_fmt_int(read / seconds)} rows/s)"
         return f"rows read {_fmt_int(read)}, emitted {_fmt_int(emitted)}, quarantined {_fmt_int(bad)}{rate}"
     parts = []
-    decoded = {k: v for k, v in counters.items() if k[1].endswith("-num_rows") and k[0].endswith(".io")}
+    # TFXIO's per-read counter of records (its '-num_rows' is a distribution, not a counter).
+    decoded = {k: v for k, v in counters.items() if k[1].endswith("-num_raw_records") and k[0].endswith(".io")}
     analyzed = sum(v for k, v in decoded.items() if "AnalysisIndex" in k[2])
     transformed = sum(v for k, v in decoded.items() if "TransformIndex" in k[2])
     if analyzed or transformed:
@@ -306,6 +307,8 @@ def _patch_beam() -> bool:
 _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
 _EPOCH_END = re.compile(r"^(\d+)/(\d+) - (\d+)s - (.*)$")
 _METRIC = re.compile(r"(\w+): ([-+0-9.e]+|nan|inf)")
+_PER_STEP = re.compile(r"([0-9.]+)(s|ms|us)/step")
+_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
 def route_keras_lines_to_logging() -> bool:
@@ -398,8 +401,11 @@ class RunProgress(logging.Filter):
         steps, seconds = int(m.group(1)), int(m.group(3))
         metrics = dict(_METRIC.findall(m.group(4)))
         parts = [f"{self.epoch or 'epoch'}: {steps} steps in {seconds}s"]
-        if self.batch_size and seconds > 0:
-            parts[0] += f" ({_fmt_int(steps * self.batch_size / seconds)} examples/s)"
+        per_step = _PER_STEP.search(m.group(4))  # Keras' '- 12ms/step': finer than whole seconds
+        step_seconds = (float(per_step.group(1)) * _UNIT[per_step.group(2)] if per_step
+                        else (seconds / steps if steps else 0))
+        if self.batch_size and step_seconds > 0:
+            parts[0] += f" ({_fmt_int(self.batch_size / step_seconds)} examples/s)"
         shown = [f"{k} {float(metrics[k]):.4f}" for k in ("loss", "auc", "val_loss", "val_auc") if k in metrics]
         return ", ".join(parts + shown)
 

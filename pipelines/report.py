@@ -146,6 +146,13 @@ def _gates_section(summary: Dict[str, Any]) -> str:
             extra = f" (baseline {_num(g.get('baseline'))})"
         rows.append([_e(name), _num(g.get("value")) + extra, f"{_e(comparison)} {_num(g.get('threshold'))}",
                      f'<span class="{"pass" if g.get("passed") else "fail"}">{"PASS" if g.get("passed") else "FAIL"}</span>'])
+    serving = gates.get("serving_check") or {}
+    for name, check in (serving.get("checks") or {}).items():  # ServingCheck: measured <= limit
+        passed = check.get("passed")
+        value = check.get("value")
+        rows.append([f"serving check: {_e(name)}", "n/a" if value is None else _e(f"{float(value):.4g}"),
+                     f"{_e('<=' if passed else '>')} {_e(check.get('limit'))}",
+                     f'<span class="{"pass" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'])
     verdict = "BLESSED" if blessed else "NOT BLESSED"
     return (f'<h2>Gates: <span class="{"pass" if blessed else "fail"}" id="decision">{verdict}</span></h2>'
             f"<p>{_e(gates.get('reason', ''))}; the Evaluator "

@@ -403,16 +403,20 @@ def cmd_score(args) -> int:
     quiet_logs(args.verbose)
     if not 0.0 <= args.max_bad_fraction <= 1.0:
         raise ScoreError(f"--max-bad-fraction must be in [0, 1], got {args.max_bad_fraction}")
-    display = Display()
+    displays: List[Display] = []
 
     def progress(scored, read, seconds):
-        display.status(f"scoring: {scored:,} rows scored of {read:,} read ({scored / max(seconds, 1e-9):,.0f} rows/s)")
+        if not displays:  # from the first batch on: the model's load is not scoring time
+            displays.append(Display(started=time.time() - seconds))
+        displays[0].status(f"scoring: {scored:,} rows scored of {read:,} read "
+                           f"({scored / max(seconds, 1e-9):,.0f} rows/s)")
     try:
         summary = score(args.data, args.dataset_format, args.model, args.output, args.output_format,
                         args.model_name, args.version, args.batch_size, args.quarantine,
                         args.max_quarantine_records, progress=progress)
     finally:
-        display.end_status()
+        for display in displays:
+            display.end_status()
     summary_path = args.summary or (args.output + ".summary.json" if args.output else None)
     if summary_path:
         with open(summary_path, "w") as f:

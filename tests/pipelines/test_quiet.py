@@ -144,7 +144,7 @@ def test_run_progress_turns_records_into_stage_and_epoch_lines():
     logger.warning("a real warning")
     lines = [l.split("] ", 1)[1] for l in out.getvalue().splitlines()]
     assert lines == ["Trainer running",
-                     "Trainer epoch 1/2: 63 steps in 12s (1,344 examples/s), loss 0.4512, auc 0.7801, "
+                     "Trainer epoch 1/2: 63 steps in 12s (1,347 examples/s), loss 0.4512, auc 0.7801, "
                      "val_loss 0.4600, val_auc 0.7702",
                      "Trainer finished"]
     assert seen == ["a real warning"]  # the consumed records are not logged again
@@ -157,12 +157,12 @@ def test_describe_counters():
           ("click_log_example_gen", "quarantined_wrong_field_count", "Parse"): 3}
     assert describe_counters("ClickLogExampleGen", eg, 2.0) == \
         "rows read 1,000, emitted 990, quarantined 10 (500 rows/s)"
-    tr = {("tfx.Transform.io", "LogicalFormat[tf_example]-PhysicalFormat[tfrecords_gzip]-num_rows",
-           "TFXIOReadAndDecode[AnalysisIndex0]/RawRecordToRecordBatch"): 800,
-          ("tfx.Transform.io", "LogicalFormat[tf_example]-PhysicalFormat[tfrecords_gzip]-num_rows",
-           "TFXIOReadAndDecode[TransformIndex0]/RawRecordToRecordBatch"): 300}
+    tr = {("tfx.Transform.io", "LogicalFormat[tf_example]-PhysicalFormat[tfrecords_gzip]-num_raw_records",
+           "TFXIOReadAndDecode[AnalysisIndex0]/RawRecordBeamSource"): 800,
+          ("tfx.Transform.io", "LogicalFormat[tf_example]-PhysicalFormat[tfrecords_gzip]-num_raw_records",
+           "TFXIOReadAndDecode[TransformIndex0]/RawRecordBeamSource"): 300}
     assert describe_counters("Transform", tr, 0) == "rows analyzed 800, transformed 300"
-    ev = {("tfx.Evaluator.io", "x-num_rows", "ReadFromTFRecordToArrow[eval][0]"): 600,
+    ev = {("tfx.Evaluator.io", "x-num_raw_records", "ReadFromTFRecordToArrow[eval][0]"): 600,
           ("tfx.ModelAnalysis", "evaluate_num_instances", "ExtractAndEvaluate"): 1200}
     assert describe_counters("Evaluator", ev, 0) == "rows read 600, examples evaluated 1,200"
     assert describe_counters("X", {("other", "n", "s"): 1}, 1) == ""

@@ -27,7 +27,10 @@ SUMMARY = {
     "evaluation": {"auc": 0.6262, "binary_crossentropy": 0.5592, "calibration": 0.8578, "example_count": 607.0},
     "gates": {"blessed": True, "evaluator_blessed": True, "reason": "all gates passed", "gates": {
         "auc": {"passed": True, "threshold": 0.6, "value": 0.6262},
-        "sparsity": {"passed": True, "threshold": 0.1, "value": 0.42}}},
+        "sparsity": {"passed": True, "threshold": 0.1, "value": 0.42}},
+        "serving_check": {"passed": True, "checks": {
+            "p99_latency_ms": {"limit": 1000.0, "passed": True, "value": 11.208},
+            "max_score_diff": {"limit": 1e-05, "passed": True, "value": 1.19e-07}}}},
     "push": {"pushed": True, "path": "/out/serving/ctr/1796021020", "version": "1796021020",
              "size_before_bytes": 1414869, "size_after_bytes": 1302575, "size_bytes": 1302575,
              "embedding_bytes_before": 23040, "embedding_bytes_after": 13000, "embedding_rows": 720,
@@ -51,6 +54,7 @@ def test_report_has_every_section_and_its_plots(tmp_path):
     assert 'id="decision">BLESSED<' in text
     assert "<td>auc</td><td>0.6262</td><td>&gt;= 0.6000</td>" in text
     assert "<td>sparsity</td><td>0.4200</td><td>&gt;= 0.1000</td>" in text
+    assert "<td>serving check: max_score_diff</td><td>1.19e-07</td><td>&lt;= 1e-05</td>" in text
     # AUC and loss per epoch, and the Bayes-optimal line of generated data.
     assert "<td>3</td><td>0.6600</td><td>0.6200</td><td>0.5200</td><td>0.5550</td>" in text
     assert 'id="bayes-auc">0.8397<' in text and "kept epoch 2 of 3" in text
