@@ -30,6 +30,14 @@ def run_score(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def score_in_process(capsys, *args):
+    """`python -m pipelines score ARGS` in this process (no interpreter start): (exit code, out, err)."""
+    from pipelines import cli
+    rc = cli.main(["score", *args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
 def served_scores(serving_dir, lines, dataset_format="criteo"):
     """The local TF Serving's REST answers for the lines ExampleGen would accept."""
     from serving.demo import examples_from_lines
@@ -103,7 +111,7 @@ def _example_gen_counts(path, spec_name="criteo"):
     return counts, records
 
 
-def test_bad_lines_are_quarantined_as_example_gen_does(serving_dir, shared_data, tmp_path):
+def test_bad_lines_are_quarantined_as_example_gen_does(serving_dir, shared_data, tmp_path, capsys):
     good = open(os.path.join(shared_data, CRITEO_DEV), "rb").read().splitlines()[:300]
     bad = [b"1\t2\t3",                                   # wrong_field_count
            b"x" + good[0][1:],                             # bad_label
@@ -117,9 +125,10 @@ def test_bad_lines_are_quarantined_as_example_gen_does(serving_dir, shared_data,
     path = data / "day.tsv"
     path.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "preds.tfrecord"
-    proc = run_score("--data", str(data), "--format", "criteo", "--model", os.path.join(serving_dir, "ctr"),
-                     "--output", str(out), "--max-quarantine-records", "3", "--max-bad-fraction", "0.05")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rc, stdout, stderr = score_in_process(capsys, "--data", str(data), "--format", "criteo", "--model",
+                                          os.path.join(serving_dir, "ctr"), "--output", str(out),
+                                          "--max-quarantine-records", "3", "--max-bad-fraction", "0.05")
+    assert rc == 0, stdout + stderr
     summary = json.loads((tmp_path / "preds.tfrecord.summary.json").read_text())
     counts, records = _example_gen_counts(str(path))
     assert summary["rows_read"] == counts["rows_read"] == 309
@@ -142,16 +151,17 @@ def test_bad_lines_are_quarantined_as_example_gen_does(serving_dir, shared_data,
     assert all(0 < p < 1 for p in probs)
 
     # Over the default max_bad_fraction (1%): everything written, exit 1 naming the quarantine.
-    proc = run_score("--data", str(data), "--model", serving_dir, "--output", str(tmp_path / "p2.csv"))
-    assert proc.returncode == 1 and "error: 9 of 309 lines" in proc.stderr and ".quarantine" in proc.stderr
+    rc, _, stderr = score_in_process(capsys, "--data", str(data), "--model", serving_dir,
+                                     "--output", str(tmp_path / "p2.csv"))
+    assert rc == 1 and "error: 9 of 309 lines" in stderr and ".quarantine" in stderr
     assert (tmp_path / "p2.csv").exists()
 
 
-def test_header_files_and_unlabeled_metrics(serving_dir, shared_data, tmp_path):
+def test_header_files_and_unlabeled_metrics(serving_dir, shared_data, tmp_path, capsys):
     # Kaggle CSV: the header line is skipped (not a row), as ExampleGen does; no --output: metrics only.
-    proc = run_score("--data", os.path.join(shared_data, KAGGLE), "--format", "criteo-kaggle",
-                     "--model", serving_dir, "--summary", str(tmp_path / "s.json"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rc, stdout, stderr = score_in_process(capsys, "--data", os.path.join(shared_data, KAGGLE), "--format",
+                                          "criteo-kaggle", "--model", serving_dir, "--summary", str(tmp_path / "s.json"))
+    assert rc == 0, stdout + stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["headers_skipped"] == 1 and summary["rows_scored"] == 1999
     assert summary["metrics"]["example_count"] == 1999 and 0 < summary["metrics"]["auc"] < 1
