@@ -55,6 +55,7 @@ class Display:
         self._status = ""  # the state line now shown (TTY) / last printed (plain)
         self._status_printed_at = self.started  # plain mode: the first state line after plain_seconds
         self._pending = ""  # plain mode: the newest state, not yet printed
+        self._tty_at = float("-inf")  # TTY: when the state line was last rewritten
 
     def _stamp(self) -> str:
         return f"[{self.clock() - self.started:6.1f}s]"
@@ -79,6 +80,10 @@ class Display:
         """The running stage's state; '' clears it."""
         with self._lock:
             if self.tty:
+                now = self.clock()
+                if text and not force and now - self._tty_at < TTY_REFRESH_SECONDS:
+                    return  # refreshed a moment ago
+                self._tty_at = now
                 shown = f"{self._stamp()} {text}" if text else ""
                 width = _terminal_width()
                 if len(shown) > width - 1:

@@ -118,11 +118,15 @@ def test_tty_display_refreshes_one_line():
     out, clock = io.StringIO(), FakeClock()
     display = Display(out, tty=True, clock=clock)
     display.status("Transform running 1s")
+    display.status("Transform running 1s: rows 5")  # a moment later: not redrawn
+    assert "rows 5" not in out.getvalue()
+    clock.t += 1
     display.status("Transform running 2s: rows 10")
     display.line("Transform finished")
     text = out.getvalue()
     assert text.count("\r\x1b[K") >= 3  # each refresh rewrites the same line; the permanent line clears it
-    assert text.endswith("[   0.0s] Transform running 2s: rows 10") or "Transform finished\n" in text
+    assert "[   1.0s] Transform running 2s: rows 10" in text and text.endswith(
+        "[   1.0s] Transform finished\n[   1.0s] Transform running 2s: rows 10")
 
 
 def test_run_progress_turns_records_into_stage_and_epoch_lines():
