@@ -476,7 +476,7 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 def _add_endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--package", metavar="FILE", help="compiled PipelineSpec YAML (from `compile`); "
                                                      "without it the pipeline is compiled from --config first")
-    p.add_argument("--endpoint", metavar="URL", help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow "
+    p.add_argument("--endpoint", metavar="URL", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888 "
                                                      "(default: kubeflow.endpoint of the config, else $KF_PIPELINES_ENDPOINT)")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="KFP experiment (created if missing)")
     p.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
