@@ -285,8 +285,16 @@ def check_candidate(candidate_dir: str, examples: Sequence[bytes], reference_sco
         warmups = _read_warmup_requests(candidate_dir)
         base = os.path.join(work_dir, "base")
         os.makedirs(os.path.join(base, model_name), exist_ok=True)
-        server = ServingProcess(base, model_name, os.path.join(work_dir, "serving.log"))
-        measured["startup_s"] = round(_wait_until_listening(server, limits.startup_timeout_seconds), 3)
+        for attempt in range(3):
+            server = ServingProcess(base, model_name, os.path.join(work_dir, f"serving-{attempt}.log"))
+            try:
+                measured["startup_s"] = round(_wait_until_listening(server, limits.startup_timeout_seconds), 3)
+                break
+            except CheckFailed as e:
+                # The free ports were taken between choosing and binding them: new ports, once or twice.
+                if "cannot listen" not in str(e) or attempt == 2:
+                    raise
+                server.stop()
         published_at = time.monotonic()
         os.symlink(os.path.abspath(candidate_dir), os.path.join(base, model_name, str(CHECK_VERSION)))
         measured["load_s"] = round(_wait_until_available(server, published_at, limits.max_load_seconds), 3)

@@ -158,6 +158,26 @@ def test_serving_process_that_dies_fails_and_is_reported(good, tmp_path, monkeyp
     assert not report["passed"] and report["reason"].startswith("the serving process exited with code 1")
 
 
+def test_ports_taken_before_the_server_binds_them_are_chosen_again(good, monkeypatch):
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    real, calls = check._free_port, []
+
+    def first_a_taken_port():
+        calls.append(1)
+        return busy.getsockname()[1] if len(calls) <= 2 else real()
+
+    monkeypatch.setattr(check, "_free_port", first_a_taken_port)
+    try:
+        report = run_check(good["path"], good)
+    finally:
+        busy.close()
+    assert report["passed"], report["reason"]
+    assert len(calls) == 4  # two ports, twice
+
+
 # -- the executors -------------------------------------------------------------------------------------
 
 def _check_artifacts(trained, out_root, blessed=True):
