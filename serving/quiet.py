@@ -69,6 +69,7 @@ HARMLESS_LOG_MESSAGES: Tuple[str, ...] = (
     r"Caching is not supported",
     r"Couldn't find python-snappy",
     r"Callback method `on_train_batch_end` is slow compared to the batch time",
+    r"AutoGraph could not transform <function",  # the function then runs as it is
     r"is deprecated and will be removed in a future version",
     r"Support for google-cloud-storage < 3\.0\.0 will be removed",
 )

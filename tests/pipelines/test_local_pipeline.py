@@ -213,7 +213,7 @@ def test_next_span_warm_starts_from_the_pushed_model_and_pushes_through_the_gate
 
 # Our own lines: progress ('[  12.3s] Transform finished'), the summary ('sparsectr run ...' and its
 # '  key: ...' lines). Everything else is library output; `make demo` allows ~25 such lines (issue #23).
-OWN_LINE = re.compile(r"^\[\s*\d+\.\d+s\] |^sparsectr run |^  [a-z][a-z -]*: ")
+OWN_LINE = re.compile(r"^\[\s*\d+\.\d+s\] |^sparsectr run |^  [a-z][^:]{0,60}: ")
 
 
 def test_run_output_is_quiet(demo_run):
