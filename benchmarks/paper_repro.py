@@ -413,12 +413,11 @@ class Session:
     Tracing the train step of a 26-table model costs ~10-15 s on this machine, more than training on
     a real sample; so each (model, method) is compiled once and, before every run, its variables are
     set to a fresh seeded initialization (a new `build_model` with that seed) and the optimizer's to
-    their initial values. l21 is held in a tf.Variable (the Group optimizers read `self.l21` when the
-    step is traced; a variable makes that read follow the grid) -- the same arithmetic as a float.
+    their initial values. l21 is set through the optimizer's l21 variables (`l21_variable`, read
+    inside the step), so the compiled step follows the grid -- the same arithmetic as a float l21.
     """
 
     def __init__(self, trainer: "Trainer", kind: str, method: str, tfmot_target: Optional[float] = None):
-        import tensorflow as tf
         import tf_keras as keras
         self.trainer, self.kind, self.method, self.target = trainer, kind, method, tfmot_target
         keras.utils.set_random_seed(0)
@@ -430,9 +429,9 @@ class Session:
             self.callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
         self.model = model
         self.optimizer = trainer.optimizer(method, 0.0)
-        if method.startswith("group_"):
-            self.optimizer.l21 = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="l21")
         self.optimizer.build(model.trainable_variables)
+        self.l21_variables = [self.optimizer.l21_variable(v) for v in model.trainable_variables
+                              if method.startswith("group_") and self.optimizer.is_regularized(v)]
         self.optimizer_initial = [v.numpy() for v in self.optimizer.variables()]
         model.compile(optimizer=self.optimizer, loss=keras.losses.BinaryCrossentropy(),
                       jit_compile=trainer.s.jit_compile)
@@ -450,8 +449,8 @@ class Session:
         del fresh
         for variable, value in zip(self.optimizer.variables(), self.optimizer_initial):
             variable.assign(value)
-        if self.method.startswith("group_"):
-            self.optimizer.l21.assign(l21)
+        for variable in self.l21_variables:
+            variable.assign(l21)
 
     def train(self, seed: int, l21: float = 0.0):
         self._reset(seed, l21)

@@ -153,6 +153,26 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             if self._should_regularize(variable):
                 self._dual_index[self._var_key(variable)] = len(self._duals)
                 self._duals.append(self.add_variable_from_reference(variable, "z"))
+        # The group-lasso strength of each regularized variable (`l21_variable`).
+        self._l21_variables = [self._add_l21_variable(v) for v in var_list if self.is_regularized(v)]
+
+    def _add_l21_variable(self, variable):
+        # A scalar optimizer variable, read inside the (compiled) step: it may change between steps
+        # (optim.sparsity_control sets it while training) without a retrace, and it is saved and
+        # restored with the other optimizer variables. float64, so that l21 * sqrt(d) is the same
+        # arithmetic as with a Python float l21 (the step's threshold bit for bit).
+        name = getattr(variable, "_shared_name", None) or variable.name.split(":")[0]
+        l21 = tf.Variable(self.l21, dtype=tf.float64, trainable=False, name=f"l21/{name}")
+        self._variables.append(l21)
+        return l21
+
+    def l21_variable(self, variable):
+        """The scalar l21 variable of a regularized `variable` of this built optimizer.
+
+        Starts at the constructor's `l21`; assign to it to change the strength of that variable's
+        group lasso from the next step on (Algorithm 1 at the new lambda: z keeps its meaning).
+        """
+        return self._l21_variables[self._dual_index[self._var_key(variable)]]
 
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
         grads_and_vars = list(grads_and_vars)
@@ -223,7 +243,9 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             self._denominator(new, hyper),
             l1=tf.cast(self.l1, dtype) * scale,
             l2=tf.cast(self.l2, dtype) * scale,
-            group_threshold=tf.cast(self.l21 * math.sqrt(gs.group_size(variable.shape)), dtype)
+            group_threshold=tf.cast(
+                self.l21_variable(variable) * math.sqrt(gs.group_size(variable.shape)), dtype
+            )
             * scale,
         )
         return w_new, z_new, new
