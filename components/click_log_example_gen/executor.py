@@ -1,10 +1,15 @@
 """ClickLogExampleGen executor: TFX's file-based ExampleGen with a spec-driven click-log parser.
 
-The base executor (``BaseExampleGenExecutor``) does the TFX part: one Beam pipeline, the hash split
-into train/eval, writing the splits as TFRecords. This executor adds
+The output is what TFX's ``BaseExampleGenExecutor`` writes (gzipped TFRecords of tf.Examples under
+``Split-<name>/``, TFX's sha256 hash split into train/eval, ``split_names``, ``payload_format``),
+but written by the call that parses a file (``_ParseAndWriteFileFn``): one Beam element per input
+file instead of one per row through TFX's Partition, Reshuffle and WriteToTFRecord (which the
+DirectRunner holds in memory, all rows at once). Files are parsed a block at a time by the fast
+path (``block_parsing``), every line it does not vouch for by the per-line parser
+(``parsing.FileParser``). This executor adds
 
-* the parsing PTransform (``parsing.ParseClickLogs``), which also writes the quarantine records and
-  a counts file per input split under ``<examples uri>/quarantine/``;
+* per input split, the parse-and-write step and the quarantine records and a counts file under
+  ``<examples uri>/quarantine/``;
 * the window of older spans (``span_window``): TFX's driver resolves only the newest span, so the
   executor resolves the older ones itself from the unresolved input patterns;
 * after the pipeline: the counts as artifact custom properties, and the ``max_bad_fraction`` check,
@@ -13,20 +18,24 @@ into train/eval, writing the splits as TFRecords. This executor adds
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from absl import logging
+from apache_beam.io.filesystems import FileSystems
 from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen import write_split
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.util import examples_utils
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.click_log_example_gen import parsing
+from components.click_log_example_gen import parsing, writing
 from components.dataset_spec import DatasetSpec
 
 # Execution properties added by ClickLogExampleGenSpec (all JSON-serialisable primitives).
@@ -87,6 +96,96 @@ def _ClickLogToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
              os.path.join(quarantine_dir, COUNTS_PREFIX + tag), file_name_suffix=".json",
              shard_name_template=""))
     return parsed["examples"]
+
+
+class _ParseAndWriteFileFn(beam.DoFn):
+    """(index, path) of an input file -> its examples written to one shard per output split;
+    quarantine records and the file's counts as outputs (like ``parsing.ParseClickLogs``).
+
+    ``split_dirs``: the output split folders; ``hash_buckets``: their buckets (TFX's hash split),
+    or None when the input split is one output split. Shard ``index`` of ``count`` per folder."""
+
+    def __init__(self, spec_json: str, max_records_per_reason: int, split_dirs: Sequence[str],
+                 hash_buckets: Optional[Sequence[int]], count: int, fast: bool = True):
+        self._spec_json = spec_json
+        self._max_records = max_records_per_reason
+        self._split_dirs = list(split_dirs)
+        self._hash_buckets = list(hash_buckets) if hash_buckets else [1]
+        self._count = count
+        self._fast = fast
+        self._counters: Dict[str, Any] = {}
+
+    def setup(self):
+        self._file_parser = parsing.FileParser(DatasetSpec.from_json(self._spec_json), self._max_records,
+                                               self._fast)
+        # gzip runs here while the next block is parsed (zlib releases the GIL).
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="click_log_gzip")
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+
+    def _counter(self, name: str):
+        if name not in self._counters:
+            self._counters[name] = beam.metrics.Metrics.counter(parsing.METRICS_NAMESPACE, name)
+        return self._counters[name]
+
+    def _progress(self, deltas: Dict[str, int]):
+        for name, n in deltas.items():
+            self._counter(name).inc(n)
+
+    def process(self, element: Tuple[int, str]):
+        index, path = element
+        writer = writing.SplitWriter([os.path.join(d, writing.shard_name(index, self._count)) for d in self._split_dirs],
+                                     self._hash_buckets, self._pool)
+        try:
+            with FileSystems.open(path) as stream:
+                for kind, value in self._file_parser.parse(stream, path, self._progress):
+                    if kind == "examples":
+                        writer.write(value)
+                    elif kind == "quarantine":
+                        yield beam.pvalue.TaggedOutput("quarantine", value)
+                    else:
+                        self._counter("files").inc(1)
+                        yield beam.pvalue.TaggedOutput("file_counts", value)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def match_files(file_patterns: Sequence[str]) -> List[str]:
+    """The readable files the patterns match, each once, sorted (a pattern matching nothing: none)."""
+    paths = set()
+    for pattern in file_patterns:
+        try:
+            results = FileSystems.match([pattern])
+        except Exception as e:  # noqa: BLE001 - beam raises BeamIOError for a missing plain path
+            logging.warning("ClickLogExampleGen: %s matched no files: %s", pattern, e)
+            continue
+        for result in results:
+            for metadata in result.metadata_list:
+                if parsing._is_readable_file(metadata.path):
+                    paths.add(metadata.path)
+    return sorted(paths)
+
+
+def _output_plan(exec_properties: Dict[str, Any]) -> List[Tuple[str, str, List[str], Optional[List[int]]]]:
+    """[(input split name, its pattern, output split names, hash buckets or None)] (TFX's rules:
+    with output splits, the one input split is divided among them by hash; without, each input
+    split is an output split of its own)."""
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+    example_gen_utils.generate_output_split_names(input_config, output_config)  # validates
+    splits = output_config.split_config.splits
+    if splits:
+        if output_config.split_config.partition_feature_name:
+            raise ValueError("ClickLogExampleGen: split_config.partition_feature_name is not supported; "
+                             "splits are by hash of the whole example")
+        one = input_config.splits[0]
+        return [(one.name, one.pattern, [s.name for s in splits], [s.hash_buckets for s in splits])]
+    return [(s.name, s.pattern, [s.name], None) for s in input_config.splits]
 
 
 def window_patterns(exec_properties: Dict[str, Any]) -> Dict[str, List[str]]:
@@ -200,7 +299,53 @@ class Executor(BaseExampleGenExecutor):
         exec_properties[_QUARANTINE_DIR] = quarantine_dir
         logging.info("ClickLogExampleGen: reading %s", file_patterns)
 
-        super().Do(input_dict, output_dict, exec_properties)
+        self._log_startup(input_dict, output_dict, exec_properties)
+        plan = _output_plan(exec_properties)
+        output_names = [name for _, _, names, _ in plan for name in names]
+        examples.split_names = artifact_utils.encode_split_names(output_names)
+        max_records = exec_properties.get(MAX_QUARANTINE_RECORDS_KEY)
+        if max_records is None:
+            max_records = parsing.DEFAULT_MAX_RECORDS_PER_REASON
+        if int(max_records) < 0:
+            raise ValueError(f"max_quarantine_records_per_reason must be >= 0, got {max_records}")
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        split_dirs = []
+        with self._make_beam_pipeline() as pipeline:
+            for input_name, pattern, names, buckets in plan:
+                files = match_files([os.path.join(input_base, p) for p in file_patterns.get(pattern) or [pattern]])
+                logging.info("ClickLogExampleGen: split %s: %d files", input_name, len(files))
+                dirs = [artifact_utils.get_split_uri([examples], name) for name in names]
+                split_dirs.extend(dirs)
+                for d in dirs:
+                    if fileio.exists(d):  # a retried execution: its last try's shards
+                        fileio.rmtree(d)
+                    fileio.makedirs(d)
+                tag = input_name
+                parsed = (pipeline
+                          | f"Files[{tag}]" >> beam.Create(list(enumerate(files)))
+                          # one element per file: spread the files over the workers
+                          | f"Spread[{tag}]" >> beam.Reshuffle()
+                          | f"ParseAndWrite[{tag}]" >> beam.ParDo(_ParseAndWriteFileFn(
+                              spec_json, int(max_records), dirs, buckets, len(files))).with_outputs(
+                                  "quarantine", "file_counts"))
+                _ = (parsed.quarantine
+                     | f"WriteQuarantine[{tag}]" >> beam.io.WriteToText(
+                         os.path.join(quarantine_dir, RECORDS_PREFIX + tag), file_name_suffix=".jsonl"))
+                _ = (parsed.file_counts
+                     | f"MergeCounts[{tag}]" >> beam.CombineGlobally(parsing.MergeCountsFn())
+                     | f"CountsToJson[{tag}]" >> beam.Map(lambda counts: json.dumps(counts, sort_keys=True))
+                     | f"WriteCounts[{tag}]" >> beam.io.WriteToText(
+                         os.path.join(quarantine_dir, COUNTS_PREFIX + tag), file_name_suffix=".json",
+                         shard_name_template=""))
+        removed = writing.remove_temp_files(split_dirs)
+        if removed:
+            logging.warning("ClickLogExampleGen: removed %d partial shards of retried work", len(removed))
+        payload_format = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
+        if payload_format:
+            examples_utils.set_payload_format(examples, payload_format)
+        file_format = exec_properties.get(standard_component_specs.OUTPUT_FILE_FORMAT_KEY)
+        if file_format:
+            examples_utils.set_file_format(examples, write_split.to_file_format_str(file_format))
 
         counts = read_counts(quarantine_dir)
         if counts["rows_read"] != counts["rows_emitted"] + counts["rows_quarantined"]:
