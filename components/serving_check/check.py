@@ -281,7 +281,8 @@ def check_candidate(candidate_dir: str, examples: Sequence[bytes], reference_sco
         if not os.path.isfile(os.path.join(candidate_dir, "saved_model.pb")):
             raise CheckFailed(f"the candidate has no saved_model.pb ({candidate_dir})")
         if not os.path.isdir(os.path.join(candidate_dir, "variables")):
-            raise CheckFailed(f"the candidate has no variables/ folder ({candidate_dir}); TF Serving would not load it")
+            raise CheckFailed(f"the candidate has no variables/ folder ({candidate_dir}); the Pusher's exports always "
+                              "have one and the serving process loads only complete versions")
         warmups = _read_warmup_requests(candidate_dir)
         base = os.path.join(work_dir, "base")
         os.makedirs(os.path.join(base, model_name), exist_ok=True)
