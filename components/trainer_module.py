@@ -7,6 +7,7 @@ A sparsity report (``sparsity.json``) is written beside the exported model.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from components import models, warm_start  # noqa: E402
+from components import distributed, models, warm_start  # noqa: E402
 from components.dataset_spec import DatasetSpec  # noqa: E402
 from components.preprocessing import LABEL_KEY  # noqa: E402
 from components.vocabulary import FieldVocabulary  # noqa: E402
@@ -72,7 +73,8 @@ def check_finite_features(features, label):
 
 def non_finite_variables(variables) -> list:
     """Names of the variables holding a NaN or Inf (one reduction per variable, no host copy)."""
-    return [v.name for v in variables
+    from optim import sharded  # a sharded table is checked shard by shard
+    return [v.name for v in sharded.flatten(variables)
             if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)).numpy())]
 
 
@@ -165,7 +167,7 @@ def make_optimizer(cfg: Dict[str, Any]):
     return getattr(optim, classes[name])(learning_rate=lr, **regularizers)
 
 
-def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=None) -> None:
+def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=None, **options) -> None:
     """Compiles as the Trainer trains: the config's optimizer, log loss, AUC, `jit_compile`.
 
     Keras' train/test/predict steps call only TF ops, so autograph has nothing to convert in them;
@@ -173,12 +175,13 @@ def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=Non
     the first epoch (benchmarks/trainer_bench.py reports the first epoch of every cell).
     """
     model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile, run_eagerly=run_eagerly)
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile, run_eagerly=run_eagerly,
+                  **options)
     for step in ("train_step", "test_step", "predict_step"):
         setattr(model, step, tf.autograph.experimental.do_not_convert(getattr(model, step)))
 
 
-DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker", "parameter_server")
 
 
 def distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -186,23 +189,23 @@ def distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
 
     ``none``: the default (one device). ``mirrored``: MirroredStrategy over this machine's GPUs, or
     its logical CPUs when it has none. ``multi_worker``: MultiWorkerMirroredStrategy, cluster from
-    ``TF_CONFIG`` (as a Kubeflow TFJob or Vertex AI training job sets it). ``auto``: multi_worker when
-    ``TF_CONFIG`` names more than one task, mirrored when there are several GPUs, else none.
+    ``TF_CONFIG`` (as a Kubeflow TFJob or Vertex AI training job sets it). ``parameter_server``:
+    ParameterServerStrategy from ``TF_CONFIG`` (on the chief), embedding tables sharded over the
+    parameter servers (`components.distributed`). ``auto``: parameter_server when ``TF_CONFIG`` has
+    ps tasks, multi_worker when it names more than one chief/worker task, mirrored when there are
+    several GPUs, else none.
     """
     if name not in DISTRIBUTIONS:
         raise ValueError(f"trainer.distribution {name!r} not in {list(DISTRIBUTIONS)}")
     if name == "auto":
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-        if sum(len(tasks) for role, tasks in cluster.items() if role in ("chief", "worker")) > 1:
-            name = "multi_worker"
-        elif len(tf.config.list_logical_devices("GPU")) > 1:
-            name = "mirrored"
-        else:
-            name = "none"
+        name = distributed.auto_distribution() or (
+            "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "none")
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return distributed.multi_worker_strategy()
+    if name == "parameter_server":
+        return distributed.parameter_server_strategy()
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
 
@@ -293,6 +296,8 @@ def _signatures(model, tft_output, spec: DatasetSpec):
 
 def run_fn(fn_args: tfx.components.FnArgs):
     cfg = json.loads(fn_args.custom_config["trainer"])
+    if distributed.serve_if_cluster_task(cfg.get("distribution", "auto")):
+        return  # a worker or parameter server of a parameter-server cluster: served until stopped
     spec = DatasetSpec.from_json(fn_args.custom_config["dataset_spec"])
     keras.utils.set_random_seed(cfg["seed"])
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -302,38 +307,52 @@ def run_fn(fn_args: tfx.components.FnArgs):
     strategy = distribution_strategy(cfg.get("distribution", "auto"))
     replicas = strategy.num_replicas_in_sync
     jit_compile = cfg["jit_compile"]
-    if jit_compile and replicas > 1:
-        # tf_keras's compiled train step cannot reach the other replicas' variables (README, optim).
+    if jit_compile and (replicas > 1 or not distributed.jit_compile_allowed(strategy)):
+        # tf_keras's compiled train step cannot reach the other replicas' (or tasks') variables.
         logging.warning("jit_compile off: %d replicas under %s", replicas, type(strategy).__name__)
         jit_compile = False
-    with strategy.scope():  # variables (model, optimizer slots, metrics) mirrored on every replica
+    # Variables (model, optimizer slots, metrics) mirrored on every replica; under parameter servers
+    # on those, each embedding table (and its slots) split by rows over all of them.
+    with strategy.scope(), distributed.sharded_tables(strategy):
         model = build_model(cfg, spec, vocabulary)
-        compile_model(model, cfg, jit_compile)
+        compile_model(model, cfg, jit_compile, **distributed.compile_options(strategy))
         warm = _warm_start(fn_args, cfg, model, vocabulary)
 
-    train = _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
-    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], False)
-    if fn_args.train_steps:
-        train = train.repeat()
+    def train_dataset():
+        return _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
+
+    evaluation = distributed.sharded_by_batches(strategy, _dataset(
+        fn_args.eval_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], False))
+    epochs, steps_per_epoch = (cfg["epochs"] if not fn_args.train_steps else 1), fn_args.train_steps or None
+    if distributed.is_parameter_server(strategy):
+        # Each worker reads its own batches, repeated: an epoch is a pass over the split's batches.
+        train = distributed.train_dataset_creator(train_dataset)
+        steps_per_epoch = distributed.parameter_server_steps(fn_args.train_steps, fn_args.train_files,
+                                                             cfg["batch_size"])
+    else:
+        train = distributed.sharded_by_batches(strategy, train_dataset())
+        if fn_args.train_steps:
+            train = train.repeat()
     logging.info("training %s with %s on %d embedding tables (%d rows)", cfg["model"], cfg["optimizer"],
                  len(table_rows), sum(table_rows.values()))
     fit_started = time.time()
-    callbacks = [_StopOnNonFiniteLoss(),
-                 keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-                 _SparsityToTensorBoard(fn_args.model_run_dir)]
+    callbacks = distributed.coordinator_callbacks(strategy, [
+        _StopOnNonFiniteLoss(), keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        _SparsityToTensorBoard(fn_args.model_run_dir)])
     scratch = tempfile.mkdtemp(prefix="sparsectr-best-")
     keep_best = KeepBestEpoch(scratch, patience=cfg["early_stopping_patience"]) if cfg["early_stopping"] else None
     try:
-        history = model.fit(
-            train,
-            epochs=cfg["epochs"] if not fn_args.train_steps else 1,
-            steps_per_epoch=fn_args.train_steps or None,
-            validation_data=evaluation,
-            callbacks=callbacks + ([keep_best] if keep_best else []),
-            verbose=2,
-        )
-        last_epoch = history.epoch[-1] if history.epoch else 0
-        restored_best = keep_best.restore_best(last_epoch) if keep_best else False
+        with distributed.cluster_errors(strategy):  # a task that died: one line
+            history = model.fit(
+                train,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=evaluation,
+                callbacks=callbacks + ([keep_best] if keep_best else []),
+                verbose=2,
+            )
+            last_epoch = history.epoch[-1] if history.epoch else 0
+            restored_best = keep_best.restore_best(last_epoch) if keep_best else False
     except tf.errors.InvalidArgumentError as error:
         non_finite = _non_finite_input(error)
         if non_finite is None:
@@ -366,12 +385,16 @@ def run_fn(fn_args: tfx.components.FnArgs):
     chief = is_chief(getattr(strategy, "cluster_resolver", None))
     serving_model_dir = fn_args.serving_model_dir if chief else os.path.join(
         tempfile.mkdtemp(prefix="non-chief-"), "Format-Serving")
-    # The optimizer state goes to the warm-start folder, not into the serving model (3x its tables).
-    model.save(serving_model_dir, save_format="tf", signatures=signatures, include_optimizer=False)
     model_root = os.path.dirname(serving_model_dir.rstrip("/"))
-    warm["state_bytes"] = warm_start.save(
-        warm_start.state_dir(model_root), model, model.optimizer, vocabulary.path,
-        {"model": cfg["model"], "optimizer": cfg["optimizer"], "table_rows": table_rows})
+    # Written to a staging folder and renamed into place once complete: a run that fails while
+    # saving (a parameter server that dies, say) leaves no half-written model behind.
+    with distributed.cluster_errors(strategy), _staged(model_root) as staging:
+        # The optimizer state goes to the warm-start folder, not into the serving model (3x its tables).
+        model.save(os.path.join(staging, os.path.basename(serving_model_dir.rstrip("/"))), save_format="tf",
+                   signatures=signatures, include_optimizer=False, options=distributed.save_options(strategy))
+        warm["state_bytes"] = warm_start.save(
+            warm_start.state_dir(staging), model, model.optimizer, vocabulary.path,
+            {"model": cfg["model"], "optimizer": cfg["optimizer"], "table_rows": table_rows})
     export_seconds = time.time() - export_started
     training = {"model": cfg["model"], "optimizer": cfg["optimizer"],
                 # This run's steps; a warm start continues the optimizer's step counter.
@@ -383,15 +406,35 @@ def run_fn(fn_args: tfx.components.FnArgs):
                 "final": final, "table_rows": table_rows, "warm_start": warm,
                 # batch_size is the global batch: each replica gets batch_size / replicas rows.
                 "distribution": {"strategy": type(strategy).__name__.lstrip("_"), "replicas": replicas,
-                                 "jit_compile": jit_compile},
+                                 "jit_compile": jit_compile, **distributed.describe(strategy)},
                 "fit_seconds": round(fit_seconds, 1), "export_seconds": round(export_seconds, 1)}
     for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
         with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
             f.write(json.dumps(payload, indent=1, sort_keys=True))
     if not chief:
         shutil.rmtree(model_root, ignore_errors=True)
+        distributed.wait_for_chief_model(fn_args.serving_model_dir)
     logging.info("embedding-row sparsity %.4f (%d of %d rows are zero)",
                  report["fraction"], report["zero_rows"], report["rows"])
+
+
+@contextlib.contextmanager
+def _staged(model_root: str):
+    """A fresh folder under `model_root` whose entries are renamed into `model_root` if the block
+    completes; removed (with whatever was written) if it fails."""
+    staging = os.path.join(model_root, f".staging-{os.getpid()}-{int(time.time() * 1e6)}")
+    tf.io.gfile.makedirs(staging)
+    try:
+        yield staging
+        for name in tf.io.gfile.listdir(staging):
+            name = name.rstrip("/")
+            target = os.path.join(model_root, name)
+            if tf.io.gfile.exists(target):
+                tf.io.gfile.rmtree(target) if tf.io.gfile.isdir(target) else tf.io.gfile.remove(target)
+            tf.io.gfile.rename(os.path.join(staging, name), target)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
 
 
 def _warm_start(fn_args, cfg, model, vocabulary) -> Dict[str, Any]:

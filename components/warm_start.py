@@ -26,6 +26,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from optim import sharded  # noqa: E402
 
 STATE_DIR = "warm_start"
 STATE_PREFIX = "state"
@@ -40,7 +43,28 @@ def state_dir(model_root: str) -> str:
 
 
 def _name(variable) -> str:
-    return variable.name.split(":")[0]
+    # A table sharded over parameter servers (and its slots) by its unsharded name (optim.sharded).
+    return sharded.name(variable)
+
+
+class _PerShard:
+    """A scalar that an optimizer keeps once per shard of a sharded table (its shards' copies of one
+    logical value): saved once under the table's key, restored into every copy."""
+
+    def __init__(self, variables):
+        self.variables = list(variables)
+        self.shape, self.dtype = self.variables[0].shape, self.variables[0].dtype
+
+    def read_value(self):
+        values = [v.read_value() for v in self.variables]
+        if any(not bool(tf.reduce_all(tf.equal(values[0], v))) for v in values[1:]):
+            logging.warning("%s differs between the shards of its table; the first shard's is saved",
+                            self.variables[0].name)
+        return values[0]
+
+    def assign(self, value):
+        for v in self.variables:
+            v.assign(value)
 
 
 def _state_variables(model, optimizer, with_optimizer: bool = True) -> List[Tuple[str, tf.Variable]]:
@@ -48,36 +72,56 @@ def _state_variables(model, optimizer, with_optimizer: bool = True) -> List[Tupl
 
     Keys do not depend on where the optimizer was built (inside fit its variables get a name scope,
     "GroupAdam/m/dense/kernel"; built directly, "m/dense/kernel"): a slot is keyed
-    ``<slot>/<weight name>``, the step counter ``iteration``.
+    ``<slot>/<weight name>``, the step counter ``iteration``. Nor on sharding: a table split over
+    parameter servers, and each of its slots, is one entry keyed by its unsharded name.
     """
-    weights = [(_name(v), v) for v in model.trainable_weights]
+    weights = [(_name(v), v) for v in sharded.logical(model.trainable_weights)]
     out = list(weights)
     if with_optimizer:
         names = sorted((n for n, _ in weights), key=len, reverse=True)
-        for variable in optimizer.variables():
+        keyed: Dict[str, list] = {}
+        for variable in sharded.logical(optimizer.variables()):
             name = _name(variable)
             weight = next((n for n in names if name.endswith("/" + n)), None)
             if weight is None:
-                out.append((name.split("/")[-1], variable))  # iteration (and any scalar state)
+                key = name.split("/")[-1]  # iteration (and any scalar state)
             else:
-                slot = name[:-len(weight) - 1].split("/")[-1]
-                out.append((f"{slot}/{weight}", variable))
+                key = f"{name[:-len(weight) - 1].split('/')[-1]}/{weight}"
+            keyed.setdefault(key, []).append(variable)
+        for key, variables in keyed.items():
+            out.append((key, variables[0] if len(variables) == 1 else _PerShard(variables)))
     return out
+
+
+def _entries(pairs):
+    """(names, shape_and_slices, tensors) of SaveV2 for (key, variable) pairs: a sharded table as one
+    entry written slice by slice (no shard is concatenated with another)."""
+    names, slices, tensors = [], [], []
+    for key, variable in pairs:
+        for part, spec in (sharded.checkpoint_slices(variable) if sharded.is_sharded(variable) else [(variable, "")]):
+            names.append(key)
+            slices.append(spec)
+            tensors.append(part.read_value())
+    return names, slices, tensors
 
 
 def snapshot(prefix: str, model, optimizer) -> None:
     """Writes every weight and optimizer variable (the state `save` keeps) to a checkpoint at `prefix`."""
-    pairs = _state_variables(model, optimizer)
-    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=[n for n, _ in pairs], shape_and_slices=[""] * len(pairs),
-                      tensors=[v.read_value() for _, v in pairs])
+    names, slices, tensors = _entries(_state_variables(model, optimizer))
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=slices, tensors=tensors)
 
 
 def restore_snapshot(prefix: str, model, optimizer) -> None:
     """Assigns back what `snapshot` wrote at `prefix` (same model and optimizer, same variables)."""
-    pairs = _state_variables(model, optimizer)
-    values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[n for n, _ in pairs],
-                                  shape_and_slices=[""] * len(pairs), dtypes=[v.dtype for _, v in pairs])
-    for (_, variable), value in zip(pairs, values):
+    targets, names, slices = [], [], []
+    for key, variable in _state_variables(model, optimizer):
+        for part, spec in (sharded.checkpoint_slices(variable) if sharded.is_sharded(variable) else [(variable, "")]):
+            targets.append(part)
+            names.append(key)
+            slices.append(spec)
+    values = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=slices,
+                                  dtypes=[v.dtype for v in targets])
+    for variable, value in zip(targets, values):
         variable.assign(value)
 
 
@@ -86,11 +130,11 @@ def save(directory: str, model, optimizer, vocabulary_path: Optional[str], meta:
     tf.io.gfile.makedirs(directory)
     pairs = _state_variables(model, optimizer)
     names = [name for name, _ in pairs]
-    variables = [variable for _, variable in pairs]
     if len(set(names)) != len(names):
         raise ValueError(f"variable names are not unique, cannot key a warm-start state by them: {names}")
-    tf.raw_ops.SaveV2(prefix=os.path.join(directory, STATE_PREFIX), tensor_names=names,
-                      shape_and_slices=[""] * len(names), tensors=[v.read_value() for v in variables])
+    entries, slices, tensors = _entries(pairs)
+    tf.raw_ops.SaveV2(prefix=os.path.join(directory, STATE_PREFIX), tensor_names=entries,
+                      shape_and_slices=slices, tensors=tensors)
     if vocabulary_path:
         tf.io.gfile.copy(vocabulary_path, os.path.join(directory, VOCABULARY_FILE), overwrite=True)
     meta = dict(meta, variables=names, steps=int(optimizer.iterations.numpy()))
@@ -150,7 +194,8 @@ def restore(directory: str, model, optimizer, vocabulary, model_kind: str, optim
 
     plan, fields = [], {}
     for name, variable in _state_variables(model, optimizer, with_optimizer):
-        table = _TABLE.search(name)
+        # Rows of a table (or of its slots); a per-table scalar (an optimizer's hyperparameter) is not.
+        table = _TABLE.search(name) if variable.shape.rank else None
         if name not in saved:
             if table:
                 continue  # a new field: its table starts fresh
@@ -174,6 +219,8 @@ def restore(directory: str, model, optimizer, vocabulary, model_kind: str, optim
         old = reader.get_tensor(name)
         if new_idx is None:
             variable.assign(old)
+        elif sharded.is_sharded(variable):  # shard by shard, no shard concatenated with another
+            sharded.assign_rows(variable, new_idx, old[old_idx])
         else:
             value = variable.numpy()
             value[new_idx] = old[old_idx]

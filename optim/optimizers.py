@@ -48,8 +48,14 @@ def _can_jit_compile():
 def _looks_like_embedding(variable):
     # Only used when build() runs before any gradient was seen (e.g. an explicit
     # optimizer.build(model.trainable_variables)): Keras Embedding layers name their table
-    # ".../embeddings".
-    return variable.name.split(":")[0].split("/")[-1] == "embeddings"
+    # ".../embeddings" (".../embeddings/part_<k>" for a shard of a table split over parameter servers).
+    return re.sub(r"/part_\d+$", "", variable.name.split(":")[0]).split("/")[-1] == "embeddings"
+
+
+def _under_parameter_servers():
+    """Whether the step runs under ParameterServerStrategy: a table shard, its slots and the step
+    counter then live on different tasks, which one XLA computation cannot reach (optim.sharded)."""
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.ParameterServerStrategy)
 
 
 class GroupOptimizer(tf_keras.optimizers.Optimizer):
@@ -201,6 +207,7 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             and self.is_regularized(variable)
             and not _in_xla_context()
             and getattr(variable, "_unique_id", None) is not None
+            and not _under_parameter_servers()
         ):
             return self._update_step_xla(gradient, variable, id(self._var_key(variable)))
         return super()._update_step(gradient, variable)

@@ -5,7 +5,12 @@ import tf_keras
 
 
 def zero_rows(table):
-    """Number of rows (slices along the first axis) of `table` whose entries are all exactly zero."""
+    """Number of rows (slices along the first axis) of `table` whose entries are all exactly zero.
+
+    A table sharded by rows (a ShardedVariable) is read one shard at a time."""
+    from optim import sharded
+    if sharded.is_sharded(table):
+        return sharded.zero_rows(table)
     value = np.asarray(table.numpy() if hasattr(table, "numpy") else table)
     if value.ndim == 0:
         return int(value == 0)

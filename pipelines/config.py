@@ -23,7 +23,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # components.trainer_module.DISTRIBUTIONS).
 MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
 OPTIMIZERS = ("group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam")
-DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker", "parameter_server")
 # ExampleGen hashes each example into one of SPLIT_BUCKETS buckets; data.eval_split_buckets of them
 # form the eval split, the rest the train split.
 SPLIT_BUCKETS = 10
