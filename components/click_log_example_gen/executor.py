@@ -18,7 +18,6 @@ path (``block_parsing``), every line it does not vouch for by the per-line parse
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -96,61 +95,6 @@ def _ClickLogToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
              os.path.join(quarantine_dir, COUNTS_PREFIX + tag), file_name_suffix=".json",
              shard_name_template=""))
     return parsed["examples"]
-
-
-class _ParseAndWriteFileFn(beam.DoFn):
-    """(index, path) of an input file -> its examples written to one shard per output split;
-    quarantine records and the file's counts as outputs (like ``parsing.ParseClickLogs``).
-
-    ``split_dirs``: the output split folders; ``hash_buckets``: their buckets (TFX's hash split),
-    or None when the input split is one output split. Shard ``index`` of ``count`` per folder."""
-
-    def __init__(self, spec_json: str, max_records_per_reason: int, split_dirs: Sequence[str],
-                 hash_buckets: Optional[Sequence[int]], count: int, fast: bool = True):
-        self._spec_json = spec_json
-        self._max_records = max_records_per_reason
-        self._split_dirs = list(split_dirs)
-        self._hash_buckets = list(hash_buckets) if hash_buckets else [1]
-        self._count = count
-        self._fast = fast
-        self._counters: Dict[str, Any] = {}
-
-    def setup(self):
-        self._file_parser = parsing.FileParser(DatasetSpec.from_json(self._spec_json), self._max_records,
-                                               self._fast)
-        # gzip runs here while the next block is parsed (zlib releases the GIL).
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="click_log_gzip")
-
-    def teardown(self):
-        self._pool.shutdown(wait=True)
-
-    def _counter(self, name: str):
-        if name not in self._counters:
-            self._counters[name] = beam.metrics.Metrics.counter(parsing.METRICS_NAMESPACE, name)
-        return self._counters[name]
-
-    def _progress(self, deltas: Dict[str, int]):
-        for name, n in deltas.items():
-            self._counter(name).inc(n)
-
-    def process(self, element: Tuple[int, str]):
-        index, path = element
-        writer = writing.SplitWriter([os.path.join(d, writing.shard_name(index, self._count)) for d in self._split_dirs],
-                                     self._hash_buckets, self._pool)
-        try:
-            with FileSystems.open(path) as stream:
-                for kind, value in self._file_parser.parse(stream, path, self._progress):
-                    if kind == "examples":
-                        writer.write(value)
-                    elif kind == "quarantine":
-                        yield beam.pvalue.TaggedOutput("quarantine", value)
-                    else:
-                        self._counter("files").inc(1)
-                        yield beam.pvalue.TaggedOutput("file_counts", value)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
 
 
 def match_files(file_patterns: Sequence[str]) -> List[str]:
@@ -325,7 +269,7 @@ class Executor(BaseExampleGenExecutor):
                           | f"Files[{tag}]" >> beam.Create(list(enumerate(files)))
                           # one element per file: spread the files over the workers
                           | f"Spread[{tag}]" >> beam.Reshuffle()
-                          | f"ParseAndWrite[{tag}]" >> beam.ParDo(_ParseAndWriteFileFn(
+                          | f"ParseAndWrite[{tag}]" >> beam.ParDo(writing.ParseAndWriteFileFn(
                               spec_json, int(max_records), dirs, buckets, len(files))).with_outputs(
                                   "quarantine", "file_counts"))
                 _ = (parsed.quarantine
@@ -333,7 +277,7 @@ class Executor(BaseExampleGenExecutor):
                          os.path.join(quarantine_dir, RECORDS_PREFIX + tag), file_name_suffix=".jsonl"))
                 _ = (parsed.file_counts
                      | f"MergeCounts[{tag}]" >> beam.CombineGlobally(parsing.MergeCountsFn())
-                     | f"CountsToJson[{tag}]" >> beam.Map(lambda counts: json.dumps(counts, sort_keys=True))
+                     | f"CountsToJson[{tag}]" >> beam.Map(parsing.counts_json)
                      | f"WriteCounts[{tag}]" >> beam.io.WriteToText(
                          os.path.join(quarantine_dir, COUNTS_PREFIX + tag), file_name_suffix=".json",
                          shard_name_template=""))

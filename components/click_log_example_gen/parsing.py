@@ -357,6 +357,10 @@ def merge_counts(counts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
     return total
 
 
+def counts_json(counts: Dict[str, Any]) -> str:
+    return json.dumps(counts, sort_keys=True)
+
+
 class MergeCountsFn(beam.CombineFn):
     def create_accumulator(self):
         return empty_counts()

@@ -118,3 +118,32 @@ def test_quantile_buckets_when_asked(shared_data):
         assert np.all(np.diff(ids[order]) >= 0), f"{name} is not monotone in {field}"
         spread += len(set(ids)) >= 3
     assert spread >= 6  # fields that are mostly empty (I12) fall into one bucket; most do not
+
+
+@pytest.mark.parametrize("fmt", ["criteo", "avazu"])
+def test_unit_weighted_vocabulary_equals_the_unweighted_one(fmt, shared_data):
+    """The vocabulary counts batch-wise in the graph (unit weights, issue #18); the vocabulary file
+    and every transformed feature are what the unweighted analyzer gave."""
+    from unittest import mock
+
+    import tensorflow_transform as tft
+    from components import preprocessing
+
+    spec = load_spec(fmt)
+    serialized = _examples(spec, os.path.join(shared_data, SAMPLES[fmt]), limit=2500)
+    features, out_dir = _transform(spec, serialized)
+    original = preprocessing.tft.compute_and_apply_vocabulary
+
+    def unweighted(x, weights=None, **kwargs):
+        assert weights is not None
+        return original(x, **kwargs)
+
+    with mock.patch.object(preprocessing.tft, "compute_and_apply_vocabulary", unweighted):
+        reference, reference_dir = _transform(spec, serialized)
+    assert features == reference
+
+    def vocabulary(path):
+        with open(tft.TFTransformOutput(path).vocabulary_file_by_name(preprocessing.VOCABULARY_NAME), "rb") as f:
+            return f.read()
+
+    assert vocabulary(out_dir) == vocabulary(reference_dir) and len(vocabulary(out_dir)) > 100
