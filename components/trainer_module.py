@@ -111,23 +111,32 @@ class KeepBestEpoch(keras.callbacks.Callback):
     tables and their slots may be most of the process); after training they are restored if a later
     epoch was worse, so the exported model, its sparsity and the warm-start state are the best
     epoch's. Training stops after `patience` epochs without a better AUC.
+
+    `eligible` (optional, no arguments): whether the epoch just ended may be kept; one that may not (a
+    sparsity or size target not reached yet, components.sparsity_target) is no candidate and does
+    not count toward the patience.
     """
 
-    def __init__(self, checkpoint_dir: str, monitor: str = "val_auc", patience: int = 1):
+    def __init__(self, checkpoint_dir: str, monitor: str = "val_auc", patience: int = 1, eligible=None):
         super().__init__()
         self.checkpoint_prefix = os.path.join(checkpoint_dir, "best")
-        self.monitor, self.patience = monitor, patience
+        self.monitor, self.patience, self.eligible = monitor, patience, eligible
         self.best_value, self.best_epoch, self.values = -math.inf, None, []
+        self.ineligible_epochs = []
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(value):
             return
         self.values.append(float(value))
+        if self.eligible is not None and not self.eligible():
+            self.ineligible_epochs.append(epoch + 1)
+            return
         if value > self.best_value:
             self.best_value, self.best_epoch = float(value), epoch
             warm_start.snapshot(self.checkpoint_prefix, self.model, self.model.optimizer)
-        elif epoch - self.best_epoch >= self.patience:
+        elif epoch - self.best_epoch - sum(1 for e in self.ineligible_epochs if e > self.best_epoch + 1) \
+                >= self.patience:
             self.model.stop_training = True
 
     def restore_best(self, last_epoch: int) -> bool:
@@ -141,7 +150,8 @@ class KeepBestEpoch(keras.callbacks.Callback):
         return {"monitor": self.monitor, "patience": self.patience, "values": [round(v, 6) for v in self.values],
                 "best_epoch": None if self.best_epoch is None else self.best_epoch + 1,
                 "best_value": None if self.best_epoch is None else round(self.best_value, 6),
-                "epochs_run": last_epoch + 1, "restored_best": restored}
+                "epochs_run": last_epoch + 1, "restored_best": restored,
+                **({"epochs_off_target": self.ineligible_epochs} if self.eligible is not None else {})}
 
 
 def build_model(cfg: Dict[str, Any], spec: DatasetSpec, vocabulary: FieldVocabulary):
@@ -341,6 +351,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
         _SparsityToTensorBoard(fn_args.model_run_dir)])
     scratch = tempfile.mkdtemp(prefix="sparsectr-best-")
     keep_best = KeepBestEpoch(scratch, patience=cfg["early_stopping_patience"]) if cfg["early_stopping"] else None
+    target = _sparsity_target(cfg, model, fn_args.model_run_dir, callbacks, keep_best)
     try:
         with distributed.cluster_errors(strategy):  # a task that died: one line
             history = model.fit(
@@ -408,6 +419,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
                 "distribution": {"strategy": type(strategy).__name__.lstrip("_"), "replicas": replicas,
                                  "jit_compile": jit_compile, **distributed.describe(strategy)},
                 "fit_seconds": round(fit_seconds, 1), "export_seconds": round(export_seconds, 1)}
+    training["sparsity_target"] = _sparsity_target_report(target, model)
     for name, payload in ((SPARSITY_FILE, report), (TRAINING_FILE, training)):
         with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
             f.write(json.dumps(payload, indent=1, sort_keys=True))
@@ -455,6 +467,38 @@ def _warm_start(fn_args, cfg, model, vocabulary) -> Dict[str, Any]:
 
 
 def sparsity_report(model) -> Dict[str, Any]:
-    """Per field: rows, all-zero rows and their fraction; plus the overall numbers."""
+    """Per field: rows, all-zero rows and their fraction; plus the overall numbers, and the bytes of the
+    non-zero embedding rows (per table and in all), of the other weights and of both (`model_bytes`,
+    what gates.max_model_bytes limits)."""
     import optim
-    return optim.sparsity(models.embedding_tables(model))
+    from components.sparsity_target import weight_bytes
+    return dict(optim.sparsity(models.embedding_tables(model)), **weight_bytes(model))
+
+
+def _sparsity_target(cfg: Dict[str, Any], model, log_dir: str, callbacks: list, keep_best):
+    """The SparsityTarget callback of the config's targets, appended to `callbacks` (and keep_best's
+    candidates limited to epochs on target); None without a target, when every table trains at the
+    config's l21 (also after a warm start that carried a target's l21)."""
+    from components import sparsity_target
+    groups = sparsity_target.targets(cfg)
+    optimizer = model.optimizer
+    if not groups:
+        for variable in getattr(optimizer, "_l21_variables", None) or []:
+            variable.assign(cfg["l21"])
+        return None
+    callback = sparsity_target.SparsityTarget(groups, log_dir=log_dir)
+    callbacks.append(callback)
+    if keep_best is not None:
+        keep_best.eligible = callback.on_target
+    logging.info("l21 set while training for %s", sparsity_target.describe(groups))
+    return callback
+
+
+def _sparsity_target_report(target, model):
+    if target is None:
+        return None
+    report = target.report()
+    for name, group in report["groups"].items():
+        logging.info("target %s: reached sparsity %.4f, %d bytes of non-zero rows, l21 %.3g -> %.3g",
+                     name, group["reached_sparsity"], group["reached_bytes"], group["l21_start"], group["l21"])
+    return report

@@ -35,6 +35,9 @@ STATE_PREFIX = "state"
 VOCABULARY_FILE = "vocabulary.txt"
 META_FILE = "meta.json"
 _TABLE = re.compile(r"(?:^|/)embedding_(.+)/embeddings$")
+# Optimizer state that a state saved by an older version may lack: the Group optimizers' per-table
+# l21 (`GroupOptimizer.l21_variable`, since issue #19). Missing, it keeps the value it starts with.
+OPTIONAL_STATE = ("l21/",)
 
 
 def state_dir(model_root: str) -> str:
@@ -199,6 +202,8 @@ def restore(directory: str, model, optimizer, vocabulary, model_kind: str, optim
         if name not in saved:
             if table:
                 continue  # a new field: its table starts fresh
+            if name.startswith(OPTIONAL_STATE):
+                continue  # saved before it existed (or a new table's): keeps its initial value
             return {"restored": False, "source": directory, "reason": f"{name} is not in the pushed model's state"}
         shape = variable.shape.as_list()
         if table:

@@ -80,6 +80,15 @@ class TrainerConfig:
     # early_stopping_patience epochs without a better one.
     early_stopping: bool = True
     early_stopping_patience: int = 1
+    # Ask for a sparsity or a size instead of an l21: the Trainer then sets l21 itself while it trains
+    # (components/sparsity_target.py), starting from `l21`. target_sparsity: fraction of embedding rows
+    # that are zero, in (0, 1); max_embedding_bytes: bytes of the non-zero rows (rows x width x 4).
+    # One of the two for all tables, and/or either per table ({C1: 0.9}); a named table gets its own
+    # l21, the other tables share one. None/{} = train at the fixed `l21`.
+    target_sparsity: Optional[float] = None
+    max_embedding_bytes: Optional[int] = None
+    target_sparsity_per_table: Dict[str, float] = dataclasses.field(default_factory=dict)
+    max_embedding_bytes_per_table: Dict[str, int] = dataclasses.field(default_factory=dict)
     train_steps: Optional[int] = None  # None = epochs over the train split
     eval_steps: Optional[int] = None
     jit_compile: bool = True
@@ -94,6 +103,9 @@ class GateConfig:
     max_auc_drop: float = 0.01
     min_sparsity: float = 0.0
     min_sparsity_per_table: Dict[str, float] = dataclasses.field(default_factory=dict)
+    # Largest model the gate lets through: bytes of the non-zero embedding rows plus the other weights
+    # (what the pruned export's variables hold). None = no limit.
+    max_model_bytes: Optional[int] = None
     slice_field: Optional[str] = None
 
 
@@ -227,7 +239,9 @@ class ConfigError(ValueError):
 Rule = Callable[[str, Any], Any]
 
 
-def _bounds(lo, hi, above=None) -> str:
+def _bounds(lo, hi, above=None, below=None) -> str:
+    if above is not None and below is not None:
+        return f" in ({above}, {below})"
     if above is not None:
         return f" > {above}"
     if lo is not None and hi is not None:
@@ -244,7 +258,8 @@ def _integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Rule:
     return check
 
 
-def _number(lo: Optional[float] = None, hi: Optional[float] = None, above: Optional[float] = None) -> Rule:
+def _number(lo: Optional[float] = None, hi: Optional[float] = None, above: Optional[float] = None,
+            below: Optional[float] = None) -> Rule:
     def check(key, value):
         number = value
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -253,11 +268,27 @@ def _number(lo: Optional[float] = None, hi: Optional[float] = None, above: Optio
             except ValueError:
                 pass
         ok = isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number) \
-            and (lo is None or number >= lo) and (hi is None or number <= hi) and (above is None or number > above)
+            and (lo is None or number >= lo) and (hi is None or number <= hi) and (above is None or number > above) \
+            and (below is None or number < below)
         if not ok:
-            raise ConfigError(key, f"must be a finite number{_bounds(lo, hi, above)}, got {value!r}")
+            raise ConfigError(key, f"must be a finite number{_bounds(lo, hi, above, below)}, got {value!r}")
         return float(number)
     return check
+
+
+def _byte_count(key, value):
+    """A number of bytes: an integer >= 0; 2e6 and "2e6" (YAML 1.1 reads 2e6 as a string) too."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+        number = int(number)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise ConfigError(key, f"must be a number of bytes (an integer >= 0), got {value!r}")
+    return number
 
 
 def _text(key, value):
@@ -357,6 +388,10 @@ _RULES: Dict[str, Rule] = {
     "trainer.epochs": _integer(1),
     "trainer.early_stopping": _boolean,
     "trainer.early_stopping_patience": _integer(1),
+    "trainer.target_sparsity": _optional(_number(above=0, below=1)),
+    "trainer.max_embedding_bytes": _optional(_byte_count),
+    "trainer.target_sparsity_per_table": _mapping_of(_number(above=0, below=1)),
+    "trainer.max_embedding_bytes_per_table": _mapping_of(_byte_count),
     "trainer.train_steps": _optional(_integer(1)),
     "trainer.eval_steps": _optional(_integer(1)),
     "trainer.jit_compile": _boolean,
@@ -367,6 +402,7 @@ _RULES: Dict[str, Rule] = {
     "gates.max_auc_drop": _FRACTION,
     "gates.min_sparsity": _FRACTION,
     "gates.min_sparsity_per_table": _mapping_of(_FRACTION),
+    "gates.max_model_bytes": _optional(_byte_count),
     "gates.slice_field": _optional(_text),
     "serving.model_name": _name,
     "serving.serving_dir": _optional(_text),
@@ -388,6 +424,26 @@ _RULES: Dict[str, Rule] = {
 }
 
 
+def _check_targets(trainer: "TrainerConfig", key: str) -> None:
+    """A sparsity target and a byte budget never both for one table, and only with a Group optimizer."""
+    if trainer.target_sparsity is not None and trainer.max_embedding_bytes is not None:
+        raise ConfigError(f"{key}.max_embedding_bytes", "set either target_sparsity or max_embedding_bytes, "
+                                                        "not both (both would apply to every table)")
+    both = sorted(set(trainer.target_sparsity_per_table) & set(trainer.max_embedding_bytes_per_table))
+    if both:
+        raise ConfigError(f"{key}.max_embedding_bytes_per_table.{both[0]}",
+                          f"table {both[0]} also has a target_sparsity_per_table; give it one of the two")
+    targeted = (trainer.target_sparsity is not None or trainer.max_embedding_bytes is not None
+                or trainer.target_sparsity_per_table or trainer.max_embedding_bytes_per_table)
+    if targeted and not trainer.optimizer.startswith("group_"):
+        raise ConfigError(f"{key}.optimizer", f"a sparsity or size target needs a Group optimizer (it sets "
+                                              f"l21), got {trainer.optimizer!r}")
+
+
+# Checks across keys of one section, after each key's own rule.
+_SECTION_CHECKS: Dict[str, Callable[[Any, str], None]] = {"trainer": _check_targets}
+
+
 def validate(config, where: str = "") -> Any:
     """Checks (and normalizes: ints to floats where a number is meant) every value of `config`, a
     `PipelineConfig` or one of its sections (`where` is then its key, e.g. "trainer")."""
@@ -400,6 +456,8 @@ def validate(config, where: str = "") -> Any:
             raise KeyError(f"config key {key} has no rule in pipelines.config._RULES")
         else:
             setattr(config, field.name, _RULES[key](key, value))
+    if where in _SECTION_CHECKS:
+        _SECTION_CHECKS[where](config, where)
     return config
 
 

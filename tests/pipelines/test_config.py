@@ -47,6 +47,14 @@ BAD = [
     ("trainer.train_steps", 0, ">= 1"),
     ("trainer.jit_compile", "yes", "true or false"),
     ("trainer.seed", -1, "integer"),
+    ("trainer.target_sparsity", 1.0, "in (0, 1), got 1.0"),
+    ("trainer.target_sparsity", 0, "in (0, 1), got 0"),
+    ("trainer.target_sparsity", -0.5, "in (0, 1)"),
+    ("trainer.target_sparsity_per_table", {"C1": 1.5}, "trainer.target_sparsity_per_table.C1"),
+    ("trainer.max_embedding_bytes", -1, "number of bytes (an integer >= 0), got -1"),
+    ("trainer.max_embedding_bytes", 2.5, "number of bytes"),
+    ("trainer.max_embedding_bytes_per_table", {"C1": -8}, "trainer.max_embedding_bytes_per_table.C1"),
+    ("gates.max_model_bytes", -1, "number of bytes"),
     ("data.max_bad_fraction", 5, "in [0, 1], got 5"),
     ("data.span_window", 0, ">= 1"),
     ("data.generated_rows", 10**12, f"in [1, {cfg.MAX_GENERATED_ROWS}]"),
@@ -138,3 +146,25 @@ def test_eval_split_buckets_set_the_example_gen_split(tmp_path):
     assert buckets == [("train", 8), ("eval", 2)] and default == default_output_config(input_config_for("*"))
     _, buckets = split(load_config(None, {"output_dir": str(tmp_path), "data": {"eval_split_buckets": 3}}))
     assert buckets == [("train", 7), ("eval", 3)]
+
+
+@pytest.mark.parametrize("trainer,key,message", [
+    ({"target_sparsity": 0.8, "max_embedding_bytes": 10**6}, "trainer.max_embedding_bytes",
+     "either target_sparsity or max_embedding_bytes, not both"),
+    ({"target_sparsity_per_table": {"C1": 0.9}, "max_embedding_bytes_per_table": {"C1": 4096}},
+     "trainer.max_embedding_bytes_per_table.C1", "table C1 also has a target_sparsity_per_table"),
+    ({"target_sparsity": 0.8, "optimizer": "adam"}, "trainer.optimizer", "needs a Group optimizer"),
+])
+def test_conflicting_targets_are_one_line_errors(trainer, key, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"trainer": trainer})
+    assert e.value.key == key and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_targets_and_byte_counts():
+    config = load_config(None, {"trainer": {"target_sparsity": 0.9, "max_embedding_bytes_per_table": {"C3": "2e6"},
+                                            "target_sparsity_per_table": {"C1": 0.5}},
+                                "gates": {"max_model_bytes": 3e6}})
+    assert config.trainer.target_sparsity == 0.9 and config.trainer.target_sparsity_per_table == {"C1": 0.5}
+    assert config.trainer.max_embedding_bytes_per_table == {"C3": 2000000}  # YAML 1.1 reads 2e6 as a string
+    assert config.gates.max_model_bytes == 3000000 and isinstance(config.gates.max_model_bytes, int)

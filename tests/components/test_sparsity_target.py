@@ -1,0 +1,206 @@
+"""Sparsity and size targets in the Trainer (components.sparsity_target): the config's targets, the
+callback on a small model, warm start carrying l21 (and starting from an older state without it),
+KeepBestEpoch keeping only epochs on target, and one run through TFX's Trainer executor."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import optim
+from components import sparsity_target as st
+from components import warm_start
+from optim.sparsity_control import Target
+from tests.components.test_trainer_module import _train, inputs  # noqa: F401 (a fixture)
+from tests.components.test_warm_start import OLD, _batches, _model, _train as _fit, _vocabulary
+
+
+def test_targets_of_a_config():
+    assert st.targets({}) == {}
+    groups = st.targets({"target_sparsity": 0.8, "max_embedding_bytes_per_table": {"C3": 4096},
+                         "target_sparsity_per_table": {"C1": 0.9}})
+    assert groups == {st.GLOBAL: Target(sparsity=0.8), "C1": Target(sparsity=0.9), "C3": Target(max_bytes=4096)}
+    with pytest.raises(ValueError, match="both"):
+        st.targets({"target_sparsity": 0.8, "max_embedding_bytes": 10})
+    with pytest.raises(ValueError, match="C1"):
+        st.targets({"target_sparsity_per_table": {"C1": 0.9}, "max_embedding_bytes_per_table": {"C1": 10}})
+
+
+def _table_model(rows=400, dim=4, seed=0):
+    """One embedding table of `rows` ids whose first tenth carry the label."""
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input(shape=(), dtype=tf.int64, name="C1")
+    table = keras.layers.Embedding(rows, dim, name="embedding_C1")
+    logit = keras.layers.Dense(1)(table(ids))
+    model = keras.Model(ids, tf.sigmoid(logit[:, 0]))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, rows, 8192)
+    y = ((x < rows // 10) & (rng.random(8192) < 0.9) | (rng.random(8192) < 0.1)).astype("float32")
+    return model, x, y
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "xla"])
+def test_callback_reaches_a_target_sparsity_and_reports_it(tmp_path, jit_compile):
+    model, x, y = _table_model()
+    model.compile(optimizer=optim.GroupAdam(0.02, l21=1e-3), loss="binary_crossentropy", jit_compile=jit_compile)
+    callback = st.SparsityTarget({st.GLOBAL: Target(sparsity=0.7)}, log_dir=str(tmp_path))
+    model.fit(x, y, batch_size=128, epochs=3, verbose=0, callbacks=[callback])
+    report = callback.report()
+    group = report["groups"][st.GLOBAL]
+    assert abs(optim.sparsity(model)["fraction"] - 0.7) <= 0.02
+    assert group["on_target"] and abs(group["reached_sparsity"] - 0.7) <= 0.02
+    assert group["l21"] != 1e-3 and group["l21_start"] == 1e-3 and group["l21"] >= 0
+    assert group["l21"] == float(model.optimizer.l21_variable(model.layers[1].embeddings).numpy())
+    assert len(group["trajectory"]) > 10 and all(p["l21"] >= 0 for p in group["trajectory"])
+    assert callback.on_target()
+    events = tf.io.gfile.glob(os.path.join(str(tmp_path), "sparsity_target", "events.*"))
+    assert events
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+    assert {"l21/all", "reached_sparsity/all", "reached_bytes/all", "target/all"} <= tags
+
+
+def test_callback_meets_a_byte_budget():
+    model, x, y = _table_model(rows=1000)
+    model.compile(optimizer=optim.GroupAdam(0.02, l21=1e-3), loss="binary_crossentropy")
+    budget = 250 * 4 * 4  # 250 of the 1000 rows of width 4
+    callback = st.SparsityTarget({st.GLOBAL: Target(max_bytes=budget)})
+    model.fit(x, y, batch_size=128, epochs=4, verbose=0, callbacks=[callback])
+    kept = st.weight_bytes(model)["embedding_bytes"]
+    assert abs(kept / budget - 1) <= 0.02
+    assert callback.report()["groups"][st.GLOBAL]["reached_bytes"] == kept
+
+
+def test_unknown_table_or_plain_adam_is_one_clear_error():
+    model, x, y = _table_model()
+    model.compile(optimizer=optim.GroupAdam(0.02), loss="binary_crossentropy")
+    with pytest.raises(ValueError, match="per-table target for C9: no such embedding table"):
+        model.fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[st.SparsityTarget({"C9": Target(0.5)})])
+    model, x, y = _table_model()
+    model.compile(optimizer=keras.optimizers.Adam(), loss="binary_crossentropy")
+    with pytest.raises(ValueError, match="needs a Group optimizer"):
+        model.fit(x, y, batch_size=128, epochs=1, verbose=0,
+                  callbacks=[st.SparsityTarget({st.GLOBAL: Target(0.5)})])
+
+
+def test_weight_bytes_counts_non_zero_rows_and_the_other_weights():
+    model, _, _ = _table_model(rows=10, dim=4)
+    table = model.layers[1].embeddings
+    value = table.numpy()
+    value[:6] = 0
+    table.assign(value)
+    out = st.weight_bytes(model)
+    assert out["embedding_bytes"] == 4 * 4 * 4 and out["embedding_bytes_per_table"] == {"C1": 64}
+    assert out["dense_bytes"] == (4 + 1) * 4 and out["model_bytes"] == 64 + 20
+
+
+# --- warm start ---------------------------------------------------------------------------------------
+
+
+def _trained_state(tmp_path, l21_value, drop_l21=False):
+    keras.utils.set_random_seed(1)
+    vocab = _vocabulary(tmp_path / "v.txt", OLD)
+    model = _model(vocab)
+    optimizer = optim.GroupAdam(learning_rate=0.05, l21=1e-4)
+    _fit(model, optimizer, _batches(len(OLD), 5))
+    for variable in optimizer._l21_variables:
+        variable.assign(l21_value)
+    state = str(tmp_path / "state")
+    if drop_l21:  # as a version without l21 variables saved it
+        pairs = warm_start._state_variables
+        warm_start._state_variables = lambda *a, **k: [(n, v) for n, v in pairs(*a, **k) if not n.startswith("l21/")]
+        try:
+            warm_start.save(state, model, optimizer, vocab.path, {"model": "dnn", "optimizer": "group_adam"})
+        finally:
+            warm_start._state_variables = pairs
+    else:
+        warm_start.save(state, model, optimizer, vocab.path, {"model": "dnn", "optimizer": "group_adam"})
+    return state, vocab
+
+
+def _restored(state, vocab, l21=1e-4):
+    model = _model(vocab)
+    optimizer = optim.GroupAdam(learning_rate=0.05, l21=l21)
+    model.compile(optimizer=optimizer, loss="binary_crossentropy")
+    report = warm_start.restore(state, model, optimizer, vocab, "dnn", "group_adam")
+    return model, optimizer, report
+
+
+def test_warm_start_carries_each_tables_l21(tmp_path):
+    state, vocab = _trained_state(tmp_path, 0.0123)
+    reader = tf.train.load_checkpoint(os.path.join(state, warm_start.STATE_PREFIX))
+    assert {"l21/embedding_C1/embeddings", "l21/embedding_C2/embeddings"} <= set(reader.get_variable_to_shape_map())
+    model, optimizer, report = _restored(state, vocab)
+    assert report["restored"] and report["optimizer_state"]
+    assert [float(v.numpy()) for v in optimizer._l21_variables] == [0.0123, 0.0123]
+
+
+def test_warm_start_from_a_state_without_l21_keeps_the_configs(tmp_path):
+    state, vocab = _trained_state(tmp_path, 0.0123, drop_l21=True)
+    reader = tf.train.load_checkpoint(os.path.join(state, warm_start.STATE_PREFIX))
+    assert not any(n.startswith("l21/") for n in reader.get_variable_to_shape_map())
+    model, optimizer, report = _restored(state, vocab, l21=3e-4)
+    assert report["restored"] and report["optimizer_state"] and report["rows_carried"] > 0
+    assert [float(v.numpy()) for v in optimizer._l21_variables] == [3e-4, 3e-4]
+
+
+def test_without_a_target_the_trainer_trains_at_the_configs_l21_after_a_warm_start(tmp_path):
+    from components.trainer_module import KeepBestEpoch, _sparsity_target
+    state, vocab = _trained_state(tmp_path, 0.0123)
+    model, optimizer, _ = _restored(state, vocab)
+    callbacks = []
+    assert _sparsity_target({"l21": 2e-3}, model, str(tmp_path), callbacks, None) is None
+    assert callbacks == [] and [float(v.numpy()) for v in optimizer._l21_variables] == [2e-3, 2e-3]
+    # with a target the carried l21 stays (the controller starts there), and KeepBestEpoch follows it
+    model, optimizer, _ = _restored(state, vocab)
+    keep = KeepBestEpoch(str(tmp_path))
+    target = _sparsity_target({"l21": 2e-3, "target_sparsity": 0.5}, model, str(tmp_path), callbacks, keep)
+    assert callbacks == [target] and keep.eligible == target.on_target
+    assert [float(v.numpy()) for v in optimizer._l21_variables] == [0.0123, 0.0123]
+
+
+def test_keep_best_epoch_keeps_only_epochs_on_target(tmp_path):
+    from components.trainer_module import KeepBestEpoch
+    on = {"value": False}
+    keep = KeepBestEpoch(str(tmp_path), patience=1, eligible=lambda: on["value"])
+    keep.model = type("M", (), {"stop_training": False, "optimizer": None})()
+    snapshots = []
+    keep_snapshot = lambda *a: snapshots.append(a)  # noqa: E731
+    import components.trainer_module as tm
+    original, tm.warm_start.snapshot = tm.warm_start.snapshot, keep_snapshot
+    try:
+        keep.on_epoch_end(0, {"val_auc": 0.9})  # best AUC, but off target: no candidate
+        assert keep.best_epoch is None and not keep.model.stop_training
+        on["value"] = True
+        keep.on_epoch_end(1, {"val_auc": 0.8})
+        assert keep.best_epoch == 1 and len(snapshots) == 1
+        on["value"] = False
+        keep.on_epoch_end(2, {"val_auc": 0.7})  # off target: does not count toward the patience
+        assert not keep.model.stop_training
+        on["value"] = True
+        keep.on_epoch_end(3, {"val_auc": 0.75})
+        assert keep.model.stop_training
+    finally:
+        tm.warm_start.snapshot = original
+    report = keep.report(3, True)
+    assert report["best_epoch"] == 2 and report["epochs_off_target"] == [1, 3]
+
+
+# --- through TFX's Trainer executor ----------------------------------------------------------------------
+
+
+def test_trainer_reaches_the_target_and_reports_it(inputs, tmp_path):  # noqa: F811
+    uri = _train(inputs, tmp_path, {"target_sparsity": 0.7, "epochs": 3, "batch_size": 64})
+    with open(os.path.join(uri, "training.json")) as f:
+        training = json.load(f)
+    with open(os.path.join(uri, "sparsity.json")) as f:
+        sparsity = json.load(f)
+    group = training["sparsity_target"]["groups"][st.GLOBAL]
+    assert group["target_sparsity"] == 0.7 and group["on_target"]
+    assert abs(sparsity["fraction"] - 0.7) <= 0.02 and group["reached_sparsity"] == round(sparsity["fraction"], 6)
+    assert group["reached_bytes"] == sparsity["embedding_bytes"] and sparsity["model_bytes"] > sparsity["embedding_bytes"]
+    assert group["l21_start"] == 1e-3 and group["trajectory"][-1]["l21"] > 0
+    assert "epochs_off_target" in training["early_stopping"]
+    events = tf.io.gfile.glob(os.path.join(str(tmp_path), "model_run", "sparsity_target", "events.*"))
+    assert events
