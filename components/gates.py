@@ -91,8 +91,13 @@ def _overall_auc(evaluation_uri: str) -> Dict[str, float]:
 
 
 def decide(auc: Dict[str, float], evaluator_blessed: bool, sparsity: Dict[str, Any], min_auc: float,
-           max_auc_drop: float, min_sparsity: float, min_sparsity_per_table: Dict[str, float]) -> Dict[str, Any]:
-    """The gate report: every check with its value, threshold and verdict, and the decision."""
+           max_auc_drop: float, min_sparsity: float, min_sparsity_per_table: Dict[str, float],
+           max_model_bytes: Optional[int] = None) -> Dict[str, Any]:
+    """The gate report: every check with its value, threshold and verdict, and the decision.
+
+    `max_model_bytes` (None: no limit) bounds the bytes of the non-zero embedding rows, what the
+    pruned export holds (`model_bytes` of the sparsity report).
+    """
     candidate = auc.get("candidate")
     gates: Dict[str, Any] = {
         "auc": {"value": candidate, "threshold": min_auc,
@@ -108,6 +113,10 @@ def decide(auc: Dict[str, float], evaluator_blessed: bool, sparsity: Dict[str, A
         value = sparsity["tables"].get(table, {}).get("fraction")
         gates[f"sparsity:{table}"] = {"value": value, "threshold": minimum,
                                       "passed": value is not None and value >= minimum}
+    if max_model_bytes is not None:
+        value = sparsity.get("model_bytes")
+        gates["model_bytes"] = {"value": value, "threshold": max_model_bytes, "comparison": "<=",
+                                "passed": value is not None and value <= max_model_bytes}
     failed = [name for name, g in gates.items() if not g["passed"]]
     # TFMA's own verdict must agree; if it does not (a threshold we do not mirror), it wins.
     if not evaluator_blessed and not any(n.startswith("auc") for n in failed):
@@ -119,6 +128,8 @@ def decide(auc: Dict[str, float], evaluator_blessed: bool, sparsity: Dict[str, A
             reasons.append("the Evaluator did not bless the model")
         elif g["value"] is None:
             reasons.append(f"{name}: not measured")
+        elif g.get("comparison") == "<=":
+            reasons.append(f"{name} {g['value']} > {g['threshold']}")
         else:
             reasons.append(f"{name} {g['value']:.4f} < {g['threshold']:.4f}")
     return {"gates": gates, "evaluator_blessed": evaluator_blessed, "blessed": not failed,
@@ -136,13 +147,15 @@ def SparsityGate(
     max_auc_drop: Parameter[float],
     min_sparsity: Parameter[float],
     min_sparsity_per_table: Parameter[str] = "{}",
+    max_model_bytes: Parameter[int] = -1,
 ):
     """Blesses the model only if the Evaluator blessed it and its embeddings are sparse enough."""
     with tf.io.gfile.GFile(os.path.join(model.uri, "sparsity.json")) as f:
         sparsity = json.load(f)
     evaluator_blessed = evaluator_blessing.get_int_custom_property("blessed") == 1
     result = decide(_overall_auc(evaluation.uri), evaluator_blessed, sparsity, min_auc, max_auc_drop,
-                    min_sparsity, json.loads(min_sparsity_per_table or "{}"))
+                    min_sparsity, json.loads(min_sparsity_per_table or "{}"),
+                    max_model_bytes=None if max_model_bytes < 0 else max_model_bytes)
     tf.io.gfile.makedirs(report.uri)
     with tf.io.gfile.GFile(os.path.join(report.uri, REPORT_FILE), "w") as f:
         f.write(json.dumps(result, indent=1, sort_keys=True))

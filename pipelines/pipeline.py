@@ -120,6 +120,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         max_auc_drop=config.gates.max_auc_drop,
         min_sparsity=config.gates.min_sparsity,
         min_sparsity_per_table=json.dumps(config.gates.min_sparsity_per_table, sort_keys=True),
+        max_model_bytes=-1 if config.gates.max_model_bytes is None else config.gates.max_model_bytes,
     )
     # The candidate the Pusher will publish (pruned export + warmup requests), proven servable first:
     # loaded in a fresh serving process and asked over TF Serving's REST and gRPC APIs, within the

@@ -140,7 +140,9 @@ def _gates_section(summary: Dict[str, Any]) -> str:
     blessed = bool(gates.get("blessed"))
     rows = []
     for name, g in (gates.get("gates") or {}).items():
-        comparison = ">=" if g.get("passed") else "<"
+        comparison = g.get("comparison", ">=")  # model_bytes: "<="
+        if not g.get("passed"):
+            comparison = {">=": "<", "<=": ">"}.get(comparison, comparison)
         extra = ""
         if "baseline" in g:
             extra = f" (baseline {_num(g.get('baseline'))})"

@@ -210,6 +210,12 @@ def render(summary: Dict[str, Any]) -> str:
         lines.append(f"  training: {tr.get('model')} with {tr.get('optimizer')}, {tr.get('steps')} steps; "
                      f"embedding-row sparsity {sp.get('fraction', 0):.1%} "
                      f"({sp.get('zero_rows', 0)} of {sp.get('rows', 0)} rows zero)")
+        for name, g in sorted(((tr.get("sparsity_target") or {}).get("groups") or {}).items()):
+            wanted = (f"sparsity {g['target_sparsity']:g}" if g.get("target_sparsity") is not None
+                      else f"{g['max_embedding_bytes'] / 1e6:.3f} MB of rows")
+            lines.append(f"  target ({'all tables' if name == '*' else name}): {wanted} -> reached "
+                         f"{g['reached_sparsity']:.1%}, {g['reached_bytes'] / 1e6:.3f} MB of non-zero rows; "
+                         f"l21 {g['l21_start']:.3g} -> {g['l21']:.3g}")
         early = tr.get("early_stopping") or {}
         if early.get("best_epoch"):
             lines.append(f"  best epoch: {early['best_epoch']} of {early['epochs_run']} run "
@@ -235,8 +241,12 @@ def render(summary: Dict[str, Any]) -> str:
     if gates:
         verdicts = []
         for name, g in gates.get("gates", {}).items():
-            value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
-            verdicts.append(f"{name} {value} {'>=' if g['passed'] else '<'} {g['threshold']:.4f} "
+            number = "{}" if g.get("comparison") == "<=" else "{:.4f}"  # bytes: whole numbers
+            value = "n/a" if g["value"] is None else number.format(g["value"])
+            comparison = g.get("comparison", ">=")
+            if not g["passed"]:
+                comparison = {">=": "<", "<=": ">"}[comparison]
+            verdicts.append(f"{name} {value} {comparison} {number.format(g['threshold'])} "
                             f"{'PASS' if g['passed'] else 'FAIL'}")
         if "blessed" in gates:
             lines.append("  gates: " + "; ".join(verdicts) + f" -> {'BLESSED' if gates['blessed'] else 'NOT BLESSED'}")

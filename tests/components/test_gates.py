@@ -27,6 +27,18 @@ def test_per_table_minimum_and_overall():
     assert "sparsity:C9: not measured" in r["reason"]
 
 
+def test_max_model_bytes():
+    sized = dict(SPARSITY, model_bytes=120_000)
+    r = decide({"candidate": 0.80}, True, sized, 0.7, 0.01, 0.5, {}, max_model_bytes=100_000)
+    assert not r["blessed"] and r["reason"] == "model_bytes 120000 > 100000"
+    assert r["gates"]["model_bytes"] == {"value": 120_000, "threshold": 100_000, "comparison": "<=", "passed": False}
+    assert decide({"candidate": 0.80}, True, sized, 0.7, 0.01, 0.5, {}, max_model_bytes=120_000)["blessed"]
+    assert "model_bytes" not in decide({"candidate": 0.80}, True, sized, 0.7, 0.01, 0.5, {})["gates"]
+    # a model trained before sparsity.json had bytes: not measured, not blessed
+    r = decide({"candidate": 0.80}, True, SPARSITY, 0.7, 0.01, 0.5, {}, max_model_bytes=100_000)
+    assert not r["blessed"] and "model_bytes: not measured" in r["reason"]
+
+
 def test_evaluator_verdict_is_never_overridden():
     # TFMA refused (a threshold the gate does not mirror): the decision follows it.
     r = decide({"candidate": 0.80}, False, SPARSITY, 0.7, 0.01, 0.5, {})

@@ -204,3 +204,20 @@ def test_trainer_reaches_the_target_and_reports_it(inputs, tmp_path):  # noqa: F
     assert "epochs_off_target" in training["early_stopping"]
     events = tf.io.gfile.glob(os.path.join(str(tmp_path), "model_run", "sparsity_target", "events.*"))
     assert events
+
+
+def test_summary_and_report_show_the_target_and_the_size_gate():
+    from pipelines import report, summary
+    run = {"status": "succeeded", "training": {
+        "model": "dnn", "optimizer": "group_adam", "steps": 252,
+        "sparsity": {"fraction": 0.951, "zero_rows": 2906, "rows": 3056, "tables": {}},
+        "sparsity_target": {"groups": {"*": {"target_sparsity": 0.95, "max_embedding_bytes": None,
+                                             "reached_sparsity": 0.951, "reached_bytes": 4800,
+                                             "l21_start": 1e-3, "l21": 0.0192}}}},
+        "gates": {"gates": {"model_bytes": {"value": 120000, "threshold": 100000, "comparison": "<=",
+                                            "passed": False}},
+                  "blessed": False, "reason": "model_bytes 120000 > 100000"}}
+    text = summary.render(run)
+    assert "  target (all tables): sparsity 0.95 -> reached 95.1%, 0.005 MB of non-zero rows; l21 0.001 -> 0.0192" in text
+    assert "model_bytes 120000 > 100000 FAIL -> NOT BLESSED" in text
+    assert "&gt; 100,000" in report._gates_section(run)
