@@ -39,6 +39,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--epochs", type=int)
     p.add_argument("--l21", type=float)
+    p.add_argument("--target-sparsity", type=float, metavar="FRACTION",
+                   help="fraction of embedding rows to end zero, in (0, 1): the Trainer sets l21 while it trains")
+    p.add_argument("--max-embedding-bytes", type=float, metavar="BYTES",
+                   help="bytes of non-zero embedding rows to end with at most (the Trainer sets l21)")
     p.add_argument("--beam-preset", choices=["local"] + sorted(BEAM_PRESETS),
                    help="Beam runner preset (default local: DirectRunner, in-memory for small input, "
                         "one worker process per core above 64 MB)")
@@ -63,6 +67,8 @@ def _config_from_args(args):
         "trainer.optimizer": ("--optimizer", args.optimizer),
         "trainer.epochs": ("--epochs", args.epochs),
         "trainer.l21": ("--l21", args.l21),
+        "trainer.target_sparsity": ("--target-sparsity", args.target_sparsity),
+        "trainer.max_embedding_bytes": ("--max-embedding-bytes", args.max_embedding_bytes),
         "beam_preset": ("--beam-preset", args.beam_preset),
         "beam_args": ("--beam-arg", list(args.beam_arg) or None),
     }
