@@ -45,8 +45,10 @@ COPY optim /app/optim
 COPY serving /app/serving
 # KFP's system.HTML artifact type for TFX (the run report the Kubeflow Pipelines UI renders).
 COPY system /app/system
+# sparsectr.<Class>: how the Kubeflow steps import our own artifact types back (sparsectr/__init__.py).
+COPY sparsectr /app/sparsectr
 
 # The CronJob runs as uid 1000 with a read-only root filesystem (HOME=/tmp, an emptyDir).
 RUN useradd --uid 1000 --create-home --home-dir /home/sparsectr sparsectr \
-    && python -c "import components, pipelines, optim, serving, system"
+    && python -c "import components, pipelines, optim, serving, system, sparsectr"
 USER 1000

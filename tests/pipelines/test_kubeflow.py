@@ -65,6 +65,27 @@ def test_compiled_yaml_is_a_kfp_pipeline_spec(compiled):
     assert kfp_client._extract_pipeline_yaml(path).pipeline_spec == spec
 
 
+def test_every_artifact_type_imports_back_from_its_schema_title(compiled):
+    """TFX's Kubeflow v2 entrypoint turns each input/output artifact's schema title back into a class
+    with import_class_by_path (custom types: the title is the import path), in the step's pod."""
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint
+    from tfx.utils import import_utils
+    _, _, spec, _ = compiled
+    titles = set()
+    for component in spec.components.values():
+        for definitions in (component.input_definitions, component.output_definitions):
+            titles.update(a.artifact_type.schema_title or yaml.safe_load(a.artifact_type.instance_schema)["title"]
+                          for a in definitions.artifacts.values())
+    assert {"sparsectr.GateReport", "sparsectr.ServingCheckReport", "system.HTML"} <= titles, titles
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    for title in sorted(titles):
+        cls = import_utils.import_class_by_path(
+            entrypoint._retrieve_class_path(pipeline_spec_pb2.ArtifactTypeSchema(schema_title=title)))
+        assert cls.TYPE_NAME == title or title.startswith("tfx."), (title, cls)
+    with pytest.raises(ImportError, match="sparsectr.NoSuchType"):
+        import_utils.import_class_by_path("sparsectr.NoSuchType")
+
+
 def test_every_component_is_a_task_and_there_are_no_resolvers(compiled):
     _, doc, spec, pipeline = compiled
     from tfx.dsl.components.common import importer, resolver
