@@ -54,7 +54,7 @@ def prepare_data(config: PipelineConfig) -> Tuple[str, DatasetSpec, Optional[Dic
     root = os.path.join(config.output_dir, "generated")
     data_dir = os.path.join(root, "data")
     truth_path = os.path.join(root, "ground_truth.json")
-    gen_cfg = generator.GeneratorConfig(seed=config.data.generator_seed)
+    gen_cfg = generator.preset_config(config.data.generator_preset, seed=config.data.generator_seed)
     sets = _generated_sets(truth_path, gen_cfg, data_dir)
     if not sets or any(s["rows"] != config.data.generated_rows for s in sets.values()):
         for name in os.listdir(data_dir) if os.path.isdir(data_dir) else []:
