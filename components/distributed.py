@@ -136,9 +136,13 @@ def serve_if_cluster_task(distribution: str) -> bool:
         return False
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if task_type == "worker":
-        # Each worker runs one training step at a time plus the coordinator's function calls.
-        tf.config.threading.set_inter_op_parallelism_threads(
-            max(4, tf.config.threading.get_inter_op_parallelism_threads()))
+        # A worker runs a step and the coordinator's other calls at once: with as few inter-op
+        # threads as a small machine's cores it can stall (TF's own test clusters raise them too).
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(
+                max(4, tf.config.threading.get_inter_op_parallelism_threads()))
+        except RuntimeError:  # TF's runtime is already initialized in this process: keep its setting
+            pass
     server = tf.distribute.Server(resolver.cluster_spec(), job_name=task_type, task_index=index,
                                   protocol=resolver.rpc_layer or "grpc", start=True)
     logging.info("parameter-server cluster: %s %d serving at %s", task_type, index, task_address(task_type, index))
