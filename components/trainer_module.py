@@ -174,7 +174,10 @@ def make_optimizer(cfg: Dict[str, Any]):
                "group_momentum": "GroupMomentum", "group_amsgrad": "GroupAMSGrad"}
     if name not in classes:
         raise ValueError(f"optimizer {name!r} not in {['adam'] + sorted(classes)}")
-    return getattr(optim, classes[name])(learning_rate=lr, **regularizers)
+    # Uncompiled training keeps the optimizer's sparse step uncompiled too: compiling it per table
+    # (26 XLA compilations) cost more first-epoch time than it saved (benchmarks/trainer_bench.py).
+    return getattr(optim, classes[name])(learning_rate=lr, jit_compile=bool(cfg.get("jit_compile", True)),
+                                         **regularizers)
 
 
 def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=None, **options) -> None:
@@ -184,7 +187,8 @@ def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=Non
     left on, it transpiles every layer and the optimizer's code on the first trace, which was most of
     the first epoch (benchmarks/trainer_bench.py reports the first epoch of every cell).
     """
-    model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
+    optimizer = make_optimizer(dict(cfg, jit_compile=jit_compile))
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile, run_eagerly=run_eagerly,
                   **options)
     for step in ("train_step", "test_step", "predict_step"):
