@@ -22,6 +22,7 @@ from tfx.orchestration import metadata  # noqa: E402
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
 from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
+from components.fast_transform import Transform  # noqa: E402
 from components.pruned_pusher.component import PrunedPusher  # noqa: E402
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
 from components.schema import schema_file_for  # noqa: E402
@@ -83,7 +84,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
-    transform = tfx.components.Transform(
+    # tfx.components.Transform with bulk input/output (components/fast_transform.py, issue #18).
+    transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
