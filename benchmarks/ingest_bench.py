@@ -1,20 +1,27 @@
-"""Ingestion throughput: ClickLogExampleGen (+ Transform) rows/s and peak memory.
+"""Ingestion throughput: ClickLogExampleGen + Transform rows/s, CPU time and peak memory, beside a
+parse floor.
 
-    python -m benchmarks.ingest_bench --rows 100000 1000000 --transform \
+    python -m benchmarks.ingest_bench --rows 100000 1000000 10000000 --transform \
         --out benchmarks/results/ingest
 
 For each size, Criteo-layout logs are generated (``pipelines/generator.py``) as ``--files`` files
 (ExampleGen parallelises per file). Each (stage, Beam mode) runs in its own child process so that
 its peak memory is its own: the resident memory of the child and all its Beam worker processes,
-summed and sampled every 0.2 s with psutil. Timings cover the executor's ``Do()`` only (not Python
-and TensorFlow start-up), so rows/s is the pipeline's own rate.
+summed and sampled every 0.2 s with psutil. Timings cover the stage's own work (the executor's
+``Do()``), not Python and TensorFlow start-up. ``cpu_s`` is the CPU time of the child and its
+worker processes over the same span (user + system, all threads): on a machine shared with other
+jobs the wall time stretches with the load average, the CPU time much less.
 
 Stages:
-* ``examplegen``: the ClickLogExampleGen executor (parse, hash-split 8:2, write gzipped TFRecords).
-* ``transform``: ``components/preprocessing.py``'s ``preprocessing_fn`` through
-  ``tft_beam.AnalyzeAndTransformDataset`` on the ExampleGen output (both splits, analysed together),
-  transformed rows counted, not written. This is Transform's Beam work without the TFX executor's
-  statistics and materialisation, so it is a lower bound of the TFX Transform component's time.
+* ``parse_floor``: pyarrow's CSV reader (C++, multi-threaded) reading the same files, every
+  column as bytes, rows counted: the floor any ingestion of these files stands on.
+* ``examplegen``: the ClickLogExampleGen executor (parse, quarantine, TFX's hash split 8:2,
+  gzipped TFRecords).
+* ``transform``: the pipeline's Transform executor (``components.fast_transform.Executor``, TFX's
+  Transform with bulk input and output) on the ExampleGen output, as ``pipelines/pipeline.py``
+  configures it (``preprocessing_fn``, the curated schema, statistics off): analysis, transform
+  graph, and the transformed examples of both splits written; rows counted from those files
+  afterwards (not timed).
 
 Beam modes: DirectRunner ``in_memory`` (one worker) and ``multi_processing`` with one worker per
 core (``--workers``, default: the CPU count).
@@ -62,57 +69,95 @@ def _child_examplegen(data_dir: str, out_dir: str, mode: str, workers: int) -> D
     examples.uri = out_dir
     executor = executor_lib.Executor(BaseBeamExecutor.Context(
         beam_pipeline_args=beam_args(mode, workers), tmp_dir=os.path.join(out_dir, ".tmp"), unique_id="bench"))
-    start = time.perf_counter()
+    clock = _Clock()
     executor.Do({}, {"examples": [examples]}, props)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": examples.get_int_custom_property("rows_emitted"),
+    return {**clock.stop(), "rows": examples.get_int_custom_property("rows_emitted"),
             "rows_read": examples.get_int_custom_property("rows_read"),
             "rows_quarantined": examples.get_int_custom_property("rows_quarantined")}
 
 
-def _child_transform(examples_dir: str, mode: str, workers: int) -> Dict:
-    import functools
+class _Clock:
+    """Wall and CPU seconds from now: this process (all threads) and its reaped children (Beam's
+    worker processes)."""
 
-    import apache_beam as beam
+    def __init__(self):
+        self._wall, self._cpu, self._times = time.perf_counter(), time.process_time(), os.times()
+
+    def stop(self) -> Dict:
+        times = os.times()
+        children = (times.children_user + times.children_system
+                    - self._times.children_user - self._times.children_system)
+        return {"seconds": time.perf_counter() - self._wall,
+                "cpu_s": round(time.process_time() - self._cpu + children, 2)}
+
+
+def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int) -> Dict:
+    import json as json_
+
     import tensorflow as tf
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import schema_utils
-    from tfx_bsl.public import tfxio
+    from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
+    from tfx.types import standard_artifacts
 
-    from components import preprocessing
+    from components import fast_transform
     from components.dataset_spec import load_spec
+    from components.schema import schema_text
 
     spec = load_spec("criteo")
-    feature_spec = {spec.label: tf.io.VarLenFeature(tf.int64)}
-    feature_spec.update({c: tf.io.VarLenFeature(tf.int64) for c in spec.int_columns})
-    feature_spec.update({c: tf.io.VarLenFeature(tf.string) for c in spec.categorical_columns})
-    schema = schema_utils.schema_from_feature_spec(feature_spec)
-    pattern = os.path.join(examples_dir, "Split-*", "*.gz")
-    source = tfxio.TFExampleRecord(file_pattern=pattern, schema=schema)
-    fn = functools.partial(preprocessing.preprocessing_fn, custom_config={"dataset_spec": spec.to_json()})
-    counted: Dict[str, int] = {}
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        with beam.Pipeline(argv=beam_args(mode, workers)) as p:
-            with tft_beam.Context(temp_dir=tmp):
-                raw = p | "Read" >> source.BeamSource()
-                (transformed, _), _ = ((raw, source.TensorAdapterConfig())
-                                       | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
-                                           fn, output_record_batches=True))
-                _ = (transformed
-                     | "Rows" >> beam.Map(lambda batch_and_unary: batch_and_unary[0].num_rows)
-                     | "Sum" >> beam.CombineGlobally(sum)
-                     | "Out" >> beam.io.WriteToText(os.path.join(tmp, "rows"), shard_name_template=""))
-        with open(os.path.join(tmp, "rows")) as f:
-            counted["rows"] = int(f.read().strip() or 0)
-    return {"seconds": time.perf_counter() - start, "rows": counted["rows"]}
+    os.makedirs(os.path.join(out_dir, "schema"), exist_ok=True)
+    with open(os.path.join(out_dir, "schema", "schema.pbtxt"), "w") as f:
+        f.write(schema_text(spec))
+    artifacts = {}
+    for key, kind, uri in (("examples", standard_artifacts.Examples, examples_dir),
+                           ("schema", standard_artifacts.Schema, os.path.join(out_dir, "schema")),
+                           ("transform_graph", standard_artifacts.TransformGraph, os.path.join(out_dir, "graph")),
+                           ("transformed_examples", standard_artifacts.Examples,
+                            os.path.join(out_dir, "transformed"))):
+        artifacts[key] = kind()
+        artifacts[key].uri = uri
+    artifacts["examples"].split_names = '["train", "eval"]'
+    executor = fast_transform.Executor(BaseBeamExecutor.Context(
+        beam_pipeline_args=beam_args(mode, workers), tmp_dir=os.path.join(out_dir, ".tmp"), unique_id="bench"))
+    clock = _Clock()
+    executor.Do({"examples": [artifacts["examples"]], "schema": [artifacts["schema"]]},
+                {"transform_graph": [artifacts["transform_graph"]],
+                 "transformed_examples": [artifacts["transformed_examples"]]},
+                {"preprocessing_fn": "components.preprocessing.preprocessing_fn",
+                 "custom_config": json_.dumps({"dataset_spec": spec.to_json()}),
+                 "disable_statistics": 1, "force_tf_compat_v1": 0})
+    result = clock.stop()
+    files = tf.io.gfile.glob(os.path.join(out_dir, "transformed", "Split-*", "*"))
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(65536)
+    result["rows"] = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
+    return result
+
+
+def _child_parse_floor(data_dir: str) -> Dict:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [f"f{i}" for i in range(40)]
+    options = dict(read_options=pacsv.ReadOptions(column_names=names),
+                   parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+                   convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names}))
+    paths = sorted(os.path.join(data_dir, f) for f in os.listdir(data_dir))
+    clock = _Clock()
+    rows = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            for batch in pacsv.open_csv(f, **options):
+                rows += batch.num_rows
+    return {**clock.stop(), "rows": rows}
 
 
 def child_main(args) -> None:
     if args.stage == "examplegen":
         result = _child_examplegen(args.data, args.examples, args.mode, args.workers)
+    elif args.stage == "parse_floor":
+        result = _child_parse_floor(args.data)
     else:
-        result = _child_transform(args.examples, args.mode, args.workers)
+        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -135,44 +180,66 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float) -> Dict:
+PARSE_FLOOR_MODE = "pyarrow"  # the parse floor's "mode": pyarrow's own threads, no Beam
+_MODE_ORDER = (PARSE_FLOOR_MODE,) + MODES
+_STAGE_ORDER = ("parse_floor", "examplegen", "transform", "both")
+# The committed figures before issue #18 (benchmarks/results/ingest.json at commit cf6da16; Transform
+# then was tft_beam's AnalyzeAndTransformDataset alone, rows counted and not written: less work
+# than the Transform executor measured now), for the speed-up column.
+BEFORE_ISSUE_18 = {(100000, "in_memory"): 490.0, (100000, "multi_processing"): 376.0,
+                   (1000000, "in_memory"): 1873.0, (1000000, "multi_processing"): 2554.0}
+
+
+def _mode_rank(mode: str) -> int:
+    return _MODE_ORDER.index(mode) if mode in _MODE_ORDER else len(_MODE_ORDER)
+
+
+def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float,
+              out_dir: Optional[str] = None) -> Dict:
     import psutil
 
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
            "--workers", str(workers), "--data", data, "--examples", examples]
+    if out_dir:
+        cmd += ["--out-dir", out_dir]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = [0]
-    done = threading.Event()
+    # stderr to a file: TensorFlow and Beam log a lot over a 10M-row run.
+    with tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+        ps = psutil.Process(proc.pid)
+        peak = [0]
+        done = threading.Event()
 
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(ps))
-            done.wait(0.2)
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], _tree_rss(ps))
+                done.wait(0.2)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        for p in ps.children(recursive=True):
-            p.kill()
-        proc.kill()
-        out, err = proc.communicate()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            for p in ps.children(recursive=True):
+                p.kill()
+            proc.kill()
+            proc.communicate()
+            done.set()
+            return {"stage": stage, "mode": mode, "error": f"timed out after {timeout_s:.0f} s"}
         done.set()
-        return {"stage": stage, "mode": mode, "error": f"timed out after {timeout_s:.0f} s"}
-    done.set()
-    sampler.join()
+        sampler.join()
+        err_file.seek(0)
+        err = err_file.read()[-20000:]
     wall = time.perf_counter() - started
     line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = (err or out).strip().splitlines()[-3:]
         return {"stage": stage, "mode": mode, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(line[len("RESULT "):])
-    result.update({"stage": stage, "mode": mode, "workers": 1 if mode == "in_memory" else workers,
+    result.update({"stage": stage, "mode": mode,
+                   "workers": {"in_memory": 1, PARSE_FLOOR_MODE: os.cpu_count()}.get(mode, workers),
                    "rows_per_s": round(result["rows"] / result["seconds"], 1),
                    "seconds": round(result["seconds"], 2), "process_wall_s": round(wall, 2),
                    "peak_rss_mib": round(peak[0] / 2 ** 20, 1),
@@ -192,15 +259,41 @@ def generate_data(root: str, rows: int, files: int) -> str:
 
 
 def format_table(runs: List[Dict]) -> str:
-    lines = [f"{'rows':>9} {'stage':<11} {'mode':<17} {'workers':>7} {'seconds':>8} {'rows/s':>9} {'peak MiB':>9}"
-             f"  {'1-min load start->end':>21}"]
+    lines = [f"{'rows':>9} {'stage':<11} {'mode':<17} {'workers':>7} {'seconds':>8} {'rows/s':>9} {'CPU s':>7}"
+             f" {'peak MiB':>9}  {'1-min load start->end':>21}"]
     for r in runs:
         if "error" in r:
             lines.append(f"{r.get('size', ''):>9} {r['stage']:<11} {r['mode']:<17} ERROR {r['error']}")
             continue
+        cpu = f"{r['cpu_s']:>7.1f}" if r.get("cpu_s") is not None else f"{'':>7}"
         lines.append(f"{r['size']:>9} {r['stage']:<11} {r['mode']:<17} {r['workers']:>7} {r['seconds']:>8.1f} "
-                     f"{r['rows_per_s']:>9.0f} {r['peak_rss_mib']:>9.0f}"
+                     f"{r['rows_per_s']:>9.0f} {cpu} {r['peak_rss_mib']:>9.0f}"
                      + (f"  {r['load_average'][0]:>10.2f} -> {r['load_average'][1]:<7.2f}" if "load_average" in r else ""))
+    return "\n".join(lines)
+
+
+def format_summary(runs: List[Dict]) -> str:
+    """Per size and mode: ExampleGen + Transform against the parse floor and the figures before
+    issue #18; per size: multi-processing against in-memory."""
+    lines = []
+    by_key = {(r["size"], r["stage"], r["mode"]): r for r in runs if "error" not in r}
+    for size in sorted({r["size"] for r in runs if "size" in r}):
+        floor = by_key.get((size, "parse_floor", PARSE_FLOOR_MODE))
+        for mode in MODES:
+            both = by_key.get((size, "both", mode))
+            if not both:
+                continue
+            parts = [f"{size:>9} {mode:<17} ExampleGen + Transform {both['seconds']:.1f} s, "
+                     f"{both['rows_per_s']:,.0f} rows/s"]
+            if floor:
+                parts.append(f"{both['seconds'] / floor['seconds']:.0f}x the parse floor ({floor['seconds']:.2f} s)")
+            before = BEFORE_ISSUE_18.get((size, mode))
+            if before:
+                parts.append(f"{both['rows_per_s'] / before:.1f}x the rows/s before issue #18 ({before:,.0f})")
+            lines.append("; ".join(parts))
+        single, multi = by_key.get((size, "both", "in_memory")), by_key.get((size, "both", "multi_processing"))
+        if single and multi:
+            lines.append(f"{size:>9} multi_processing / in_memory: {single['seconds'] / multi['seconds']:.2f}x")
     return "\n".join(lines)
 
 
@@ -213,18 +306,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--transform", action="store_true", help="also run the Transform stage")
     parser.add_argument("--transform-max-rows", type=int, default=None,
                         help="run the Transform stage only for sizes up to this many rows")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per stage run")
+    parser.add_argument("--no-parse-floor", action="store_true", help="skip the parse-floor row")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per stage run")
     parser.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep ExampleGen/Transform outputs in the workdir")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "ingest"),
                         help="writes OUT.json and OUT.txt")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="write one report (--out) from earlier reports' runs; later ones replace earlier")
     # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--stage", choices=("examplegen", "transform"), help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=("examplegen", "transform", "parse_floor"), help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=_MODE_ORDER, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--examples", help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args)
@@ -233,25 +329,35 @@ def main(argv: Optional[List[str]] = None) -> None:
         merge(args.merge, args.out)
         return
 
+    import shutil
+
     workdir = args.workdir or tempfile.mkdtemp(prefix="ingest_bench_")
     runs: List[Dict] = []
     load_before = os.getloadavg()
+
+    def record(r: Dict, size: int) -> Dict:
+        r["size"] = size
+        runs.append(r)
+        print(format_table([r]).splitlines()[-1], flush=True)
+        return r
+
     for size in args.rows:
         t = time.perf_counter()
         data = generate_data(workdir, size, args.files)
         print(f"[{size}] generated {args.files} files in {time.perf_counter() - t:.0f} s", flush=True)
+        if not args.no_parse_floor:
+            record(run_child("parse_floor", PARSE_FLOOR_MODE, args.workers, data, "-", args.timeout), size)
         for mode in args.modes:
             examples = os.path.join(workdir, f"examples-{size}-{mode}")
-            r = run_child("examplegen", mode, args.workers, data, examples, args.timeout)
-            r["size"] = size
-            runs.append(r)
-            print(format_table([r]).splitlines()[-1], flush=True)
+            r = record(run_child("examplegen", mode, args.workers, data, examples, args.timeout), size)
             if args.transform and "error" not in r and (
                     args.transform_max_rows is None or size <= args.transform_max_rows):
-                r = run_child("transform", mode, args.workers, data, examples, args.timeout)
-                r["size"] = size
-                runs.append(r)
-                print(format_table([r]).splitlines()[-1], flush=True)
+                out_dir = os.path.join(workdir, f"transform-{size}-{mode}")
+                record(run_child("transform", mode, args.workers, data, examples, args.timeout, out_dir), size)
+                if not args.keep:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(examples, ignore_errors=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "load_average_before": [round(x, 2) for x in load_before],
                "load_average_after": [round(x, 2) for x in os.getloadavg()]}
@@ -261,7 +367,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 def combine(runs: List[Dict]) -> List[Dict]:
     """ExampleGen + Transform of the same size and mode as one "both" row."""
     combined = []
-    keys = sorted({(r["size"], r["mode"]) for r in runs if "size" in r}, key=lambda k: (k[0], MODES.index(k[1])))
+    keys = sorted({(r["size"], r["mode"]) for r in runs if "size" in r and r["mode"] in MODES},
+                  key=lambda k: (k[0], _mode_rank(k[1])))
     for size, mode in keys:
         eg = next((r for r in runs if r.get("size") == size and r["mode"] == mode
                    and r["stage"] == "examplegen" and "error" not in r), None)
@@ -269,19 +376,26 @@ def combine(runs: List[Dict]) -> List[Dict]:
                     and r["stage"] == "transform" and "error" not in r), None)
         if eg and tf_:
             seconds = eg["seconds"] + tf_["seconds"]
-            combined.append({"size": size, "stage": "both", "mode": mode, "workers": eg["workers"],
-                             "seconds": round(seconds, 2), "rows_per_s": round(size / seconds, 1),
-                             "peak_rss_mib": max(eg["peak_rss_mib"], tf_["peak_rss_mib"])})
+            row = {"size": size, "stage": "both", "mode": mode, "workers": eg["workers"],
+                   "seconds": round(seconds, 2), "rows_per_s": round(size / seconds, 1),
+                   "peak_rss_mib": max(eg["peak_rss_mib"], tf_["peak_rss_mib"])}
+            if eg.get("cpu_s") is not None and tf_.get("cpu_s") is not None:
+                row["cpu_s"] = round(eg["cpu_s"] + tf_["cpu_s"], 2)
+            combined.append(row)
     return combined
 
 
 def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str) -> None:
     report = {
-        "benchmark": "ClickLogExampleGen (+ Transform) ingestion on generated Criteo-layout logs",
+        "benchmark": "ClickLogExampleGen + Transform ingestion on generated Criteo-layout logs",
         "machine": machines[0] if len(machines) == 1 else machines,
         "files_per_set": files,
-        "timing": "executor Do() / Beam pipeline wall time, excluding process and TensorFlow start-up",
+        "timing": "executor Do() wall time, excluding process and TensorFlow start-up; CPU s: user+system "
+                  "of the stage's process and its Beam workers over the same span",
         "peak_memory": "max over 0.2 s samples of the summed RSS of the stage's process tree",
+        "transform": "the pipeline's Transform executor (components.fast_transform.Executor), transformed "
+                     "examples written",
+        "before_issue_18_both_rows_per_s": {f"{k[0]} {k[1]}": v for k, v in BEFORE_ISSUE_18.items()},
         "runs": runs + combine(runs),
     }
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -291,7 +405,8 @@ def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str) -
                       for m in machines)
     text = (f"{report['benchmark']}\n{machines[0]['cpus']} CPUs, {loads}"
             f"{' (one per merged run)' if len(machines) > 1 else ''}; {files} files per set\n"
-            f"{report['timing']}; {report['peak_memory']}\n\n" + format_table(report["runs"]) + "\n")
+            f"{report['timing']}; {report['peak_memory']}\nTransform: {report['transform']}\n\n"
+            + format_table(report["runs"]) + "\n\n" + format_summary(report["runs"]) + "\n")
     with open(out + ".txt", "w") as f:
         f.write(text)
     print(text)
@@ -313,7 +428,7 @@ def merge(paths: List[str], out: str) -> None:
         for r in report["runs"]:
             if r["stage"] != "both":
                 by_key[(r["size"], r["stage"], r["mode"])] = r
-    runs = sorted(by_key.values(), key=lambda r: (r["size"], MODES.index(r["mode"]), r["stage"] != "examplegen"))
+    runs = sorted(by_key.values(), key=lambda r: (r["size"], _mode_rank(r["mode"]), _STAGE_ORDER.index(r["stage"])))
     write_report(runs, machines, files, out)
 
 

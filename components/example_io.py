@@ -42,12 +42,23 @@ def _compression(path: str) -> str:
 
 
 class _ReadFileFn(beam.DoFn):
-    """A TFRecord file of tf.Examples -> RecordBatches of ``batch_size`` rows."""
+    """A TFRecord file of tf.Examples -> RecordBatches of ``batch_size`` rows.
 
-    def __init__(self, schema: schema_pb2.Schema, arrow_schema: pa.Schema, batch_size: int):
+    Counts the records in tfx_bsl's own counter (``<descriptors>.io`` /
+    ``tf_example-tfrecords_gzip-num_raw_records``), which progress displays read."""
+
+    def __init__(self, schema: schema_pb2.Schema, arrow_schema: pa.Schema, batch_size: int,
+                 telemetry_descriptors: Optional[List[str]] = None, physical_format: str = "tfrecords_gzip"):
         self._schema = schema
         self._arrow_schema = arrow_schema
         self._batch_size = batch_size
+        from tfx_bsl.telemetry import util as telemetry_util
+        from tfx_bsl.tfxio import telemetry
+
+        namespace = telemetry_util.MakeTfxNamespace(
+            list(telemetry_descriptors or telemetry._UNKNOWN_TELEMETRY_DESCRIPTORS) + ["io"])  # pylint: disable=protected-access
+        name = telemetry._GetMetricNamer("tf_example", physical_format)("num_raw_records")  # pylint: disable=protected-access
+        self._records = beam.metrics.Metrics.counter(namespace, name)
 
     def setup(self):
         import tensorflow as tf
@@ -73,7 +84,9 @@ class _ReadFileFn(beam.DoFn):
         dataset = tf.data.TFRecordDataset(path, compression_type=_compression(path), buffer_size=1 << 22)
         dataset = dataset.batch(self._batch_size).prefetch(1)
         for serialized in dataset:
-            yield self._to_record_batch(self._parse(serialized), int(serialized.shape[0]))
+            n = int(serialized.shape[0])
+            self._records.inc(n)
+            yield self._to_record_batch(self._parse(serialized), n)
 
     def _to_record_batch(self, parsed, n: int) -> pa.RecordBatch:
         arrays = []
@@ -136,6 +149,7 @@ class BulkTFExampleRecord(TFExampleRecord):
         schema, arrow_schema = self._schema, self.ArrowSchema()
         patterns = list(self._file_pattern)
         size = batch_size or self._bulk_batch_size
+        descriptors = self.telemetry_descriptors
 
         @beam.ptransform_fn
         @beam.typehints.with_input_types(beam.Pipeline)
@@ -145,7 +159,7 @@ class BulkTFExampleRecord(TFExampleRecord):
                     | "Files" >> beam.Create(_match(patterns))
                     # one element per file: spread the files over the workers
                     | "Spread" >> beam.Reshuffle()
-                    | "ReadAndDecode" >> beam.ParDo(_ReadFileFn(schema, arrow_schema, size)))
+                    | "ReadAndDecode" >> beam.ParDo(_ReadFileFn(schema, arrow_schema, size, descriptors)))
 
         return _BulkRead()  # pylint: disable=no-value-for-parameter
 

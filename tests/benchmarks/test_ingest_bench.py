@@ -10,25 +10,53 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "ingest.json")
 
 
-def test_committed_results_cover_both_sizes_stages_and_modes():
+SIZES = (100_000, 1_000_000, 10_000_000)
+
+
+def test_committed_results_cover_sizes_stages_modes_and_the_parse_floor():
     with open(RESULTS) as f:
         report = json.load(f)
     runs = {(r["size"], r["stage"], r["mode"]): r for r in report["runs"]}
-    for size in (100_000, 1_000_000):
+    for size in SIZES:
+        floor = runs.get((size, "parse_floor", ingest_bench.PARSE_FLOOR_MODE))
+        assert floor is not None and "error" not in floor and floor["rows"] == size, size
         for mode in ingest_bench.MODES:
             for stage in ("examplegen", "transform", "both"):
                 r = runs.get((size, stage, mode))
                 assert r is not None and "error" not in r, (size, stage, mode)
                 assert r["rows_per_s"] == pytest.approx(size / r["seconds"], rel=0.01)
-                assert r["peak_rss_mib"] > 100
+                assert r["peak_rss_mib"] > 100 and r["cpu_s"] > 0
             eg, tf_ = runs[(size, "examplegen", mode)], runs[(size, "transform", mode)]
             assert eg["rows"] == size  # every generated row read and emitted
             assert eg["rows_read"] == eg["rows"] + eg["rows_quarantined"]
-            assert tf_["rows"] == size  # Transform counted every row of both splits
+            assert tf_["rows"] == size  # Transform wrote every row of both splits
             assert runs[(size, "both", mode)]["seconds"] == pytest.approx(eg["seconds"] + tf_["seconds"], abs=0.05)
+            assert all(len(r["load_average"]) == 2 for r in (eg, tf_, floor))
     with open(RESULTS[:-len(".json")] + ".txt") as f:
         text = f.read()
-    assert "1000000 transform" in text.replace("  ", " ").replace("  ", " ")
+    assert "10000000 transform" in " ".join(text.split())
+    assert "x the parse floor" in text and "multi_processing / in_memory" in text
+
+
+def test_parse_floor_child_counts_every_row(tmp_path):
+    from pipelines.generator import generate
+
+    generate(str(tmp_path / "logs"), 300, span=0)
+    generate(str(tmp_path / "logs"), 200, span=1)
+    result = ingest_bench._child_parse_floor(str(tmp_path / "logs"))
+    assert result["rows"] == 500 and result["seconds"] > 0 and result["cpu_s"] >= 0
+
+
+def test_summary_compares_with_the_floor_the_old_figures_and_the_modes():
+    runs = [_run(1_000_000, "parse_floor", ingest_bench.PARSE_FLOOR_MODE, 1.0),
+            _run(1_000_000, "examplegen", "in_memory", 10.0, cpu_s=9.0),
+            _run(1_000_000, "transform", "in_memory", 30.0, cpu_s=28.0),
+            _run(1_000_000, "examplegen", "multi_processing", 8.0, cpu_s=12.0),
+            _run(1_000_000, "transform", "multi_processing", 12.0, cpu_s=30.0)]
+    summary = ingest_bench.format_summary(runs + ingest_bench.combine(runs))
+    assert "40.0 s, 25,000 rows/s; 40x the parse floor (1.00 s); 13.3x the rows/s before issue #18 (1,873)" in summary
+    assert "multi_processing / in_memory: 2.00x" in summary
+    assert ingest_bench.combine(runs)[0]["cpu_s"] == 37.0
 
 
 def _run(size, stage, mode, seconds, **extra):

@@ -72,10 +72,19 @@ def test_bulk_beam_source_reads_every_row_once(example_gen_outputs):
     for path in sorted(glob.glob(os.path.join(examples.uri, "Split-*", "*"))):
         for b in _tfx_bsl_batches(schema, path, 1000):
             expected.extend(json.dumps(r, sort_keys=True, default=str) for r in b.to_pylist())
-    with beam.Pipeline() as p:
-        rows = (p | source.BeamSource()
-                | beam.FlatMap(lambda b: [json.dumps(r, sort_keys=True, default=str) for r in b.to_pylist()]))
-        assert_that(rows, equal_to(expected))
+    p = beam.Pipeline()
+    rows = (p | "TFXIOReadAndDecode[AnalysisIndex0]" >> source.BeamSource()
+            | beam.FlatMap(lambda b: [json.dumps(r, sort_keys=True, default=str) for r in b.to_pylist()]))
+    assert_that(rows, equal_to(expected))
+    result = p.run()
+    result.wait_until_finish()
+    # tfx_bsl's record counter, which the progress display reads, counts every row
+    from pipelines.progress import describe_counters
+
+    counters = {(r.key.metric.namespace, r.key.metric.name, r.key.step): r.committed
+                for r in result.metrics().query()["counters"]}
+    assert sum(v for k, v in counters.items() if k[1].endswith("-num_raw_records")) == len(expected)
+    assert f"rows analyzed {len(expected)}" in describe_counters("Transform", counters, 1.0).replace(",", "")
 
 
 def _run_transform(executor_cls, examples, schema_dir, out):
