@@ -113,8 +113,35 @@ def parameter_server_strategy() -> tf.distribute.Strategy:
                          f"cluster, got {sorted(spec.jobs)}")
     if resolver.task_type not in ("chief", None):
         raise ValueError(f"the parameter-server coordinator runs as the 'chief' task, not {resolver.task_type!r}")
+    wait_for_tasks(("worker", "ps"), CLUSTER_WAIT_S)
     return tf.distribute.ParameterServerStrategy(
         resolver, variable_partitioner=TablePartitioner(spec.num_tasks("ps")))
+
+
+def wait_for_tasks(jobs, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Until every task of `jobs` accepts TCP connections on its address (its TF server is up), at most
+    `timeout_s`; then a ClusterError naming the tasks still missing (TF's coordinator would wait for
+    a parameter server forever)."""
+    import socket
+    import time
+    pending = [(job, i, address) for job in jobs for i, address in enumerate(cluster().get(job) or [])]
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        still = []
+        for job, i, address in pending:
+            host, _, port = address.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=2):
+                    pass
+            except OSError:
+                still.append((job, i, address))
+        pending = still
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(f"{job} {i} ({address})" for job, i, address in pending)
+            raise ClusterError(f"training failed: {names} did not start within {timeout_s:.0f} s. "
+                               "No model was exported.")
+        if pending:
+            time.sleep(poll_s)
 
 
 def is_parameter_server(strategy) -> bool:

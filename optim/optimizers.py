@@ -52,6 +52,18 @@ def _looks_like_embedding(variable):
     return re.sub(r"/part_\d+$", "", variable.name.split(":")[0]).split("/")[-1] == "embeddings"
 
 
+def _gather_rows(variable, ids):
+    """variable[ids], reading only those rows where the variable lives (ResourceGather).
+
+    tf.gather does that for a plain variable (its sparse_read). A mirrored variable (slots under
+    MirroredStrategy / MultiWorkerMirroredStrategy, inside the strategy's update of one device's
+    copy) has no sparse_read, and tf.gather would first read the whole table: O(table) per step.
+    Its `handle` there is the local copy's."""
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return tf.raw_ops.ResourceGather(resource=variable.handle, indices=ids, dtype=variable.dtype)
+    return tf.gather(variable, ids)
+
+
 def _under_parameter_servers():
     """Whether the step runs under ParameterServerStrategy: a table shard, its slots and the step
     counter then live on different tasks, which one XLA computation cannot reach (optim.sharded)."""
@@ -272,9 +284,9 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         # duplicate ids summed first, so the cost follows the batch's distinct ids, not the table nor
         # the number of ids; rows not in the batch keep w, z and moments bit for bit.
         def update_rows(ids, rows_gradient):
-            old = {name: tf.gather(slot, ids) for name, slot in slots.items()}
+            old = {name: _gather_rows(slot, ids) for name, slot in slots.items()}
             w_new, z_new, new = self._group_rows(
-                rows_gradient, tf.gather(variable, ids), tf.gather(dual, ids), old, hyper, variable
+                rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old, hyper, variable
             )
             for name, slot in slots.items():
                 slot.scatter_update(tf.IndexedSlices(new[name], ids))
