@@ -21,6 +21,7 @@ subclass instead for the duration of ``Do`` (under a lock).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import uuid
@@ -56,6 +57,11 @@ class _WriteTransformedFn(beam.DoFn):
 
         self._writing = writing
         self._encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
+        # gzip on its own thread, beside the next batch's TensorFlow work (zlib releases the GIL)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transform_gzip")
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
 
     def start_bundle(self):
         self._writer = None
@@ -70,7 +76,7 @@ class _WriteTransformedFn(beam.DoFn):
             examples = pa.array(self._encoder.encode(record_batch), pa.binary())
         if self._writer is None:
             self._path = f"{self._prefix}{_BUNDLE_MARKER}{uuid.uuid4().hex}.gz"
-            self._writer = self._writing.SplitWriter([self._path], [1])
+            self._writer = self._writing.SplitWriter([self._path], [1], self._pool)
         self._writer.write(examples)
         return
         yield  # pylint: disable=unreachable
