@@ -64,6 +64,14 @@ def _gather_rows(variable, ids):
     return tf.gather(variable, ids)
 
 
+def _scatter_rows(variable, ids, rows):
+    """variable[ids] = rows, written where the variable lives; for a mirrored variable (as in
+    `_gather_rows`) its local copy's, without reading the whole variable back."""
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return tf.raw_ops.ResourceScatterUpdate(resource=variable.handle, indices=ids, updates=rows)
+    return variable.scatter_update(tf.IndexedSlices(rows, ids))
+
+
 def _under_parameter_servers():
     """Whether the step runs under ParameterServerStrategy: a table shard, its slots and the step
     counter then live on different tasks, which one XLA computation cannot reach (optim.sharded)."""
@@ -289,9 +297,9 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
                 rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old, hyper, variable
             )
             for name, slot in slots.items():
-                slot.scatter_update(tf.IndexedSlices(new[name], ids))
-            dual.scatter_update(tf.IndexedSlices(z_new, ids))
-            variable.scatter_update(tf.IndexedSlices(w_new, ids))
+                _scatter_rows(slot, ids, new[name])
+            _scatter_rows(dual, ids, z_new)
+            _scatter_rows(variable, ids, w_new)
 
         if not _in_xla_context():
             # Uncompiled: tf.unique's hash table, then the step on exactly the distinct rows.
