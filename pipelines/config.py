@@ -399,7 +399,8 @@ _RULES: Dict[str, Rule] = {
     "trainer.seed": _integer(0, 2**32 - 1),  # numpy's seed range (keras.utils.set_random_seed)
     "trainer.warm_start": _boolean,
     "gates.min_auc": _FRACTION,
-    "gates.max_auc_drop": _FRACTION,
+    # Negative: the new model must beat the last pushed one by that much.
+    "gates.max_auc_drop": _number(-1, 1),
     "gates.min_sparsity": _FRACTION,
     "gates.min_sparsity_per_table": _mapping_of(_FRACTION),
     "gates.max_model_bytes": _optional(_byte_count),
