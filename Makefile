@@ -13,7 +13,7 @@ setup:
 	@scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m pipelines run --score-rows 5 $(ARGS)
+	$(PY) -m pipelines run --score-rows 5 --target-sparsity 0.95 $(ARGS)
 
 # The whole-pipeline (e2e) tests run beside the others: each is mostly single-threaded Beam/TFX work,
 # so two pytest processes keep both cores busy (CI on a 2-core machine: ~32 min in series). Each has
