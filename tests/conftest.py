@@ -1,3 +1,4 @@
+import logging
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -14,3 +15,16 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"real click-log samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _logging_filters_restored():
+    """A CLI run in-process (``main([...])``) puts its quiet filters on the root logger's handlers,
+    pytest's persistent capture handlers among them, and its progress filter on absl's logger: without
+    this, every later test's ``caplog`` would miss INFO records."""
+    loggers = [logging.getLogger(), logging.getLogger("absl")]
+    before = {id(f): list(f.filters) for f in loggers + list(logging.getLogger().handlers)}
+    yield
+    for filterer in loggers + list(logging.getLogger().handlers):
+        if id(filterer) in before:
+            filterer.filters[:] = before[id(filterer)]

@@ -130,9 +130,11 @@ def test_scores_other_than_the_trained_models_fail(good, tmp_path):
 
 
 def test_too_slow_model_fails_the_latency_limit(good, tmp_path):
+    # ~50 GFLOP a request (24 chained 1024x1024 matmuls, a fixed point of m @ m): hundreds of ms on
+    # any CPU this runs on, far above the 20 ms limit (512x512 x 12 took < 20 ms with AVX-512).
     def slow(p):
-        x = tf.ones([512, 512]) / 512.0
-        x = tf.while_loop(lambda i, m: i < 12, lambda i, m: (i + 1, tf.matmul(m, m)), [tf.constant(0), x])[1]
+        x = tf.ones([1024, 1024]) / 1024.0
+        x = tf.while_loop(lambda i, m: i < 24, lambda i, m: (i + 1, tf.matmul(m, m)), [tf.constant(0), x])[1]
         return p + 0.0 * tf.reduce_sum(x)
 
     candidate = _wrapped(good, tmp_path, slow)
