@@ -75,8 +75,12 @@ class _ReadFileFn(beam.DoFn):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def parse(serialized):
             parsed = tf.io.parse_example(serialized, spec)
-            # Row ids of the values and the values, per feature (dense indices' first column).
-            return {name: (st.indices[:, 0], st.values) for name, st in parsed.items()}
+            # Per feature: the row ids of the values (dense indices' first column) and the values;
+            # strings as their byte lengths and one joined buffer, the layout of an Arrow binary
+            # array (a numpy array of bytes objects costs a Python object per value to convert).
+            return {name: (st.indices[:, 0], tf.strings.length(st.values), tf.strings.reduce_join(st.values))
+                    if st.values.dtype == tf.string else (st.indices[:, 0], st.values)
+                    for name, st in parsed.items()}
 
         self._parse = parse
 
@@ -92,18 +96,27 @@ class _ReadFileFn(beam.DoFn):
     def _to_record_batch(self, parsed, n: int) -> pa.RecordBatch:
         arrays = []
         for field in self._arrow_schema:
-            rows, values = parsed[field.name]
+            rows, *values = parsed[field.name]
             rows = rows.numpy()
             counts = np.bincount(rows, minlength=n) if len(rows) else np.zeros(n, np.int64)
             offsets = np.zeros(n + 1, np.int64)
             np.cumsum(counts, out=offsets[1:])
             item_type = field.type.value_type
-            values = values.numpy()
-            value_array = pa.array(values, item_type) if values.dtype != object else pa.array(
-                values.tolist(), item_type)
+            if len(values) == 2:
+                value_array = _binary_array(item_type, values[0].numpy(), values[1].numpy())
+            else:
+                value_array = pa.array(values[0].numpy(), item_type)
             mask = None if counts.all() else pa.array(counts == 0)
             arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), value_array, mask=mask))
         return pa.RecordBatch.from_arrays(arrays, schema=self._arrow_schema)
+
+
+def _binary_array(item_type: pa.DataType, lengths: np.ndarray, joined: bytes) -> pa.Array:
+    """An Arrow (large_)binary array from its values' byte lengths and their concatenation."""
+    large = pa.types.is_large_binary(item_type) or pa.types.is_large_string(item_type)
+    offsets = np.zeros(len(lengths) + 1, np.int64 if large else np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(item_type, len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(joined)])
 
 
 def _match(patterns: List[str]) -> List[str]:
