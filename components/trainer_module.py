@@ -490,6 +490,10 @@ def _sparsity_target(cfg: Dict[str, Any], model, log_dir: str, callbacks: list, 
         for variable in getattr(optimizer, "_l21_variables", None) or []:
             variable.assign(cfg["l21"])
         return None
+    if distributed.is_parameter_server(model.distribute_strategy):  # "auto" resolved to it at run time
+        raise ValueError("trainer.target_sparsity/max_embedding_bytes: a sparsity or size target cannot be "
+                         "used with parameter_server training (Keras runs no per-batch callbacks under "
+                         "ParameterServerStrategy); use multi_worker or a fixed l21")
     callback = sparsity_target.SparsityTarget(groups, log_dir=log_dir)
     callbacks.append(callback)
     if keep_best is not None:

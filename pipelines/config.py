@@ -425,6 +425,11 @@ _RULES: Dict[str, Rule] = {
 }
 
 
+# The controller sets l21 between batches; Keras runs no batch-level callback on a coordinator.
+PS_TARGET_ERROR = ("a sparsity or size target cannot be used with parameter_server training (Keras runs no "
+                   "per-batch callbacks under ParameterServerStrategy); use multi_worker or a fixed l21")
+
+
 def _check_targets(trainer: "TrainerConfig", key: str) -> None:
     """A sparsity target and a byte budget never both for one table, and only with a Group optimizer."""
     if trainer.target_sparsity is not None and trainer.max_embedding_bytes is not None:
@@ -436,6 +441,8 @@ def _check_targets(trainer: "TrainerConfig", key: str) -> None:
                           f"table {both[0]} also has a target_sparsity_per_table; give it one of the two")
     targeted = (trainer.target_sparsity is not None or trainer.max_embedding_bytes is not None
                 or trainer.target_sparsity_per_table or trainer.max_embedding_bytes_per_table)
+    if targeted and trainer.distribution == "parameter_server":
+        raise ConfigError(f"{key}.distribution", PS_TARGET_ERROR)
     if targeted and not trainer.optimizer.startswith("group_"):
         raise ConfigError(f"{key}.optimizer", f"a sparsity or size target needs a Group optimizer (it sets "
                                               f"l21), got {trainer.optimizer!r}")

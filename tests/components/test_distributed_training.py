@@ -334,3 +334,18 @@ def test_parameter_server_death_fails_the_run_in_one_line_and_pushes_nothing(inp
     # No model written, the Pusher never ran, nothing pushed.
     assert not tf.io.gfile.glob(str(root / "Trainer" / "model" / "*" / "Format-Serving"))
     assert not tf.io.gfile.exists(str(root / "Pusher")) and not tf.io.gfile.exists(str(serving))
+
+
+def test_a_target_with_parameter_servers_fails_in_one_line_before_training(inputs, tmp_path):
+    # The controller sets l21 between batches; Keras runs no batch-level callback under
+    # ParameterServerStrategy. The config check refuses it up front (tests/pipelines/test_config.py);
+    # "auto" resolved to parameter_server from TF_CONFIG fails here, before fit, in one line.
+    spec = spec_file(inputs, tmp_path / "out", tmp_path / "spec.json", distribution="auto", target_sparsity=0.7)
+    with LocalCluster(workers=1, ps=1, chief=True, log_dir=str(tmp_path)) as cluster:
+        cluster.start_all(python_module("components.trainer_job", spec))
+        code = cluster.wait("chief", 0, timeout=600)
+        output = cluster.output("chief", 0)
+    assert code != 0
+    assert "a sparsity or size target cannot be used with parameter_server training" in last_line(output), \
+        last_line(output)
+    assert not tf.io.gfile.exists(str(tmp_path / "out" / "model" / "Format-Serving"))

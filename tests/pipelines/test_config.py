@@ -155,6 +155,8 @@ def test_eval_split_buckets_set_the_example_gen_split(tmp_path):
     ({"target_sparsity_per_table": {"C1": 0.9}, "max_embedding_bytes_per_table": {"C1": 4096}},
      "trainer.max_embedding_bytes_per_table.C1", "table C1 also has a target_sparsity_per_table"),
     ({"target_sparsity": 0.8, "optimizer": "adam"}, "trainer.optimizer", "needs a Group optimizer"),
+    ({"max_embedding_bytes_per_table": {"C1": 4096}, "distribution": "parameter_server"}, "trainer.distribution",
+     "cannot be used with parameter_server training"),
 ])
 def test_conflicting_targets_are_one_line_errors(trainer, key, message):
     with pytest.raises(ConfigError) as e:
