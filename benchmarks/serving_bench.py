@@ -1,4 +1,4 @@
-"""Latency and throughput of the local serving process (serving/local_server.py), per model.
+"""Latency and throughput of the local serving process (serving/local_server/), per model.
 
     python -m benchmarks.serving_bench --model unpruned=output/serving/ctr/<version> \
         [--model pruned=<dir>] --out benchmarks/results/serving
@@ -202,7 +202,7 @@ def bench_model(label: str, version_dir: str, args, log_dir: str) -> Dict:
 
 
 def write_text(result: Dict, path: str) -> None:
-    lines = [f"Local serving process (serving/local_server.py), predict_raw, {result['config']['threads']} client "
+    lines = [f"Local serving process (serving/local_server/), predict_raw, {result['config']['threads']} client "
              f"threads, <= {result['config']['requests']} requests or {result['config']['seconds']} s per cell.",
              f"Machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_average']} at start "
              "(shared with other work: absolute numbers are noisy, compare rows within one run).", ""]

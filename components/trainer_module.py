@@ -25,7 +25,7 @@ from absl import logging  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from components import distributed, models, warm_start  # noqa: E402
+from components import distributed, export_signatures, models, warm_start  # noqa: E402
 from components.dataset_spec import DatasetSpec  # noqa: E402
 from components.preprocessing import LABEL_KEY  # noqa: E402
 from components.vocabulary import FieldVocabulary  # noqa: E402
@@ -255,59 +255,6 @@ def _non_finite_input(error: Exception):
         " (ExampleGen/Transform). No model was exported.")
 
 
-def _raw_feature_spec(tft_output, spec: DatasetSpec) -> Dict[str, Any]:
-    raw = dict(tft_output.raw_feature_spec())
-    raw.pop(spec.label, None)
-    return raw
-
-
-def _signatures(model, tft_output, spec: DatasetSpec):
-    tft_layer = tft_output.transform_features_layer()
-    model.tft_layer = tft_layer  # tracked, so the transform graph is saved with the model
-    raw_spec = _raw_feature_spec(tft_output, spec)
-    all_raw_spec = dict(tft_output.raw_feature_spec())
-
-    def score(raw_features):
-        transformed = tft_layer(raw_features)
-        transformed.pop(LABEL_KEY, None)
-        return {"probability": model(transformed)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serving_default(examples):
-        return score(tf.io.parse_example(examples, raw_spec))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def transform_features(examples):
-        return tft_layer(tf.io.parse_example(examples, all_raw_spec))
-
-    raw_inputs = {}
-    for name in spec.int_columns:
-        raw_inputs[name] = tf.TensorSpec([None], tf.int64, name=name)
-    for name in spec.categorical_columns:
-        raw_inputs[name] = tf.TensorSpec([None], tf.string, name=name)
-
-    @tf.function(input_signature=[raw_inputs])
-    def predict_raw(features):
-        # "" means a missing categorical value (absent from a tf.Example); integers are always
-        # present here: 0 for a missing one, which Transform maps like a missing value.
-        raw = {}
-        for name, feature_spec in raw_spec.items():
-            values = features[name]
-            if isinstance(feature_spec, tf.io.FixedLenFeature):
-                raw[name] = tf.reshape(values, [-1] + list(feature_spec.shape))
-                continue
-            present = tf.not_equal(values, "") if values.dtype == tf.string else tf.ones_like(values, tf.bool)
-            rows = tf.cast(tf.where(present)[:, 0], tf.int64)
-            raw[name] = tf.SparseTensor(
-                indices=tf.stack([rows, tf.zeros_like(rows)], axis=1),
-                values=tf.boolean_mask(values, present),
-                dense_shape=tf.stack([tf.shape(values, out_type=tf.int64)[0], tf.constant(1, tf.int64)]))
-        return score(raw)
-
-    return {"serving_default": serving_default, "transform_features": transform_features,
-            "predict_raw": predict_raw}
-
-
 def run_fn(fn_args: tfx.components.FnArgs):
     cfg = json.loads(fn_args.custom_config["trainer"])
     if distributed.serve_if_cluster_task(cfg.get("distribution", "auto")):
@@ -394,7 +341,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     fit_seconds = time.time() - fit_started
     report = sparsity_report(model)
     export_started = time.time()
-    signatures = _signatures(model, tft_output, spec)
+    signatures = export_signatures.signatures(model, tft_output, spec)
     # Under MultiWorkerMirroredStrategy every task must save (saving runs collectives), but only the
     # chief's copy is the model: the others write to a scratch folder, deleted below.
     chief = is_chief(getattr(strategy, "cluster_resolver", None))

@@ -1,4 +1,4 @@
-"""`python -m pipelines`: run | generate | score (compile | submit | schedule: Kubeflow, see pipelines/kubeflow_runner.py).
+"""`python -m pipelines`: run | generate | score | serve (compile | submit | schedule: Kubeflow, kubeflow_runner.py).
 
 Errors a user can fix (bad paths, specs, options or config values) end with one line on stderr and
 exit 2, before anything runs; a failed pipeline run exits 1 after printing and writing the run summary.
@@ -146,8 +146,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     gen.add_argument("--span", type=int, default=0, help="span number (rows differ per span, truth does not)")
     gen.add_argument("--truth", help="ground-truth JSON path (default: <out>/../ground_truth.json)")
     gen.set_defaults(func=cmd_generate)
-    from pipelines import score
+    from pipelines import score, serve
     score.add_command(sub)
+    serve.add_command(sub)
     try:
         from pipelines import kubeflow_runner
         kubeflow_runner.add_commands(sub)

@@ -104,7 +104,7 @@ def _truth_report(truth_path: Optional[str], set_name: Optional[str] = None) -> 
 
 def score_pushed_model(config: PipelineConfig, data_root: str, rows: int) -> Dict[str, Any]:
     """Score the first `rows` lines of the data through a local TF Serving process (REST and gRPC)."""
-    from serving.demo import score_lines
+    from pipelines.demo import score_lines
     files = sorted(os.path.join(r, n) for r, _, names in os.walk(data_root) for n in names if not n.startswith("."))
     with open(files[0], encoding="utf-8", errors="replace") as f:
         lines = [line for _, line in zip(range(rows + 1), f)]

@@ -27,11 +27,11 @@ from components.pruned_pusher.component import PrunedPusher  # noqa: E402
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
 from components.schema import schema_file_for  # noqa: E402
 from components.serving_check.component import ServingCheck  # noqa: E402
+from components.trainer_job import RUN_FN  # noqa: E402
 from components.validation_gate import ValidationGate  # noqa: E402
 from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
-RUN_FN = "components.trainer_module.run_fn"
 
 
 def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:

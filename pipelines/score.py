@@ -71,7 +71,7 @@ class Model:
     """A pushed SavedModel scored as the local TF Serving scores it (``ServedVersion.run``)."""
 
     def __init__(self, version: int, path: str, signature_name: str = "serving_default"):
-        from serving.local_server import ServedVersion
+        from serving.local_server.repository import ServedVersion
         from serving.signatures import pick_signature
         self.version, self.path = version, path
         self.served = ServedVersion(version, path)

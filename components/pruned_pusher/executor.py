@@ -1,4 +1,4 @@
-"""PrunedPusher executor: TFX's Pusher executor, pushing the pruned model (serving.pruning).
+"""PrunedPusher executor: TFX's Pusher executor, pushing the pruned model (pruning.py).
 
 Blessing is checked by the stock ``CheckBlessing`` (model_blessing / infra_blessing): a model that is
 not blessed is not pushed and the PushedModel artifact gets ``pushed=0``, exactly like TFX's Pusher.
@@ -44,7 +44,7 @@ class Executor(tfx_pusher_executor.Executor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from serving import pruning
+        from components.pruned_pusher import pruning
 
         self._log_startup(input_dict, output_dict, exec_properties)
         props = {k: exec_properties.get(k) if exec_properties.get(k) is not None else v for k, v in DEFAULTS.items()}
@@ -119,7 +119,7 @@ class Executor(tfx_pusher_executor.Executor):
     def _push_checked(self, infra, model_path: str, base_dir: str, props: Dict[str, Any], model_push) -> None:
         """Publish ``<infra_blessing>/stamped_model`` (the ServingCheck's checked export) as it is, plus the
         Trainer's warm-start state; the pruning measurements come from the blessing's properties."""
-        from serving import pruning
+        from components.pruned_pusher import pruning
         from components import warm_start
         from tfx.utils import path_utils
         checked = path_utils.stamped_model_path(infra.uri)

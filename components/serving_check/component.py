@@ -5,7 +5,7 @@ TFX's InfraValidator does this for TF Serving, but TFX's Kubeflow V2 compiler ca
 ordinary container step that runs the same way under LocalDagRunner and KFP:
 
 * it builds the candidate -- the pruned export that will be pushed, with its TF Serving warmup
-  requests (``serving.pruning``) -- and checks its scores against the trained model's in process;
+  requests (``components.pruned_pusher.pruning``) -- and checks its scores against the trained model's in process;
 * it serves the candidate in a fresh ``serving.local_server`` process (the TF runtime behind TF
   Serving's REST and gRPC APIs) and checks load time, peak RSS, p99 latency and score parity against
   configured limits, replaying the warmup requests and a sample of eval rows over both protocols

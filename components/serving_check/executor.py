@@ -80,7 +80,7 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from components.serving_check import check
-        from serving import pruning
+        from components.pruned_pusher import pruning
 
         self._log_startup(input_dict, output_dict, exec_properties)
         props = {k: exec_properties.get(k) if exec_properties.get(k) is not None else v for k, v in DEFAULTS.items()}

@@ -211,7 +211,7 @@ def test_parameter_servers_train_sharded_tables_that_export_and_serve(inputs, si
     import tf_keras as keras
 
     from components import gates
-    from serving import pruning
+    from components.pruned_pusher import pruning
     from tests.components.test_serving_check import run_pusher, run_serving_check
 
     base = _pushed_layout(single, str(tmp_path))

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from components.serving_check import check  # noqa: E402
-from serving import pruning  # noqa: E402
+from components.pruned_pusher import pruning  # noqa: E402
 from tests.components.test_pruned_pusher import trained  # noqa: E402,F401 -- the module fixture
 from tests.serving.conftest import criteo_rows, save_ctr_model, to_example  # noqa: E402
 

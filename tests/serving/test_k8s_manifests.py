@@ -592,7 +592,7 @@ def test_metrics_proxy_answers_the_metrics_and_nothing_else(rendered, serving_ba
 
     import requests
 
-    from serving.local_server import LocalServer
+    from serving.local_server.server import LocalServer
     conf = one(rendered["prod"], "ConfigMap", "tfserving-metrics-proxy")["data"]["metrics-proxy.conf"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,8 +7,8 @@ row, any other row -> -1 -> a zero vector, which is exactly what the unpruned ta
 zero row). Everything else (FieldRows, the dense layers, the Transform layer, the three signatures)
 is the trained model's own: the Keras model inside the Model artifact is loaded, re-wired with
 ``clone_model`` (every layer but the embeddings is reused as is, weights included) and exported with
-the trainer's own signature code. Only standard TF ops (HashTableV2/LookupTableFindV2, GatherV2,
-SelectV2), so stock TF Serving loads it.
+the trainer's own signature code (``components.export_signatures``). Only standard TF ops
+(HashTableV2/LookupTableFindV2, GatherV2, SelectV2), so stock TF Serving loads it.
 
 Steps, each a function so the Pusher and the tests share them:
 ``load_trained_model`` -> ``prune_model`` -> ``export_pruned`` -> ``parity_max_abs_error`` ->
@@ -224,20 +224,20 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
                   prune: bool = True, min_saved_bytes: int = MIN_SAVED_BYTES) -> PruningReport:
     """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
 
-    The signatures are built by the trainer's own ``_signatures`` over the same Transform output, so
-    their names, inputs and outputs are those of the trained model. ``prune=False`` writes the same
-    export with the full tables: the like-for-like size to compare the pruned one with.
+    The signatures are the trainer's own (``components.export_signatures``) over the same Transform
+    output, so their names, inputs and outputs are those of the trained model. ``prune=False`` writes
+    the same export with the full tables: the like-for-like size to compare the pruned one with.
     """
     import tensorflow_transform as tft
 
-    from components.trainer_module import _signatures
+    from components import export_signatures
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
     pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune, min_saved_bytes=min_saved_bytes)
     # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
     # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
     # is saved (the trained model's Group Adam slots are 3x its tables).
-    tf.saved_model.save(pruned, export_dir, signatures=_signatures(pruned, tft_output, spec))
+    tf.saved_model.save(pruned, export_dir, signatures=export_signatures.signatures(pruned, tft_output, spec))
     return report
 
 
