@@ -1,5 +1,8 @@
 """The one configuration object of a sparsectr pipeline: every knob, with its default, in one place.
 
+The Trainer's section is defined beside the Trainer (components/trainer_config.py: `TrainerConfig`
+and its choices), which reads it back typed; it is part of this config like every other section.
+
 A `PipelineConfig` is built from defaults, optionally overlaid with a YAML file (same nesting as the
 dataclasses below), then with command-line options. Every runner (local, Kubeflow v2) takes it.
 `load_config` checks every value's type and range (`validate`) before anything runs: a bad value is
@@ -16,14 +19,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
+from components.trainer_config import DISTRIBUTIONS, MODELS, OPTIMIZERS, TrainerConfig
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The Trainer's choices, kept here so that the config needs no TensorFlow (tests/pipelines/test_config.py
-# checks them against components.models.MODELS, components.trainer_module.make_optimizer and
-# components.trainer_module.DISTRIBUTIONS).
-MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
-OPTIMIZERS = ("group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam")
-DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker", "parameter_server")
 # ExampleGen hashes each example into one of SPLIT_BUCKETS buckets; data.eval_split_buckets of them
 # form the eval split, the rest the train split.
 SPLIT_BUCKETS = 10
@@ -61,40 +60,6 @@ class DataConfig:
     def split_buckets(self) -> List[tuple]:
         """(split name, hash buckets) of ExampleGen's output splits."""
         return [("train", SPLIT_BUCKETS - self.eval_split_buckets), ("eval", self.eval_split_buckets)]
-
-
-@dataclasses.dataclass
-class TrainerConfig:
-    model: str = "dnn"  # one of MODELS
-    embedding_dim: int = 8
-    embedding_dims: Dict[str, int] = dataclasses.field(default_factory=dict)  # per-field override
-    hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
-    optimizer: str = "group_adam"  # one of OPTIMIZERS
-    learning_rate: float = 0.005
-    l1: float = 0.0
-    l2: float = 0.0
-    l21: float = 1e-3
-    batch_size: int = 256
-    epochs: int = 4
-    # Keep the epoch with the best eval-split AUC (weights and optimizer state); stop after
-    # early_stopping_patience epochs without a better one.
-    early_stopping: bool = True
-    early_stopping_patience: int = 1
-    # Ask for a sparsity or a size instead of an l21: the Trainer then sets l21 itself while it trains
-    # (components/sparsity_target.py), starting from `l21`. target_sparsity: fraction of embedding rows
-    # that are zero, in (0, 1); max_embedding_bytes: bytes of the non-zero rows (rows x width x 4).
-    # One of the two for all tables, and/or either per table ({C1: 0.9}); a named table gets its own
-    # l21, the other tables share one. None/{} = train at the fixed `l21`.
-    target_sparsity: Optional[float] = None
-    max_embedding_bytes: Optional[int] = None
-    target_sparsity_per_table: Dict[str, float] = dataclasses.field(default_factory=dict)
-    max_embedding_bytes_per_table: Dict[str, int] = dataclasses.field(default_factory=dict)
-    train_steps: Optional[int] = None  # None = epochs over the train split
-    eval_steps: Optional[int] = None
-    jit_compile: bool = True
-    distribution: str = "auto"  # one of DISTRIBUTIONS (components.trainer_module.distribution_strategy)
-    seed: int = 42
-    warm_start: bool = True
 
 
 @dataclasses.dataclass

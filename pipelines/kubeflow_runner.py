@@ -338,8 +338,7 @@ def trainer_override(spec, items: Sequence[str]) -> Dict[str, Any]:
             trainer[key] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ValueError(f"--trainer-arg {item!r}: cannot parse the value") from None
-    trainer = dataclasses.asdict(validate(TrainerConfig(**trainer), "trainer"))
-    custom_config["trainer"] = json.dumps(trainer, sort_keys=True)
+    custom_config["trainer"] = validate(TrainerConfig(**trainer), "trainer").to_json()
     return {PARAM_TRAINER_CONFIG: json.dumps(custom_config, sort_keys=True)}
 
 

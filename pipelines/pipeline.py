@@ -9,7 +9,6 @@ pipeline image on Kubeflow.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import List, Optional
@@ -104,7 +103,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
-        custom_config={"trainer": _json(config.trainer), "dataset_spec": spec.to_json()},
+        custom_config={"trainer": config.trainer.to_json(), "dataset_spec": spec.to_json()},
         # Warm start from the last pushed model (components.warm_start); found=0 -> a cold start.
         base_model=latest_pushed.outputs["model"] if config.trainer.warm_start else None,
     )
@@ -174,7 +173,3 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args(config, input_bytes),
     )
-
-
-def _json(section) -> str:
-    return json.dumps(dataclasses.asdict(section), sort_keys=True)

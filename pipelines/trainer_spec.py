@@ -26,8 +26,6 @@ def spec_from_config(config_path: Optional[str], examples: str, transform_graph:
                      overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The SPEC of the pipeline's Trainer step (pipelines.pipeline) for a pipeline config and artifact URIs:
     the same run_fn, train/eval args and custom_config (`trainer` section, dataset spec)."""
-    import dataclasses
-
     from tfx.proto import trainer_pb2
     from tfx.types import artifact_utils, standard_artifacts
     from tfx.utils import proto_utils
@@ -51,8 +49,7 @@ def spec_from_config(config_path: Optional[str], examples: str, transform_graph:
         "run_fn": trainer_job.RUN_FN,
         "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps)),
         "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps)),
-        "custom_config": json.dumps({"trainer": json.dumps(dataclasses.asdict(config.trainer), sort_keys=True),
-                                     "dataset_spec": spec.to_json()}),
+        "custom_config": json.dumps({"trainer": config.trainer.to_json(), "dataset_spec": spec.to_json()}),
     }
     return {"inputs": {key: trainer_job.serialize_artifacts(values) for key, values in inputs.items()},
             "outputs": {"model": model, "model_run": model_run}, "exec_properties": exec_properties}
