@@ -89,7 +89,6 @@ def make_dataset(rows_per_table: int, batch: int, seed: int):
 
 
 def task_main(args) -> None:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
     import tf_keras as keras
 

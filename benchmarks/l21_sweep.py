@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITEO = os.path.join(os.path.dirname(REPO), "shared", "data", "criteo", "wide-resdnn")
 CONFIGS = [{}, {"l21": 3e-3}, {"l21": 1e-2}, {"optimizer": "adam"}]
@@ -29,7 +27,7 @@ CONFIGS = [{}, {"l21": 3e-3}, {"l21": 1e-2}, {"optimizer": "adam"}]
 def _data(name, workdir):
     import tensorflow_transform as tft
 
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import load_spec
     from pipelines import generator
     from components.local_transform import analyze, transformed

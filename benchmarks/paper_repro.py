@@ -43,7 +43,6 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -132,7 +131,7 @@ def _read_lines(paths: Sequence[str]) -> List[str]:
 
 
 def _parse(spec, lines: Sequence[str]):
-    from components.click_log_example_gen.parsing import LineParser, Rejection
+    from components.click_log_example_gen.line_parser import LineParser, Rejection
     parser = LineParser(spec)
     out, rejected = [], 0
     for i, line in enumerate(lines):

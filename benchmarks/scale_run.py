@@ -47,8 +47,6 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORK = os.path.join(REPO, "output", "scale_run")
 DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results", "scale_run")
@@ -565,6 +563,7 @@ def _stage(result: Dict[str, Any]) -> Dict[str, Any]:
 
 def reset_serving_dir(work: str, day: int, optimizer: str) -> List[str]:
     """Leave in the optimizer's serving directory only the versions pushed by days before `day`."""
+    from serving import model_versions
     model_dir = os.path.join(output_dir(work, optimizer), "serving", MODEL_NAME)
     keep = set()
     for earlier in range(1, day):
@@ -575,7 +574,7 @@ def reset_serving_dir(work: str, day: int, optimizer: str) -> List[str]:
     removed = []
     if os.path.isdir(model_dir):
         for name in sorted(os.listdir(model_dir)):
-            if name.isdigit() and name not in keep:
+            if model_versions.is_version_name(name) and name not in keep:
                 shutil.rmtree(os.path.join(model_dir, name))
                 removed.append(name)
     return removed

@@ -38,11 +38,11 @@ def free_port() -> int:
 
 def newest_version(serving_dir: str) -> str:
     model_dir = os.path.join(serving_dir, MODEL_NAME)
-    versions = sorted((int(v) for v in os.listdir(model_dir) if v.isdigit()), reverse=True) if os.path.isdir(
-        model_dir) else []
-    if not versions:
+    from serving import model_versions
+    newest = model_versions.latest_version_dir(model_dir)
+    if newest is None:
         raise SystemExit(f"error: no pushed version under {model_dir}; run `make demo` or pass --model LABEL=DIR")
-    return os.path.join(model_dir, str(versions[0]))
+    return newest
 
 
 def benchmark_rows(n: int, signature) -> List[dict]:

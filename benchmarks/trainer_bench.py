@@ -113,7 +113,6 @@ def child_main(args) -> None:
 
     import psutil
 
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
     import tf_keras as keras
 

@@ -10,15 +10,12 @@ with the same names, inputs and outputs (docs/contracts.md):
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.preprocessing import LABEL_KEY  # noqa: E402
+from components.dataset_spec import DatasetSpec
+from components.preprocessing import LABEL_KEY
 
 
 def raw_feature_spec(tft_output, spec: DatasetSpec) -> Dict[str, Any]:

@@ -23,8 +23,6 @@ import os
 import sys
 from typing import Any, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 RUN_FN = "components.trainer_module.run_fn"  # the Trainer's module function, as TFX names it
 FAILURE_PREFIX = "sparsectr trainer"
 _MAX_LINE = 400  # characters of the error message in the failure line

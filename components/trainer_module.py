@@ -17,22 +17,20 @@ import tempfile
 import time
 from typing import Any, Dict
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from absl import logging
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx_bsl.public import tfxio  # noqa: E402
-
-from components import distributed, export_signatures, models, warm_start  # noqa: E402
-from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.preprocessing import LABEL_KEY  # noqa: E402
-from components.trainer_config import DISTRIBUTIONS, TrainerConfig  # noqa: E402
-from components.training import (NonFiniteLossError, StopOnNonFiniteLoss, build_model,  # noqa: E402
+from components import distributed, export_signatures, models, warm_start
+from components.dataset_spec import DatasetSpec
+from components.preprocessing import LABEL_KEY
+from components.trainer_config import DISTRIBUTIONS, TrainerConfig
+from components.training import (NonFiniteLossError, StopOnNonFiniteLoss, build_model,
                                  compile_model)
-from components.vocabulary import FieldVocabulary  # noqa: E402
+from components.vocabulary import FieldVocabulary
 
 SPARSITY_FILE = "sparsity.json"
 TRAINING_FILE = "training.json"

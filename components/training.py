@@ -6,18 +6,15 @@ train the Trainer's model without a pipeline use them too (so they need not impo
 from __future__ import annotations
 
 import dataclasses
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tf_keras as keras
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-import optim  # noqa: E402
-from components import models  # noqa: E402
-from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.trainer_config import TrainerConfig  # noqa: E402
-from components.vocabulary import FieldVocabulary  # noqa: E402
+import optim
+from components import models
+from components.dataset_spec import DatasetSpec
+from components.trainer_config import TrainerConfig
+from components.vocabulary import FieldVocabulary
 
 
 class NonFiniteLossError(RuntimeError):

@@ -12,8 +12,6 @@ import os
 import sys
 from typing import List, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option as one line on stderr (exit 2), like every other user error."""

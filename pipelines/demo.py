@@ -17,13 +17,11 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 
 def examples_from_lines(lines: Sequence[str], dataset_format: str = "criteo", max_rows: Optional[int] = None):
     """(serialized tf.Examples, labels) of the lines ExampleGen would accept (others are skipped),
     at most ``max_rows``."""
-    from components.click_log_example_gen.parsing import LineParser, ParsedRow
+    from components.click_log_example_gen.line_parser import LineParser, ParsedRow
     from components.dataset_spec import load_spec
 
     spec = load_spec(dataset_format)

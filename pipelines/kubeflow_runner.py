@@ -41,8 +41,6 @@ import tempfile
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 # Layout of the pipeline image (Dockerfile): the project's packages live under /app.
 IMAGE_APP_ROOT = "/app"
 DEFAULT_PACKAGE = "sparsectr_pipeline.yaml"

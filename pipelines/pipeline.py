@@ -13,22 +13,20 @@ import json
 import os
 from typing import List, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
 
-import tensorflow_model_analysis as tfma  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx.orchestration import metadata  # noqa: E402
-
-from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
-from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
-from components.fast_transform import Transform  # noqa: E402
-from components.pruned_pusher.component import PrunedPusher  # noqa: E402
-from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
-from components.schema import schema_file_for  # noqa: E402
-from components.serving_check.component import ServingCheck  # noqa: E402
-from components.trainer_job import RUN_FN  # noqa: E402
-from components.validation_gate import ValidationGate  # noqa: E402
-from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
+from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs
+from components.dataset_spec import DatasetSpec, load_spec
+from components.fast_transform import Transform
+from components.pruned_pusher.component import PrunedPusher
+from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate
+from components.schema import schema_file_for
+from components.serving_check.component import ServingCheck
+from components.trainer_job import RUN_FN
+from components.validation_gate import ValidationGate
+from pipelines.config import PipelineConfig, beam_pipeline_args
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
 

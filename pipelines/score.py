@@ -33,6 +33,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from serving import model_versions
+
 AUC_BINS = 1 << 20
 LOGLOSS_EPSILON = 1e-7  # Keras' (and so TFMA's) clipping of binary cross-entropy
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -49,13 +51,12 @@ def resolve_model(path: str, model_name: str = "ctr", version: Optional[int] = N
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise ScoreError(f"--model {path}: no such directory")
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
+    if model_versions.is_complete(path):
         name = os.path.basename(path.rstrip("/"))
         if version is not None and name != str(version):
             raise ScoreError(f"--model {path} is version {name}, not --version {version}")
         return (int(name) if name.isdigit() else 0), path
-    versions = sorted(int(n) for n in os.listdir(path)
-                      if n.isdigit() and os.path.exists(os.path.join(path, n, "saved_model.pb")))
+    versions = model_versions.versions(path)
     if versions:
         chosen = version if version is not None else versions[-1]
         if chosen not in versions:
@@ -117,7 +118,7 @@ class Quarantine:
         self.path = os.path.join(directory, "records-score-00000-of-00001.jsonl")
 
     def add(self, rejection, path: str, line_number: int, content: bytes, line_bytes: int) -> None:
-        from components.click_log_example_gen.parsing import quarantine_record
+        from components.click_log_example_gen.line_parser import quarantine_record
         reason = rejection.reason
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         seen = self._per_file.get((reason, path), 0) + 1
@@ -150,8 +151,8 @@ def parsed_rows(files: Sequence[str], spec, quarantine: Quarantine,
     The per-line decisions are ClickLogExampleGen's (parsing._ParseFileFn.process): BOM, oversized
     line, UTF-8, the header (only as a file's first line), then LineParser.parse.
     """
-    from components.click_log_example_gen.parsing import (LineParser, ParsedRow, Rejection, iter_numbered_lines,
-                                                          parse_int)
+    from components.click_log_example_gen.line_parser import (LineParser, ParsedRow, Rejection, iter_numbered_lines,
+                                                              parse_int)
     parser = LineParser(spec)
     names = [c.name for c in spec.file_columns]
     label_index = names.index(spec.label)

@@ -12,15 +12,13 @@ import os
 import tempfile
 from typing import Any, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
-from tfx import types  # noqa: E402
-from tfx.components.pusher import executor as tfx_pusher_executor  # noqa: E402
-from tfx.proto import pusher_pb2  # noqa: E402
-from tfx.types import artifact_utils, standard_component_specs  # noqa: E402
-from tfx.utils import io_utils, proto_utils  # noqa: E402
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.components.pusher import executor as tfx_pusher_executor
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
 
 EXAMPLES_KEY = "examples"
 TRANSFORM_GRAPH_KEY = "transform_graph"

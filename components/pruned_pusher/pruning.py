@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -29,18 +28,17 @@ import time
 import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from components.models import embedding_layer_name  # noqa: E402
-from serving import file_lock  # noqa: E402
+from components.models import embedding_layer_name
+from serving import file_lock
+from serving.model_versions import (SAVED_MODEL_PB, copy_files, copy_tree, is_complete,
+                                    is_version_name, manifest, saved_model_pb_last, versions)
 
 EMBEDDING_PREFIX = embedding_layer_name("")
 WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving reads <version>/assets.extra/<this>
-SAVED_MODEL_PB = "saved_model.pb"
 TEMP_PREFIX = ".tmp-"  # TF Serving only loads all-digit version directories
 SERVING_SIGNATURE = "serving_default"
 
@@ -340,47 +338,14 @@ def _local(path: str) -> str:
 
 
 def existing_versions(model_dir: str) -> List[int]:
-    """The numbered version directories TF Serving would consider, ascending."""
-    if not tf.io.gfile.isdir(model_dir):
-        return []
-    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_dir)
-                  if re.fullmatch(r"\d+", name.rstrip("/")))
+    """The numbered version directories TF Serving would consider, complete or not, ascending."""
+    return versions(model_dir, tf.io.gfile, complete=False)
 
 
 def next_version(model_dir: str, now: Optional[float] = None) -> int:
     """A Unix-timestamp version, bumped past every existing version (never overwrite one)."""
     versions = existing_versions(model_dir)
     return max([int(now if now is not None else time.time())] + [v + 1 for v in versions])
-
-
-def _copy_files(src: str, dst: str, names: Iterable[str]) -> None:
-    for name in names:
-        target = os.path.join(dst, name)
-        tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(os.path.join(src, name), target, overwrite=True)
-
-
-def _saved_model_pb_last(names: Iterable[str]) -> List[str]:
-    """Readers that wait for ``saved_model.pb`` (TF Serving, TFX) then never see a model whose
-    variables are still being written."""
-    names = sorted(names)
-    return [n for n in names if n != SAVED_MODEL_PB] + [n for n in names if n == SAVED_MODEL_PB]
-
-
-def _copy_tree(src: str, dst: str) -> None:
-    """Copy a SavedModel directory with ``saved_model.pb`` last."""
-    _copy_files(src, dst, _saved_model_pb_last(manifest(src)))
-
-
-def manifest(root: str) -> Dict[str, int]:
-    """{path relative to `root`: size in bytes} of every file under `root` (any tf.io.gfile filesystem)."""
-    root = root.rstrip("/")
-    files = {}
-    for directory, _, names in tf.io.gfile.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            files[os.path.relpath(path, root)] = tf.io.gfile.stat(path).length
-    return files
 
 
 def _check_manifest(root: str, expected: Dict[str, int], listing: bool = True) -> None:
@@ -463,7 +428,7 @@ def remove_stale_temp_dirs(model_dir: str, now: Optional[float] = None) -> List[
         for name in tf.io.gfile.listdir(model_dir):
             name = name.rstrip("/")
             path = os.path.join(model_dir, name)
-            incomplete = name.isdigit() and not tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_PB))
+            incomplete = is_version_name(name) and not is_complete(path, tf.io.gfile)
             if (name.startswith(TEMP_PREFIX) or incomplete) and _owner_gone(path, now):
                 tf.io.gfile.rmtree(path)
                 removed.append(path)
@@ -529,16 +494,16 @@ def publish(export_dir: str, base_dir: str, model_name: str, keep_versions: int 
             tf.io.gfile.makedirs(writing)
             _write_owner(writing)
             if _is_local(model_dir):
-                _copy_files(export_dir, writing, _saved_model_pb_last(expected))
+                copy_files(export_dir, writing, saved_model_pb_last(expected))
                 tf.io.gfile.remove(os.path.join(writing, OWNER_FILE))
                 _check_manifest(writing, expected)
                 _make_readable(_local(writing))
                 os.rename(_local(writing), _local(final))  # fails (rather than replaces) if final now exists
             else:
                 rest = {k: v for k, v in expected.items() if k != SAVED_MODEL_PB}
-                _copy_files(export_dir, writing, sorted(rest))
+                copy_files(export_dir, writing, sorted(rest))
                 _check_manifest(writing, rest, listing=False)  # before saved_model.pb makes it loadable
-                _copy_files(export_dir, writing, [SAVED_MODEL_PB])
+                copy_files(export_dir, writing, [SAVED_MODEL_PB])
                 tf.io.gfile.remove(os.path.join(writing, OWNER_FILE))
         except BaseException:
             try:
@@ -640,7 +605,7 @@ def push_export(staging_dir: str, base_dir: str, model_name: str = "ctr", keep_v
     models.config; returns (version path, version, models.config path). `carry_dirs` as in
     `prune_and_push`."""
     for name, source in (carry_dirs or {}).items():
-        _copy_tree(source, os.path.join(staging_dir, name))
+        copy_tree(source, os.path.join(staging_dir, name))
     with push_lock(os.path.join(base_dir, model_name), lock_timeout_s):
         path, version = publish(staging_dir, base_dir, model_name, keep_versions, lock_timeout_s=lock_timeout_s)
         config = write_models_config(base_dir, model_name, model_base_path, lock_timeout_s=lock_timeout_s)

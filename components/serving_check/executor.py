@@ -12,13 +12,11 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from absl import logging  # noqa: E402
-from tfx import types  # noqa: E402
-from tfx.dsl.components.base import base_executor  # noqa: E402
-from tfx.types import artifact_utils  # noqa: E402
-from tfx.utils import io_utils, path_utils  # noqa: E402
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
 
 MODEL_KEY = "model"
 MODEL_BLESSING_KEY = "model_blessing"

@@ -12,10 +12,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from serving import model_versions
 from serving.local_server.defaults import DEFAULT_NUM_VERSIONS, DEFAULT_POLL_SECONDS, DEFAULT_RETRY_FAILED_SECONDS
 from serving.local_server.errors import (InvalidRequestError, ModelNotFoundError, ModelNotReadyError, one_line,
                                          tf_error_line)
-from serving.model_versions import SAVED_MODEL_PB, is_version_name
+from serving.model_versions import SAVED_MODEL_PB
 from serving.signatures import SignatureSpec, signatures_from_proto
 
 # One logger for the whole server (operators and tests filter on its name).
@@ -32,7 +33,7 @@ class ServedVersion:
         self.path = path
         # The SignatureDefs as TF Serving reports them come from saved_model.pb itself.
         saved_model = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        with open(os.path.join(path, SAVED_MODEL_PB), "rb") as f:
             saved_model.ParseFromString(f.read())
         self.signature_defs = saved_model.meta_graphs[0].signature_def
         self.signatures: Dict[str, SignatureSpec] = signatures_from_proto(self.signature_defs)
@@ -100,14 +101,10 @@ class ModelRepository:
 
     # -- versions on disk ---------------------------------------------------------------------
     def _candidates(self) -> List[int]:
-        """Version folders that hold a complete SavedModel (the Pusher may still be copying others)."""
-        try:
-            names = os.listdir(self.model_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(int(n) for n in names if is_version_name(n)
-                      and os.path.isfile(os.path.join(self.model_dir, n, SAVED_MODEL_PB))
-                      and os.path.isdir(os.path.join(self.model_dir, n, "variables")))
+        """The complete versions (serving.model_versions: saved_model.pb there) whose variables/ is there
+        too: a copy made by another tool than the Pusher may write saved_model.pb first."""
+        return [v for v in model_versions.versions(self.model_dir)
+                if os.path.isdir(os.path.join(self.model_dir, str(v), "variables"))]
 
     def _should_try(self, version: int, mtime: float) -> bool:
         """Not after a failure, until saved_model.pb changes or --retry-failed-seconds pass: a copy that
@@ -130,7 +127,7 @@ class ModelRepository:
                         continue
                 path = os.path.join(self.model_dir, str(version))
                 try:
-                    mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+                    mtime = os.path.getmtime(os.path.join(path, SAVED_MODEL_PB))
                 except FileNotFoundError:
                     continue  # removed since the scan
                 with self._lock:

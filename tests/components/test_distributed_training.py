@@ -43,7 +43,7 @@ def inputs(tmp_path_factory):
     from tfx.types import artifact_utils, standard_artifacts
     from tfx.utils import io_utils
 
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import DatasetSpec, load_spec
     from components.local_transform import analyze, transformed
     from components.schema import curated_schema

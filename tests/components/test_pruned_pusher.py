@@ -6,14 +6,12 @@ import signal
 import subprocess
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from components.pruned_pusher import pruning  # noqa: E402
-from components.local_transform import analyze  # noqa: E402
+from components.pruned_pusher import pruning
+from components.local_transform import analyze
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_NAME = "ctr"
@@ -27,7 +25,7 @@ def trained(tmp_path_factory):
 
     import optim
     from components import models
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import DatasetSpec, load_spec
     from components.preprocessing import LABEL_KEY
     from components.export_signatures import signatures as _signatures

@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
 
     import optim
     from components import models
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import load_spec
     from components.preprocessing import LABEL_KEY
     from components.training import build_model, make_optimizer

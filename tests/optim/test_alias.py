@@ -1,12 +1,9 @@
 """optim.create: the one name -> optimizer table."""
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+import tf_keras
 
-import pytest  # noqa: E402
-import tf_keras  # noqa: E402
-
-import optim  # noqa: E402
+import optim
 
 
 @pytest.mark.parametrize("name", sorted(optim.GROUP_OPTIMIZERS))

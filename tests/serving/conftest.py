@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 MODEL_NAME = "ctr"
 # Each categorical field's vocabulary in the fixture model: v0..v4, then one OOV id.
