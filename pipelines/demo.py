@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from serving import DEFAULT_MODEL_NAME
+
 
 def examples_from_lines(lines: Sequence[str], dataset_format: str = "criteo", max_rows: Optional[int] = None):
     """(serialized tf.Examples, labels) of the lines ExampleGen would accept (others are skipped),
@@ -39,7 +41,8 @@ def examples_from_lines(lines: Sequence[str], dataset_format: str = "criteo", ma
     return examples, labels
 
 
-def score_examples(examples: Sequence[bytes], rest_url: str, grpc_target: str, model_name: str = "ctr") -> Dict:
+def score_examples(examples: Sequence[bytes], rest_url: str, grpc_target: str,
+                   model_name: str = DEFAULT_MODEL_NAME) -> Dict:
     from serving.grpc_client import GrpcClient
     from serving.rest_client import RestClient
 
@@ -54,7 +57,7 @@ def score_examples(examples: Sequence[bytes], rest_url: str, grpc_target: str, m
 
 
 def score_lines(serving_dir: str, lines: Sequence[str], dataset_format: str = "criteo",
-                model_name: str = "ctr", max_rows: Optional[int] = None) -> Dict:
+                model_name: str = DEFAULT_MODEL_NAME, max_rows: Optional[int] = None) -> Dict:
     """Start a local server on free 127.0.0.1 ports over ``serving_dir``, score ``lines``, stop it."""
     from serving.local_server.server import LocalServer
 

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from serving import model_versions
+from serving import DEFAULT_MODEL_NAME, model_versions
 
 AUC_BINS = 1 << 20
 LOGLOSS_EPSILON = 1e-7  # Keras' (and so TFMA's) clipping of binary cross-entropy
@@ -46,7 +46,7 @@ class ScoreError(ValueError):
 
 
 # -- the model ---------------------------------------------------------------------------------------
-def resolve_model(path: str, model_name: str = "ctr", version: Optional[int] = None) -> Tuple[int, str]:
+def resolve_model(path: str, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None) -> Tuple[int, str]:
     """(version, version dir) of ``path``: a version dir, a model dir or a serving base dir."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
@@ -284,7 +284,7 @@ class PredictionWriter:
 
 # -- the job ------------------------------------------------------------------------------------------------
 def score(data: str, dataset_format: str, model_dir: str, output: Optional[str] = None,
-          fmt: Optional[str] = None, model_name: str = "ctr", version: Optional[int] = None,
+          fmt: Optional[str] = None, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None,
           batch_size: int = 1024, quarantine_dir: Optional[str] = None, max_quarantine_records: int = 1000,
           progress=None) -> Dict[str, Any]:
     """Scores every good line of ``data``; returns the summary (also what the CLI writes as JSON)."""
@@ -383,7 +383,8 @@ def add_command(sub) -> None:
                    help="criteo | criteo-kaggle | avazu | path/to/spec.yaml (default: criteo)")
     p.add_argument("--model", required=True, metavar="SERVING_DIR",
                    help="serving base dir, <serving dir>/<model name>, or a version folder")
-    p.add_argument("--model-name", default="ctr", help="model folder under a serving base dir (default ctr)")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                   help=f"model folder under a serving base dir (default {DEFAULT_MODEL_NAME})")
     p.add_argument("--version", type=int, help="model version (default: the newest, as TF Serving picks)")
     p.add_argument("--output", help="predictions file: .csv or .tfrecord (.gz compresses); none: metrics only")
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, help="instead of the --output extension")

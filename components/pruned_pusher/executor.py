@@ -20,6 +20,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from components import push_defaults
+
 EXAMPLES_KEY = "examples"
 TRANSFORM_GRAPH_KEY = "transform_graph"
 MODEL_NAME_KEY = "model_name"
@@ -32,9 +34,11 @@ MODEL_BASE_PATH_KEY = "model_base_path"
 MIN_SAVED_BYTES_KEY = "min_saved_bytes"
 LOCK_TIMEOUT_KEY = "lock_timeout_seconds"
 
-DEFAULTS = {MODEL_NAME_KEY: "ctr", KEEP_VERSIONS_KEY: 3, PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
-            WARMUP_REQUESTS_KEY: 1000, EXAMPLES_SPLIT_KEY: "eval", MODEL_BASE_PATH_KEY: "",
-            MIN_SAVED_BYTES_KEY: 8192, LOCK_TIMEOUT_KEY: 600}
+DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, KEEP_VERSIONS_KEY: push_defaults.KEEP_VERSIONS,
+            PARITY_TOLERANCE_KEY: push_defaults.PARITY_TOLERANCE, PARITY_EXAMPLES_KEY: push_defaults.PARITY_EXAMPLES,
+            WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
+            MODEL_BASE_PATH_KEY: "", MIN_SAVED_BYTES_KEY: push_defaults.MIN_SAVED_BYTES,
+            LOCK_TIMEOUT_KEY: push_defaults.LOCK_TIMEOUT_SECONDS}
 
 
 class Executor(tfx_pusher_executor.Executor):

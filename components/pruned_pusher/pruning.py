@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from components import push_defaults
 from components.models import embedding_layer_name
 from serving import file_lock
 from serving.model_versions import (SAVED_MODEL_PB, copy_files, copy_tree, is_complete,
@@ -140,9 +141,7 @@ class PruningReport:
         return self.zero_rows / self.rows if self.rows else 0.0
 
 
-# A compact table adds its two gathers to every traced signature of the SavedModel (a few KB per
-# table in saved_model.pb): tables whose dropped rows weigh less than this stay whole.
-MIN_SAVED_BYTES = 8192
+MIN_SAVED_BYTES = push_defaults.MIN_SAVED_BYTES  # tables saving less stay whole (see push_defaults)
 
 
 def prune_model(model: keras.Model, prune: bool = True,
@@ -326,7 +325,7 @@ OWNER_FILE = ".push-owner"
 LOCK_FILE = ".push.lock"
 STALE_AGE_S = 24 * 3600  # an in-flight push on another host is never this old
 FILE_MODE, DIR_MODE = 0o644, 0o755  # readable by a model server running as another user
-DEFAULT_LOCK_TIMEOUT_S = 600.0
+DEFAULT_LOCK_TIMEOUT_S = float(push_defaults.LOCK_TIMEOUT_SECONDS)
 
 
 def _is_local(path: str) -> bool:
@@ -570,8 +569,11 @@ class PushResult:
 
 
 def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_examples: Sequence[bytes],
-                   base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
-                   parity_tolerance: float = 1e-6, parity_examples: int = 1000, warmup_requests: int = 1000,
+                   base_dir: str, model_name: str = push_defaults.MODEL_NAME,
+                   keep_versions: int = push_defaults.KEEP_VERSIONS,
+                   parity_tolerance: float = push_defaults.PARITY_TOLERANCE,
+                   parity_examples: int = push_defaults.PARITY_EXAMPLES,
+                   warmup_requests: int = push_defaults.WARMUP_REQUESTS,
                    staging_dir: Optional[str] = None, model_base_path: Optional[str] = None,
                    carry_dirs: Optional[Dict[str, str]] = None,
                    min_saved_bytes: int = MIN_SAVED_BYTES,
@@ -598,7 +600,8 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
             shutil.rmtree(staging_dir, ignore_errors=True)
 
 
-def push_export(staging_dir: str, base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
+def push_export(staging_dir: str, base_dir: str, model_name: str = push_defaults.MODEL_NAME,
+                keep_versions: int = push_defaults.KEEP_VERSIONS,
                 model_base_path: Optional[str] = None, carry_dirs: Optional[Dict[str, str]] = None,
                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Tuple[str, int, str]:
     """Publish a prepared export (`staging_dir`, a local folder that may be written to) and update

@@ -18,6 +18,8 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
+from components import push_defaults
+
 MODEL_KEY = "model"
 MODEL_BLESSING_KEY = "model_blessing"
 EXAMPLES_KEY = "examples"
@@ -49,10 +51,12 @@ CARRIED_INT_PROPERTIES = ("size_before_bytes", "size_after_bytes", "embedding_by
                           "compacted_tables", "warmup_requests")
 CARRIED_FLOAT_PROPERTIES = ("row_sparsity", "parity_max_abs_error")
 
-DEFAULTS = {MODEL_NAME_KEY: "ctr", EXAMPLES_SPLIT_KEY: "eval", PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
-            WARMUP_REQUESTS_KEY: 1000, MIN_SAVED_BYTES_KEY: 8192, SAMPLE_ROWS_KEY: 200, MAX_LOAD_SECONDS_KEY: 60.0,
-            MAX_PEAK_RSS_MB_KEY: 2048.0, MAX_P99_LATENCY_MS_KEY: 1000.0, MAX_SCORE_DIFF_KEY: 1e-5,
-            STARTUP_TIMEOUT_KEY: 180.0}
+DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
+            PARITY_TOLERANCE_KEY: push_defaults.PARITY_TOLERANCE, PARITY_EXAMPLES_KEY: push_defaults.PARITY_EXAMPLES,
+            WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, MIN_SAVED_BYTES_KEY: push_defaults.MIN_SAVED_BYTES,
+            SAMPLE_ROWS_KEY: push_defaults.SAMPLE_ROWS, MAX_LOAD_SECONDS_KEY: push_defaults.MAX_LOAD_SECONDS,
+            MAX_PEAK_RSS_MB_KEY: push_defaults.MAX_PEAK_RSS_MB, MAX_P99_LATENCY_MS_KEY: push_defaults.MAX_P99_LATENCY_MS,
+            MAX_SCORE_DIFF_KEY: push_defaults.MAX_SCORE_DIFF, STARTUP_TIMEOUT_KEY: push_defaults.STARTUP_TIMEOUT_SECONDS}
 
 
 def _write_report(report_artifact, report: Dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """Every default of the serving process, in one place (LocalServer's arguments and the CLI's options)."""
-DEFAULT_MODEL_NAME = "ctr"
+from serving import DEFAULT_MODEL_NAME  # noqa: F401 -- the project's one model name
+
 DEFAULT_HOST = "127.0.0.1"  # 0.0.0.0 serves other machines
 DEFAULT_REST_PORT = 8501  # TF Serving's ports
 DEFAULT_GRPC_PORT = 8500
