@@ -53,8 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args):
     """The config of `run`: defaults, --config, then the options given; a bad value names its option."""
-    from pipelines.config import ConfigError, load_config
-    given = {  # config key: (option, value or None when not given)
+    from pipelines.config import config_from_options
+    return config_from_options(args.config, {  # config key: (option, value or None when not given)
         "output_dir": ("--output", args.output and os.path.abspath(args.output)),
         "data.data_root": ("--data", args.data and os.path.abspath(args.data)),
         "data.dataset_format": ("--format", args.dataset_format),
@@ -69,22 +69,7 @@ def _config_from_args(args):
         "trainer.max_embedding_bytes": ("--max-embedding-bytes", args.max_embedding_bytes),
         "beam_preset": ("--beam-preset", args.beam_preset),
         "beam_args": ("--beam-arg", list(args.beam_arg) or None),
-    }
-    overrides: dict = {}
-    for key, (_, value) in given.items():
-        if value is not None:
-            *sections, name = key.split(".")
-            section = overrides
-            for s in sections:
-                section = section.setdefault(s, {})
-            section[name] = value
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError as e:
-        option, value = given.get(e.key.split("[")[0], (None, None))
-        if value is None:
-            raise
-        raise ConfigError(f"{option} ({e.key})", e.problem) from None
+    })
 
 
 def _quiet_logs(verbose: bool, config=None):

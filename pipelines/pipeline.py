@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
+from tfx.utils import json_utils
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs
 from components.dataset_spec import DatasetSpec, load_spec
@@ -26,6 +27,7 @@ from components.schema import schema_file_for
 from components.serving_check.component import ServingCheck
 from components.trainer_job import RUN_FN
 from components.validation_gate import ValidationGate
+from pipelines import runtime_parameters as runtime
 from pipelines.config import PipelineConfig, beam_pipeline_args
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
@@ -62,17 +64,42 @@ def split_config(config: PipelineConfig) -> tfx.proto.Output:
         tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in config.data.split_buckets]))
 
 
+def per_run_settings(config: PipelineConfig, data_root: str, spec: DatasetSpec,
+                     runtime_parameters: bool = False) -> Dict[str, Any]:
+    """{pipelines.runtime_parameters name: value} of the settings a compiled pipeline takes per run;
+    with `runtime_parameters`, TFX RuntimeParameters whose defaults are those values."""
+    values = {runtime.DATA_ROOT: data_root, runtime.SPAN_WINDOW: config.data.span_window,
+              runtime.MAX_BAD_FRACTION: config.data.max_bad_fraction,
+              # What TFX's Trainer would make of the dict itself (its custom_config JSON).
+              runtime.TRAINER_CONFIG: json_utils.dumps({"trainer": config.trainer.to_json(),
+                                                        "dataset_spec": spec.to_json()})}
+    if not runtime_parameters:
+        return values
+    return {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=runtime.TYPES[name],
+                                                        default=runtime.TYPES[name](value))
+            for name, value in values.items()}
+
+
 def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[DatasetSpec] = None,
                     metadata_connection_config=None, input_bytes: Optional[int] = None,
-                    schema_file: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    schema_file: Optional[str] = None, runtime_parameters: bool = False,
+                    pipeline_root: Optional[str] = None) -> tfx.dsl.Pipeline:
+    """The sparsectr pipeline of `config` over the click logs at `data_root`.
+
+    ``runtime_parameters``: the settings of ``pipelines.runtime_parameters`` (data root, span window,
+    bad-line fraction, the Trainer's config) become runtime parameters, defaulting to the config's
+    values (Kubeflow: overridable per run). ``pipeline_root``: where the steps write their outputs
+    (default: config.pipeline_root, under the local output folder).
+    """
     spec = spec or load_spec(config.data.dataset_format)
     components: List = []
+    per_run = per_run_settings(config, data_root, spec, runtime_parameters)
 
-    example_gen = ClickLogExampleGen(input_base=data_root, dataset_spec=spec.to_json(),
-                                     max_bad_fraction=config.data.max_bad_fraction,
+    example_gen = ClickLogExampleGen(input_base=per_run[runtime.DATA_ROOT], dataset_spec=spec.to_json(),
+                                     max_bad_fraction=per_run[runtime.MAX_BAD_FRACTION],
                                      max_quarantine_records_per_reason=config.data.max_quarantine_records_per_reason,
                                      output_config=split_config(config),
-                                     **ingestion_kwargs(config.data.input_pattern, config.data.span_window))
+                                     **ingestion_kwargs(config.data.input_pattern, per_run[runtime.SPAN_WINDOW]))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The curated schema of the dataset spec, not one inferred from today's data (which would
     # accept any drift); the node keeps the SchemaGen id.
@@ -101,7 +128,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
-        custom_config={"trainer": config.trainer.to_json(), "dataset_spec": spec.to_json()},
+        custom_config=(per_run[runtime.TRAINER_CONFIG] if runtime_parameters
+                       else {"trainer": config.trainer.to_json(), "dataset_spec": spec.to_json()}),
         # Warm start from the last pushed model (components.warm_start); found=0 -> a cold start.
         base_model=latest_pushed.outputs["model"] if config.trainer.warm_start else None,
     )
@@ -165,7 +193,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
+        pipeline_root=pipeline_root or config.pipeline_root,
         components=components,
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,
