@@ -29,8 +29,8 @@ run at once in number (``--max-in-flight``); a request that finds no room within
 
 A package of small modules, each one part of the server: ``errors`` (the one error -> status table
 both APIs answer with), ``repository`` (the versions on disk, loaded), ``limits`` (admission),
-``metrics``, ``rest``, ``grpc_api``, ``server`` (``LocalServer``: both APIs on one repository) and
-``cli``. It is a leaf: it reads no pipeline config (``pipelines/serve.py`` does, for ``make serve``).
+``metrics``, ``rest``, ``grpc_api``, ``server`` (``LocalServer``: both APIs on one repository),
+``defaults`` (every default of the process) and ``cli``. It is a leaf: it reads no pipeline config (``pipelines/serve.py`` does, for ``make serve``).
 """
 import sys
 
