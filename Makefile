@@ -35,7 +35,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS) tests
 
 serve: setup
-	$(PY) -m serving.local_server $(ARGS)
+	$(PY) -m pipelines serve $(ARGS)
 
 clean:
 	rm -rf output .pytest_cache

@@ -11,8 +11,8 @@ with small tables and few steps that never overwrites the committed results).
 
 What a run trains: the Trainer's model (``components.models.build_model``, DNN, hidden [64, 32]) over 4
 categorical fields with equal tables (size/4 rows each, embedding_dim 8) and 4 float features, Group
-Adam from ``trainer_module.make_optimizer`` (lr 0.005, l21 1e-3), compiled by
-``trainer_module.compile_model`` under the strategy exactly as ``run_fn`` does (tables built under
+Adam from ``training.make_optimizer`` (lr 0.005, l21 1e-3), compiled by
+``training.compile_model`` under the strategy exactly as ``run_fn`` does (tables built under
 ``components.distributed.sharded_tables``; the ``jit_compile`` that run_fn allows: on for
 ``single_xla``, off for every other configuration; ``single`` is one process with XLA off, the
 like-for-like reference for the cluster runs, which cannot compile). Data: synthetic batches
@@ -89,12 +89,12 @@ def make_dataset(rows_per_table: int, batch: int, seed: int):
 
 
 def task_main(args) -> None:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
     import tf_keras as keras
 
     from components import distributed, models
-    from components.trainer_module import compile_model
+    from components.trainer_config import TrainerConfig
+    from components.training import compile_model
 
     config = args.config
     if config.startswith("ps") and distributed.serve_if_cluster_task("parameter_server"):
@@ -112,7 +112,7 @@ def task_main(args) -> None:
     built = time.time()
     with strategy.scope(), distributed.sharded_tables(strategy):
         model = models.build_model("dnn", INT_FIELDS, FIELDS, table_rows, embedding_dim=DIM, hidden_units=(64, 32))
-        compile_model(model, dict(CFG, jit_compile=jit_compile), jit_compile, **distributed.compile_options(strategy))
+        compile_model(model, TrainerConfig(**CFG), jit_compile, **distributed.compile_options(strategy))
     build_s = time.time() - built
 
     if config.startswith("ps"):

@@ -4,8 +4,8 @@ the real Criteo sample and on generated data: the measurements behind README "Ch
     TF_USE_LEGACY_KERAS=1 PYTHONPATH=. python -m benchmarks.l21_sweep [--out benchmarks/results/l21_sweep.txt]
 
 Each dataset is analysed once by TF Transform with the project's `preprocessing_fn` (Beam in memory);
-each configuration is the Trainer's model and optimizer (`pipelines.config.TrainerConfig` defaults,
-`components.trainer_module.build_model` and `make_optimizer`) with the overrides shown,
+each configuration is the Trainer's model and optimizer (`TrainerConfig` defaults,
+`components.training.build_model` and `make_optimizer`) with the overrides shown,
 XLA off, evaluated on held-out rows after every epoch. Datasets: the real Criteo sample
 (../shared/data/criteo/wide-resdnn: train.csv, reported on dev.csv + test.csv) and generated spans
 (span 0 trains, span 1 tests; the truth gives the Bayes-optimal AUC, the noise fields and the signal
@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITEO = os.path.join(os.path.dirname(REPO), "shared", "data", "criteo", "wide-resdnn")
 CONFIGS = [{}, {"l21": 3e-3}, {"l21": 1e-2}, {"optimizer": "adam"}]
@@ -29,7 +27,7 @@ CONFIGS = [{}, {"l21": 3e-3}, {"l21": 1e-2}, {"optimizer": "adam"}]
 def _data(name, workdir):
     import tensorflow_transform as tft
 
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import load_spec
     from pipelines import generator
     from components.local_transform import analyze, transformed
@@ -62,21 +60,21 @@ def _run(spec, tft_output, train, test, truth, override):
     import optim
     from components import models
     from components.preprocessing import LABEL_KEY
-    from components.trainer_module import build_model, make_optimizer
+    from components.trainer_config import TrainerConfig
+    from components.training import build_model, make_optimizer
     from components.vocabulary import FieldVocabulary
-    from pipelines.config import TrainerConfig
 
     train, test = dict(train), dict(test)
     y_train, y_test = train.pop(LABEL_KEY), test.pop(LABEL_KEY)
-    cfg = dict(dataclasses.asdict(TrainerConfig()), jit_compile=False, **override)
-    keras.utils.set_random_seed(cfg["seed"])
+    cfg = dataclasses.replace(TrainerConfig(), jit_compile=False, **override)
+    keras.utils.set_random_seed(cfg.seed)
     vocab = FieldVocabulary(spec, tft_output)
     model = build_model(cfg, spec, vocab)
     model.compile(optimizer=make_optimizer(cfg), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=2000)])
     aucs = []
-    for _ in range(cfg["epochs"]):
-        model.fit(train, y_train, batch_size=cfg["batch_size"], epochs=1, verbose=0)
+    for _ in range(cfg.epochs):
+        model.fit(train, y_train, batch_size=cfg.batch_size, epochs=1, verbose=0)
         aucs.append(round(model.evaluate(test, y_test, batch_size=4096, return_dict=True, verbose=0)["auc"], 4))
     tables = {f: t.numpy() for f, t in models.embedding_tables(model).items()}
     result = {"config": override, "auc_by_epoch": aucs, "sparsity": round(optim.sparsity(models.embedding_tables(model))["fraction"], 4)}

@@ -19,7 +19,7 @@ set with planted features) and each model (DNN, DeepFM):
 
 It reuses the project's code end to end: ExampleGen's line parser (``LineParser``), Transform's
 ``preprocessing_fn`` run by TF Transform (``components.local_transform``: ``AnalyzeDataset`` on the
-DirectRunner, applied with ``transform_features_layer``), ``FieldVocabulary``, ``models.build_model``, ``trainer_module.make_optimizer``
+DirectRunner, applied with ``transform_features_layer``), ``FieldVocabulary``, ``models.build_model``, ``optim.create``
 and ``optim.sparsity``. Training runs in-process on the transformed tensors (no TFX orchestration).
 
 Outputs: a JSON with every run (``benchmarks/results/paper_repro.json``), the report
@@ -43,7 +43,6 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -132,7 +131,7 @@ def _read_lines(paths: Sequence[str]) -> List[str]:
 
 
 def _parse(spec, lines: Sequence[str]):
-    from components.click_log_example_gen.parsing import LineParser, Rejection
+    from components.click_log_example_gen.line_parser import LineParser, Rejection
     parser = LineParser(spec)
     out, rejected = [], 0
     for i, line in enumerate(lines):
@@ -321,17 +320,14 @@ class Trainer:
                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(4)
 
     def optimizer(self, method: str, l21: float = 0.0):
-        from components.trainer_module import make_optimizer
+        import optim
         if method in ("adam", "tfmot"):
-            cfg = {"optimizer": "adam", "learning_rate": self.s.learning_rate}
-        elif method == "group_adam":
-            cfg = {"optimizer": "group_adam", "learning_rate": self.s.learning_rate, "l1": 0.0, "l2": 0.0, "l21": l21}
-        elif method == "group_adagrad":
-            cfg = {"optimizer": "group_adagrad", "learning_rate": self.s.adagrad_learning_rate,
-                   "l1": 0.0, "l2": 0.0, "l21": l21}
-        else:
-            raise ValueError(method)
-        return make_optimizer(cfg)
+            return optim.create("adam", learning_rate=self.s.learning_rate)
+        if method == "group_adam":
+            return optim.create("group_adam", learning_rate=self.s.learning_rate, l1=0.0, l2=0.0, l21=l21)
+        if method == "group_adagrad":
+            return optim.create("group_adagrad", learning_rate=self.s.adagrad_learning_rate, l1=0.0, l2=0.0, l21=l21)
+        raise ValueError(method)
 
     # -- one compiled model per (model, method[, tfmot target]), reset between seeds and lambdas ----
     def session(self, kind: str, method: str, tfmot_target: Optional[float] = None) -> "Session":
@@ -673,7 +669,7 @@ def render_markdown(results: Dict, command: str) -> str:
              f"Models: {', '.join(s['models'])} (embedding dim {s['embedding_dim']}, hidden units "
              f"{list(s['hidden_units'])}), built by `components.models.build_model` on the output of the project's "
              f"Transform (`components.preprocessing`, run by TF Transform's `AnalyzeDataset`, DirectRunner).  ")
-    L.append(f"Optimizers (`components.trainer_module.make_optimizer`), l1 = l2 = 0, learning rates and l21 grids "
+    L.append(f"Optimizers (`optim.create`, as the Trainer's `components.training.make_optimizer`), l1 = l2 = 0, learning rates and l21 grids "
              f"per dataset in the table. jit_compile={s['jit_compile']} (XLA compile time would dominate these "
              f"short runs).")
     L.append("")

@@ -25,9 +25,9 @@ Measured per invocation:
 * per day: eval AUC (TFMA, eval split) against the day's Bayes-optimal AUC (the generator's, over the
   whole day), row sparsity, embedding rows, the per-epoch eval AUC (Keras) and steps, the warm start,
   the pushed SavedModel bytes (pruned, without the warmup file) against the unpruned export of the same
-  trained model (`serving.pruning.export_pruned(prune=False)`), parity, warmup requests;
+  trained model (`components.pruned_pusher.pruning.export_pruned(prune=False)`), parity, warmup requests;
 * in serving, for the pushed (pruned) version and the unpruned export each, served by
-  `serving/local_server.py` in a fresh process: process start-up, load time (version published ->
+  `serving/local_server/` in a fresh process: process start-up, load time (version published ->
   AVAILABLE), RSS after load and after the requests and peak (VmHWM), p50/p99 latency of
   ``serving_default`` requests of real eval rows at batch 1 and 64 over gRPC and REST (one client,
   sequential requests with the client's request validation, after warm-up requests).
@@ -46,8 +46,6 @@ import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORK = os.path.join(REPO, "output", "scale_run")
@@ -363,7 +361,7 @@ def unpruned_dir(work: str, day: int, optimizer: str) -> str:
 
 
 def _eval_examples(examples_uri: str, limit: int) -> List[bytes]:
-    from serving import pruning
+    from components.pruned_pusher import pruning
     return pruning.read_examples([os.path.join(examples_uri, "Split-eval", "*")], limit)
 
 
@@ -371,7 +369,7 @@ def child_export(opts) -> Dict[str, Any]:
     """The like-for-like unpruned SavedModel of the day's trained model, with the same warmup file."""
     from serving.quiet import quiet_process
     quiet_process(False)
-    from serving import pruning
+    from components.pruned_pusher import pruning
     inputs = json.loads(opts.child_args)
     out = unpruned_dir(opts.work, opts.day, opts.optimizer)
     shutil.rmtree(out, ignore_errors=True)
@@ -565,6 +563,7 @@ def _stage(result: Dict[str, Any]) -> Dict[str, Any]:
 
 def reset_serving_dir(work: str, day: int, optimizer: str) -> List[str]:
     """Leave in the optimizer's serving directory only the versions pushed by days before `day`."""
+    from serving import model_versions
     model_dir = os.path.join(output_dir(work, optimizer), "serving", MODEL_NAME)
     keep = set()
     for earlier in range(1, day):
@@ -575,7 +574,7 @@ def reset_serving_dir(work: str, day: int, optimizer: str) -> List[str]:
     removed = []
     if os.path.isdir(model_dir):
         for name in sorted(os.listdir(model_dir)):
-            if name.isdigit() and name not in keep:
+            if model_versions.is_version_name(name) and name not in keep:
                 shutil.rmtree(os.path.join(model_dir, name))
                 removed.append(name)
     return removed
@@ -952,7 +951,7 @@ def render_text(result: Dict[str, Any]) -> str:
                      f"{_fmt(r['bayes_auc'], '.4f'):>8}{_fmt(r['row_sparsity'], '.3f'):>9}"
                      f"{_fmt(r['embedding_rows']):>10}{_fmt(r['steps']):>8}{_mb(r['pruned_bytes']):>10}"
                      f"{_mb(r['unpruned_bytes']):>12}{_fmt(r['size_ratio'], '.2f'):>7}{_fmt(r['parity'], '.1g'):>9}")
-    lines += ["", "Serving (serving/local_server.py, one fresh process per model; latency of serving_default, ms)"]
+    lines += ["", "Serving (serving/local_server/, one fresh process per model; latency of serving_default, ms)"]
     header = (f"{'day/optimizer':<18}{'model':<10}{'load s':>8}{'RSS MB':>9}"
               f"{'gRPC b1 p50/p99':>18}{'gRPC b64 p50/p99':>19}{'REST b1 p50/p99':>18}{'REST b64 p50/p99':>19}")
     lines += [header, "-" * len(header)]

@@ -1,4 +1,4 @@
-"""Latency and throughput of the local serving process (serving/local_server.py), per model.
+"""Latency and throughput of the local serving process (serving/local_server/), per model.
 
     python -m benchmarks.serving_bench --model unpruned=output/serving/ctr/<version> \
         [--model pruned=<dir>] --out benchmarks/results/serving
@@ -38,11 +38,11 @@ def free_port() -> int:
 
 def newest_version(serving_dir: str) -> str:
     model_dir = os.path.join(serving_dir, MODEL_NAME)
-    versions = sorted((int(v) for v in os.listdir(model_dir) if v.isdigit()), reverse=True) if os.path.isdir(
-        model_dir) else []
-    if not versions:
+    from serving import model_versions
+    newest = model_versions.latest_version_dir(model_dir)
+    if newest is None:
         raise SystemExit(f"error: no pushed version under {model_dir}; run `make demo` or pass --model LABEL=DIR")
-    return os.path.join(model_dir, str(versions[0]))
+    return newest
 
 
 def benchmark_rows(n: int, signature) -> List[dict]:
@@ -202,7 +202,7 @@ def bench_model(label: str, version_dir: str, args, log_dir: str) -> Dict:
 
 
 def write_text(result: Dict, path: str) -> None:
-    lines = [f"Local serving process (serving/local_server.py), predict_raw, {result['config']['threads']} client "
+    lines = [f"Local serving process (serving/local_server/), predict_raw, {result['config']['threads']} client "
              f"threads, <= {result['config']['requests']} requests or {result['config']['seconds']} s per cell.",
              f"Machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_average']} at start "
              "(shared with other work: absolute numbers are noisy, compare rows within one run).", ""]

@@ -13,9 +13,9 @@ trainer_<device>_quick.json/.txt instead, so it never overwrites the committed r
 comma-separated fnmatch patterns (``--cells 'dnn-*-xla_off-1e4'``). ``--eager`` compiles with
 ``run_eagerly=True`` (no tracing): only for smoke tests of the harness, its numbers are not the Trainer's.
 
-What a cell runs is the Trainer's own code (components/trainer_module.py run_fn): the model from
+What a cell runs is the Trainer's own code (components/training.py, what run_fn uses): the model from
 ``components.models.build_model`` (26 categorical inputs that are already row ids, 13 float inputs,
-embedding_dim 8, hidden units [64, 32]), the optimizer from ``trainer_module.make_optimizer`` with the
+embedding_dim 8, hidden units [64, 32]), the optimizer from ``training.make_optimizer`` (``optim.create``) with the
 pipeline's defaults (learning rate 0.005, l1 = l2 = 0, l21 = 1e-3 for Group Adam), compiled as the
 Trainer compiles (BinaryCrossentropy, AUC metric, ``jit_compile``), fitted with the Trainer's per-step
 callback (stop on a non-finite loss; no TensorBoard callback, no validation). Only the input differs:
@@ -113,11 +113,11 @@ def child_main(args) -> None:
 
     import psutil
 
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
     import tf_keras as keras
 
-    from components import models, trainer_module
+    from components import models, training
+    from components.trainer_config import TrainerConfig
 
     keras.utils.set_random_seed(0)
     rows_per_field = SIZES[args.size]
@@ -131,8 +131,8 @@ def child_main(args) -> None:
     table_rows = {f: rows_per_field for f in CAT_FIELDS}
     model = models.build_model(args.model, INT_FIELDS, CAT_FIELDS, table_rows,
                                embedding_dim=EMBEDDING_DIM, hidden_units=HIDDEN_UNITS)
-    trainer_module.compile_model(model, dict(TRAINER_CONFIG, optimizer=args.optimizer),
-                                 jit_compile=args.xla == "xla_on", run_eagerly=args.eager or None)
+    training.compile_model(model, TrainerConfig(**TRAINER_CONFIG, optimizer=args.optimizer),
+                           jit_compile=args.xla == "xla_on", run_eagerly=args.eager or None)
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -145,7 +145,7 @@ def child_main(args) -> None:
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(time.perf_counter() - self._started)
 
-    callbacks = [trainer_module._StopOnNonFiniteLoss()]
+    callbacks = [training.StopOnNonFiniteLoss()]
     started = time.perf_counter()
     warm = model.fit(dataset, epochs=1, steps_per_epoch=args.warmup_steps, callbacks=callbacks, verbose=0)
     first_epoch_s = time.perf_counter() - started

@@ -36,10 +36,8 @@ import re
 import threading
 from typing import Any, Dict, Optional, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
+import tensorflow as tf
+from absl import logging
 
 # How often a MultiWorkerMirroredStrategy task checks that its peers are alive (TF's default is
 # 30 s), and how long each check and the first wait for the whole cluster may take.

@@ -195,7 +195,7 @@ def _entries_fixed(prefix: bytes, values: np.ndarray) -> pa.Array:
 def _float_entry_prefix(key_prefix: bytes) -> bytes:
     # Feature{float_list (field 2): FloatList{value (field 1, packed): [one float]}}
     feature = b"\x12\x06\x0a\x04"
-    from components.click_log_example_gen.parsing import _varint
+    from components.click_log_example_gen.line_parser import _varint
 
     entry_len = len(key_prefix) + 2 + 2 + 6
     return b"\x0a" + _varint(entry_len) + key_prefix + b"\x12\x08" + feature
@@ -209,7 +209,7 @@ def encode_examples(record_batch: pa.RecordBatch) -> Optional[pa.Array]:
     ``RecordBatchToExamplesEncoder`` writes (a test compares them), at ~1 us a row instead of ~10."""
     import pyarrow.compute as pc
 
-    from components.click_log_example_gen import block_parsing, parsing
+    from components.click_log_example_gen import block_parsing, line_parser
 
     n = record_batch.num_rows
     pieces: List[pa.Array] = []
@@ -229,7 +229,7 @@ def encode_examples(record_batch: pa.RecordBatch) -> Optional[pa.Array]:
         values = column.flatten()  # the valid rows' values, in order (null rows' extents skipped)
         if values.null_count or len(values) != int(present.sum()):
             return None
-        key = parsing._key_prefix(name)
+        key = line_parser._key_prefix(name)
         if pa.types.is_float32(values.type):
             full = np.zeros(n, "<f4")
             full[present] = values.to_numpy(zero_copy_only=False)

@@ -22,6 +22,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact, standard_artifacts
 
+from serving import model_versions
+
 REPORT_FILE = "gate_report.json"
 
 
@@ -32,23 +34,7 @@ class GateReport(artifact.Artifact):
 
 def latest_version_dir(model_base: str) -> Optional[str]:
     """The newest complete numeric version under `<serving_dir>/<model_name>`, as TF Serving picks it."""
-    if not tf.io.gfile.isdir(model_base):
-        return None
-    versions = []
-    for name in tf.io.gfile.listdir(model_base):
-        name = name.rstrip("/")
-        if name.isdigit() and tf.io.gfile.exists(os.path.join(model_base, name, "saved_model.pb")):
-            versions.append(int(name))
-    return os.path.join(model_base, str(max(versions))) if versions else None
-
-
-def _copy_tree(src: str, dst: str) -> None:
-    for root, _, files in tf.io.gfile.walk(src):
-        rel = os.path.relpath(root, src)
-        target = os.path.join(dst, rel) if rel != "." else dst
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
+    return model_versions.latest_version_dir(model_base, tf.io.gfile)
 
 
 @component
@@ -57,7 +43,7 @@ def LatestPushedModel(model_base: Parameter[str], model: OutputArtifact[standard
     latest = latest_version_dir(model_base)
     model.set_int_custom_property("found", 1 if latest else 0)
     if latest:
-        _copy_tree(latest, os.path.join(model.uri, "Format-Serving"))
+        model_versions.copy_tree(latest, os.path.join(model.uri, "Format-Serving"))
         model.set_string_custom_property("source_path", latest)
         model.set_string_custom_property("source_version", os.path.basename(latest))
 

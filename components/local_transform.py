@@ -5,8 +5,6 @@ import os
 import tempfile
 from typing import Dict, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 
 def analyze(spec, serialized: Sequence[bytes], out_dir: str, batch_size: Optional[int] = None,
             temp_dir: Optional[str] = None) -> None:

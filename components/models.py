@@ -6,13 +6,10 @@ log1p floats and feed the dense part. Every model outputs the click probability,
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Mapping, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
 
 MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
 

@@ -19,14 +19,10 @@ every layout.
 """
 from __future__ import annotations
 
-import os
+import tensorflow as tf
+import tensorflow_transform as tft
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from components.dataset_spec import DatasetSpec  # noqa: E402
+from components.dataset_spec import DatasetSpec
 
 LABEL_KEY = "label"
 MISSING_TOKEN = b"__MISSING__"

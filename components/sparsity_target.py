@@ -16,13 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from optim.sparsity_control import Controller, ControllerSettings, TableState, Target, critical_l21  # noqa: E402
+from optim.sparsity_control import Controller, ControllerSettings, TableState, Target, critical_l21
 
 GLOBAL = "*"  # the group of the tables without their own target
 # On target: reached sparsity within this of the target, or kept bytes at most this fraction over.

@@ -8,6 +8,7 @@ A sparsity report (``sparsity.json``) is written beside the exported model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -16,26 +17,23 @@ import tempfile
 import time
 from typing import Any, Dict
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from absl import logging
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx_bsl.public import tfxio  # noqa: E402
-
-from components import distributed, models, warm_start  # noqa: E402
-from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.preprocessing import LABEL_KEY  # noqa: E402
-from components.vocabulary import FieldVocabulary  # noqa: E402
+from components import distributed, export_signatures, models, warm_start
+from components.dataset_spec import DatasetSpec
+from components.preprocessing import LABEL_KEY
+from components.trainer_config import DISTRIBUTIONS, TrainerConfig
+from components.training import (NonFiniteLossError, StopOnNonFiniteLoss, build_model,
+                                 compile_model)
+from components.vocabulary import FieldVocabulary
 
 SPARSITY_FILE = "sparsity.json"
 TRAINING_FILE = "training.json"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or Inf loss; no model is exported."""
 
 
 class NonFiniteInputError(NonFiniteLossError):
@@ -76,15 +74,6 @@ def non_finite_variables(variables) -> list:
     from optim import sharded  # a sharded table is checked shard by shard
     return [v.name for v in sharded.flatten(variables)
             if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)).numpy())]
-
-
-class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not tf.math.is_finite(loss):
-            raise NonFiniteLossError(
-                f"training stopped: loss is {float(loss)} at step {int(self.model.optimizer.iterations.numpy())};"
-                " lower the learning rate or check the input features. No model was exported.")
 
 
 class _SparsityToTensorBoard(keras.callbacks.Callback):
@@ -154,50 +143,6 @@ class KeepBestEpoch(keras.callbacks.Callback):
                 **({"epochs_off_target": self.ineligible_epochs} if self.eligible is not None else {})}
 
 
-def build_model(cfg: Dict[str, Any], spec: DatasetSpec, vocabulary: FieldVocabulary):
-    """The (uncompiled) model of a trainer config over one Transform output's vocabulary."""
-    return models.build_model(cfg["model"], spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
-                              embedding_dim=cfg["embedding_dim"], embedding_dims=cfg["embedding_dims"],
-                              hidden_units=cfg["hidden_units"], global_to_row=vocabulary.global_to_row,
-                              oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
-
-
-def make_optimizer(cfg: Dict[str, Any]):
-    name = cfg["optimizer"]
-    lr = cfg["learning_rate"]
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    import optim  # the Group optimizers; imported lazily so that plain Adam works without them
-
-    regularizers = dict(l1=cfg["l1"], l2=cfg["l2"], l21=cfg["l21"])
-    classes = {"group_adam": "GroupAdam", "group_adagrad": "GroupAdagrad",
-               "group_momentum": "GroupMomentum", "group_amsgrad": "GroupAMSGrad"}
-    if name not in classes:
-        raise ValueError(f"optimizer {name!r} not in {['adam'] + sorted(classes)}")
-    # Uncompiled training keeps the optimizer's sparse step uncompiled too: compiling it per table
-    # (26 XLA compilations) cost more first-epoch time than it saved (benchmarks/trainer_bench.py).
-    return getattr(optim, classes[name])(learning_rate=lr, jit_compile=bool(cfg.get("jit_compile", True)),
-                                         **regularizers)
-
-
-def compile_model(model, cfg: Dict[str, Any], jit_compile: bool, run_eagerly=None, **options) -> None:
-    """Compiles as the Trainer trains: the config's optimizer, log loss, AUC, `jit_compile`.
-
-    Keras' train/test/predict steps call only TF ops, so autograph has nothing to convert in them;
-    left on, it transpiles every layer and the optimizer's code on the first trace, which was most of
-    the first epoch (benchmarks/trainer_bench.py reports the first epoch of every cell).
-    """
-    optimizer = make_optimizer(dict(cfg, jit_compile=jit_compile))
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile, run_eagerly=run_eagerly,
-                  **options)
-    for step in ("train_step", "test_step", "predict_step"):
-        setattr(model, step, tf.autograph.experimental.do_not_convert(getattr(model, step)))
-
-
-DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker", "parameter_server")
-
-
 def distribution_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """The tf.distribute strategy that `run_fn` trains under (config `trainer.distribution`).
 
@@ -255,72 +200,19 @@ def _non_finite_input(error: Exception):
         " (ExampleGen/Transform). No model was exported.")
 
 
-def _raw_feature_spec(tft_output, spec: DatasetSpec) -> Dict[str, Any]:
-    raw = dict(tft_output.raw_feature_spec())
-    raw.pop(spec.label, None)
-    return raw
-
-
-def _signatures(model, tft_output, spec: DatasetSpec):
-    tft_layer = tft_output.transform_features_layer()
-    model.tft_layer = tft_layer  # tracked, so the transform graph is saved with the model
-    raw_spec = _raw_feature_spec(tft_output, spec)
-    all_raw_spec = dict(tft_output.raw_feature_spec())
-
-    def score(raw_features):
-        transformed = tft_layer(raw_features)
-        transformed.pop(LABEL_KEY, None)
-        return {"probability": model(transformed)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serving_default(examples):
-        return score(tf.io.parse_example(examples, raw_spec))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def transform_features(examples):
-        return tft_layer(tf.io.parse_example(examples, all_raw_spec))
-
-    raw_inputs = {}
-    for name in spec.int_columns:
-        raw_inputs[name] = tf.TensorSpec([None], tf.int64, name=name)
-    for name in spec.categorical_columns:
-        raw_inputs[name] = tf.TensorSpec([None], tf.string, name=name)
-
-    @tf.function(input_signature=[raw_inputs])
-    def predict_raw(features):
-        # "" means a missing categorical value (absent from a tf.Example); integers are always
-        # present here: 0 for a missing one, which Transform maps like a missing value.
-        raw = {}
-        for name, feature_spec in raw_spec.items():
-            values = features[name]
-            if isinstance(feature_spec, tf.io.FixedLenFeature):
-                raw[name] = tf.reshape(values, [-1] + list(feature_spec.shape))
-                continue
-            present = tf.not_equal(values, "") if values.dtype == tf.string else tf.ones_like(values, tf.bool)
-            rows = tf.cast(tf.where(present)[:, 0], tf.int64)
-            raw[name] = tf.SparseTensor(
-                indices=tf.stack([rows, tf.zeros_like(rows)], axis=1),
-                values=tf.boolean_mask(values, present),
-                dense_shape=tf.stack([tf.shape(values, out_type=tf.int64)[0], tf.constant(1, tf.int64)]))
-        return score(raw)
-
-    return {"serving_default": serving_default, "transform_features": transform_features,
-            "predict_raw": predict_raw}
-
-
 def run_fn(fn_args: tfx.components.FnArgs):
-    cfg = json.loads(fn_args.custom_config["trainer"])
-    if distributed.serve_if_cluster_task(cfg.get("distribution", "auto")):
+    cfg = TrainerConfig.from_json(fn_args.custom_config["trainer"])
+    if distributed.serve_if_cluster_task(cfg.distribution):
         return  # a worker or parameter server of a parameter-server cluster: served until stopped
     spec = DatasetSpec.from_json(fn_args.custom_config["dataset_spec"])
-    keras.utils.set_random_seed(cfg["seed"])
+    keras.utils.set_random_seed(cfg.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
 
     vocabulary = FieldVocabulary(spec, tft_output)
     table_rows = vocabulary.table_rows()
-    strategy = distribution_strategy(cfg.get("distribution", "auto"))
+    strategy = distribution_strategy(cfg.distribution)
     replicas = strategy.num_replicas_in_sync
-    jit_compile = cfg["jit_compile"]
+    jit_compile = cfg.jit_compile
     if jit_compile and (replicas > 1 or not distributed.jit_compile_allowed(strategy)):
         # tf_keras's compiled train step cannot reach the other replicas' (or tasks') variables.
         logging.warning("jit_compile off: %d replicas under %s", replicas, type(strategy).__name__)
@@ -333,28 +225,28 @@ def run_fn(fn_args: tfx.components.FnArgs):
         warm = _warm_start(fn_args, cfg, model, vocabulary)
 
     def train_dataset():
-        return _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], True)
+        return _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg.batch_size, cfg.seed, True)
 
     evaluation = distributed.sharded_by_batches(strategy, _dataset(
-        fn_args.eval_files, fn_args.data_accessor, tft_output, cfg["batch_size"], cfg["seed"], False))
-    epochs, steps_per_epoch = (cfg["epochs"] if not fn_args.train_steps else 1), fn_args.train_steps or None
+        fn_args.eval_files, fn_args.data_accessor, tft_output, cfg.batch_size, cfg.seed, False))
+    epochs, steps_per_epoch = (cfg.epochs if not fn_args.train_steps else 1), fn_args.train_steps or None
     if distributed.is_parameter_server(strategy):
         # Each worker reads its own batches, repeated: an epoch is a pass over the split's batches.
         train = distributed.train_dataset_creator(train_dataset)
         steps_per_epoch = distributed.parameter_server_steps(fn_args.train_steps, fn_args.train_files,
-                                                             cfg["batch_size"])
+                                                             cfg.batch_size)
     else:
         train = distributed.sharded_by_batches(strategy, train_dataset())
         if fn_args.train_steps:
             train = train.repeat()
-    logging.info("training %s with %s on %d embedding tables (%d rows)", cfg["model"], cfg["optimizer"],
+    logging.info("training %s with %s on %d embedding tables (%d rows)", cfg.model, cfg.optimizer,
                  len(table_rows), sum(table_rows.values()))
     fit_started = time.time()
     callbacks = distributed.coordinator_callbacks(strategy, [
-        _StopOnNonFiniteLoss(), keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        StopOnNonFiniteLoss(), keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         _SparsityToTensorBoard(fn_args.model_run_dir)])
     scratch = tempfile.mkdtemp(prefix="sparsectr-best-")
-    keep_best = KeepBestEpoch(scratch, patience=cfg["early_stopping_patience"]) if cfg["early_stopping"] else None
+    keep_best = KeepBestEpoch(scratch, patience=cfg.early_stopping_patience) if cfg.early_stopping else None
     target = _sparsity_target(cfg, model, fn_args.model_run_dir, callbacks, keep_best)
     try:
         with distributed.cluster_errors(strategy):  # a task that died: one line
@@ -394,7 +286,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     fit_seconds = time.time() - fit_started
     report = sparsity_report(model)
     export_started = time.time()
-    signatures = _signatures(model, tft_output, spec)
+    signatures = export_signatures.signatures(model, tft_output, spec)
     # Under MultiWorkerMirroredStrategy every task must save (saving runs collectives), but only the
     # chief's copy is the model: the others write to a scratch folder, deleted below.
     chief = is_chief(getattr(strategy, "cluster_resolver", None))
@@ -409,9 +301,9 @@ def run_fn(fn_args: tfx.components.FnArgs):
                    signatures=signatures, include_optimizer=False, options=distributed.save_options(strategy))
         warm["state_bytes"] = warm_start.save(
             warm_start.state_dir(staging), model, model.optimizer, vocabulary.path,
-            {"model": cfg["model"], "optimizer": cfg["optimizer"], "table_rows": table_rows})
+            {"model": cfg.model, "optimizer": cfg.optimizer, "table_rows": table_rows})
     export_seconds = time.time() - export_started
-    training = {"model": cfg["model"], "optimizer": cfg["optimizer"],
+    training = {"model": cfg.model, "optimizer": cfg.optimizer,
                 # This run's steps; a warm start continues the optimizer's step counter.
                 "steps": int(model.optimizer.iterations.numpy()) - int(warm.get("steps_before", 0))
                 if warm.get("optimizer_state") else int(model.optimizer.iterations.numpy()),
@@ -453,14 +345,14 @@ def _staged(model_root: str):
             tf.io.gfile.rmtree(staging)
 
 
-def _warm_start(fn_args, cfg, model, vocabulary) -> Dict[str, Any]:
+def _warm_start(fn_args, cfg: TrainerConfig, model, vocabulary) -> Dict[str, Any]:
     """Continue from the last pushed model (fn_args.base_model, from LatestPushedModel) if any."""
-    if not cfg.get("warm_start", True):
+    if not cfg.warm_start:
         return {"restored": False, "reason": "trainer.warm_start is off"}
     if not fn_args.base_model or not tf.io.gfile.exists(os.path.join(fn_args.base_model, "saved_model.pb")):
         return {"restored": False, "reason": "no pushed model yet"}
     report = warm_start.restore(warm_start.state_dir(fn_args.base_model), model, model.optimizer, vocabulary,
-                                cfg["model"], cfg["optimizer"])
+                                cfg.model, cfg.optimizer)
     if report["restored"]:
         logging.info("warm start from %s: %d embedding rows carried over, %d new, %d dropped; optimizer "
                      "state %s", report["source"], report["rows_carried"], report["rows_new"],
@@ -479,16 +371,16 @@ def sparsity_report(model) -> Dict[str, Any]:
     return dict(optim.sparsity(models.embedding_tables(model)), **weight_bytes(model))
 
 
-def _sparsity_target(cfg: Dict[str, Any], model, log_dir: str, callbacks: list, keep_best):
+def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, keep_best):
     """The SparsityTarget callback of the config's targets, appended to `callbacks` (and keep_best's
     candidates limited to epochs on target); None without a target, when every table trains at the
     config's l21 (also after a warm start that carried a target's l21)."""
     from components import sparsity_target
-    groups = sparsity_target.targets(cfg)
+    groups = sparsity_target.targets(dataclasses.asdict(cfg))
     optimizer = model.optimizer
     if not groups:
         for variable in getattr(optimizer, "_l21_variables", None) or []:
-            variable.assign(cfg["l21"])
+            variable.assign(cfg.l21)
         return None
     if distributed.is_parameter_server(model.distribute_strategy):  # "auto" resolved to it at run time
         raise ValueError("trainer.target_sparsity/max_embedding_bytes: a sparsity or size target cannot be "

@@ -8,17 +8,14 @@ global ids to a field's rows with one gather.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from components.dataset_spec import DatasetSpec  # noqa: E402
-from components.preprocessing import FIELD_SEPARATOR, VOCABULARY_NAME, bucket_fields, vocab_fields  # noqa: E402
+from components.dataset_spec import DatasetSpec
+from components.preprocessing import FIELD_SEPARATOR, VOCABULARY_NAME, bucket_fields, vocab_fields
 
 
 class FieldVocabulary:

@@ -22,13 +22,11 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+from absl import logging
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
-
-from optim import sharded  # noqa: E402
+from optim import sharded
 
 STATE_DIR = "warm_start"
 STATE_PREFIX = "state"

@@ -2,9 +2,11 @@
 
 Yue et al., "Adaptive Optimizers with Sparse Group Lasso for Neural Networks in CTR Prediction",
 ECML PKDD 2021, arXiv 2107.14432. The math is in `optim.group_step` (pure functions), the tf_keras
-optimizers in `optim.optimizers`, the row-sparsity report in `optim.row_sparsity`.
+optimizers in `optim.optimizers`, the row-sparsity report in `optim.row_sparsity`, the optimizers by
+name in `optim.alias` (`optim.create`).
 """
 
+from optim.alias import GROUP_OPTIMIZERS, OPTIMIZERS, create
 from optim.group_step import (
     group_lasso_solve,
     group_lasso_step,
@@ -17,6 +19,9 @@ from optim.optimizers import GroupAdagrad, GroupAdam, GroupAMSGrad, GroupMomentu
 from optim.row_sparsity import sparsity, zero_rows
 
 __all__ = [
+    "create",
+    "OPTIMIZERS",
+    "GROUP_OPTIMIZERS",
     "GroupAdam",
     "GroupAdagrad",
     "GroupAMSGrad",

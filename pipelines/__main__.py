@@ -1,8 +1,5 @@
-import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from pipelines.cli import main  # noqa: E402
+from pipelines.cli import main
 
 sys.exit(main())

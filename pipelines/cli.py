@@ -1,4 +1,4 @@
-"""`python -m pipelines`: run | generate | score (compile | submit | schedule: Kubeflow, see pipelines/kubeflow_runner.py).
+"""`python -m pipelines`: run | generate | score | serve (compile | submit | schedule: Kubeflow, kubeflow_runner.py).
 
 Errors a user can fix (bad paths, specs, options or config values) end with one line on stderr and
 exit 2, before anything runs; a failed pipeline run exits 1 after printing and writing the run summary.
@@ -11,8 +11,6 @@ import logging
 import os
 import sys
 from typing import List, Optional
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,8 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args):
     """The config of `run`: defaults, --config, then the options given; a bad value names its option."""
-    from pipelines.config import ConfigError, load_config
-    given = {  # config key: (option, value or None when not given)
+    from pipelines.config import config_from_options
+    return config_from_options(args.config, {  # config key: (option, value or None when not given)
         "output_dir": ("--output", args.output and os.path.abspath(args.output)),
         "data.data_root": ("--data", args.data and os.path.abspath(args.data)),
         "data.dataset_format": ("--format", args.dataset_format),
@@ -71,22 +69,7 @@ def _config_from_args(args):
         "trainer.max_embedding_bytes": ("--max-embedding-bytes", args.max_embedding_bytes),
         "beam_preset": ("--beam-preset", args.beam_preset),
         "beam_args": ("--beam-arg", list(args.beam_arg) or None),
-    }
-    overrides: dict = {}
-    for key, (_, value) in given.items():
-        if value is not None:
-            *sections, name = key.split(".")
-            section = overrides
-            for s in sections:
-                section = section.setdefault(s, {})
-            section[name] = value
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError as e:
-        option, value = given.get(e.key.split("[")[0], (None, None))
-        if value is None:
-            raise
-        raise ConfigError(f"{option} ({e.key})", e.problem) from None
+    })
 
 
 def _quiet_logs(verbose: bool, config=None):
@@ -146,8 +129,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     gen.add_argument("--span", type=int, default=0, help="span number (rows differ per span, truth does not)")
     gen.add_argument("--truth", help="ground-truth JSON path (default: <out>/../ground_truth.json)")
     gen.set_defaults(func=cmd_generate)
-    from pipelines import score
+    from pipelines import score, serve
     score.add_command(sub)
+    serve.add_command(sub)
     try:
         from pipelines import kubeflow_runner
         kubeflow_runner.add_commands(sub)

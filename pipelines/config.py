@@ -1,5 +1,8 @@
 """The one configuration object of a sparsectr pipeline: every knob, with its default, in one place.
 
+The Trainer's section is defined beside the Trainer (components/trainer_config.py: `TrainerConfig`
+and its choices), which reads it back typed; it is part of this config like every other section.
+
 A `PipelineConfig` is built from defaults, optionally overlaid with a YAML file (same nesting as the
 dataclasses below), then with command-line options. Every runner (local, Kubeflow v2) takes it.
 `load_config` checks every value's type and range (`validate`) before anything runs: a bad value is
@@ -16,14 +19,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
+from components import push_defaults
+from components.trainer_config import DISTRIBUTIONS, MODELS, OPTIMIZERS, TrainerConfig
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The Trainer's choices, kept here so that the config needs no TensorFlow (tests/pipelines/test_config.py
-# checks them against components.models.MODELS, components.trainer_module.make_optimizer and
-# components.trainer_module.DISTRIBUTIONS).
-MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
-OPTIMIZERS = ("group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam")
-DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker", "parameter_server")
 # ExampleGen hashes each example into one of SPLIT_BUCKETS buckets; data.eval_split_buckets of them
 # form the eval split, the rest the train split.
 SPLIT_BUCKETS = 10
@@ -64,40 +64,6 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class TrainerConfig:
-    model: str = "dnn"  # one of MODELS
-    embedding_dim: int = 8
-    embedding_dims: Dict[str, int] = dataclasses.field(default_factory=dict)  # per-field override
-    hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
-    optimizer: str = "group_adam"  # one of OPTIMIZERS
-    learning_rate: float = 0.005
-    l1: float = 0.0
-    l2: float = 0.0
-    l21: float = 1e-3
-    batch_size: int = 256
-    epochs: int = 4
-    # Keep the epoch with the best eval-split AUC (weights and optimizer state); stop after
-    # early_stopping_patience epochs without a better one.
-    early_stopping: bool = True
-    early_stopping_patience: int = 1
-    # Ask for a sparsity or a size instead of an l21: the Trainer then sets l21 itself while it trains
-    # (components/sparsity_target.py), starting from `l21`. target_sparsity: fraction of embedding rows
-    # that are zero, in (0, 1); max_embedding_bytes: bytes of the non-zero rows (rows x width x 4).
-    # One of the two for all tables, and/or either per table ({C1: 0.9}); a named table gets its own
-    # l21, the other tables share one. None/{} = train at the fixed `l21`.
-    target_sparsity: Optional[float] = None
-    max_embedding_bytes: Optional[int] = None
-    target_sparsity_per_table: Dict[str, float] = dataclasses.field(default_factory=dict)
-    max_embedding_bytes_per_table: Dict[str, int] = dataclasses.field(default_factory=dict)
-    train_steps: Optional[int] = None  # None = epochs over the train split
-    eval_steps: Optional[int] = None
-    jit_compile: bool = True
-    distribution: str = "auto"  # one of DISTRIBUTIONS (components.trainer_module.distribution_strategy)
-    seed: int = 42
-    warm_start: bool = True
-
-
-@dataclasses.dataclass
 class GateConfig:
     min_auc: float = 0.60
     max_auc_drop: float = 0.01
@@ -111,27 +77,30 @@ class GateConfig:
 
 @dataclasses.dataclass
 class ServingConfig:
-    model_name: str = "ctr"
+    model_name: str = push_defaults.MODEL_NAME
     serving_dir: Optional[str] = None  # None = <output>/serving
-    keep_versions: int = 3
+    keep_versions: int = push_defaults.KEEP_VERSIONS
     # base_path written into <serving_dir>/models.config when TF Serving sees the model folder under
     # another path than the pipeline does (a Pod's mount, say); None = <serving_dir>/<model_name>.
     model_base_path: Optional[str] = None
     # The Pusher compacts a table only when that saves at least this many bytes (its two lookup ops
-    # cost a few KB of graph per signature; smaller tables stay whole).
-    min_compact_bytes: int = 8192
+    # cost a few KB of graph per signature; smaller tables stay whole). The components call it
+    # min_saved_bytes.
+    min_compact_bytes: int = push_defaults.MIN_SAVED_BYTES
 
 
 @dataclasses.dataclass
 class ServingCheckConfig:
     """Limits of the ServingCheck step (components/serving_check): the candidate is served in a fresh
     serving process before the push and must stay under each of them, or nothing is pushed."""
-    sample_rows: int = 200  # eval rows sent one per request over REST and over gRPC (and as one batch)
-    max_load_seconds: float = 60.0  # version published -> AVAILABLE
-    max_peak_rss_mb: float = 2048.0  # the serving process's peak resident memory after all requests
-    max_p99_latency_ms: float = 1000.0  # single-row requests, per protocol
-    max_score_diff: float = 1e-5  # |served probability - trained model's probability|
-    startup_timeout_seconds: float = 180.0  # serving process started -> listening
+    # eval rows sent one per request over REST and over gRPC (and as one batch)
+    sample_rows: int = push_defaults.SAMPLE_ROWS
+    max_load_seconds: float = push_defaults.MAX_LOAD_SECONDS  # version published -> AVAILABLE
+    # the serving process's peak resident memory after all requests
+    max_peak_rss_mb: float = push_defaults.MAX_PEAK_RSS_MB
+    max_p99_latency_ms: float = push_defaults.MAX_P99_LATENCY_MS  # single-row requests, per protocol
+    max_score_diff: float = push_defaults.MAX_SCORE_DIFF  # |served probability - trained model's probability|
+    startup_timeout_seconds: float = push_defaults.STARTUP_TIMEOUT_SECONDS  # serving process started -> listening
 
 
 @dataclasses.dataclass
@@ -515,3 +484,28 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
     if overrides:
         _overlay(config, overrides, "overrides")
     return validate(config)
+
+
+def config_from_options(path: Optional[str], given: Dict[str, Any]) -> PipelineConfig:
+    """The config of a command line: defaults, the YAML file at `path`, then the options given.
+
+    `given` maps a config key path to ``(option, value)``, value None when the option was not given
+    (``{"trainer.l21": ("--l21", 0.002)}``). A bad value names its option too:
+    ``--l21 (trainer.l21): must be a finite number >= 0, got -1.0``. Every CLI (``python -m
+    pipelines run``, the Kubeflow ``compile``/``submit``/``schedule``) builds its config with it.
+    """
+    overrides: Dict[str, Any] = {}
+    for key, (_, value) in given.items():
+        if value is not None:
+            *sections, name = key.split(".")
+            section = overrides
+            for s in sections:
+                section = section.setdefault(s, {})
+            section[name] = value
+    try:
+        return load_config(path, overrides)
+    except ConfigError as e:
+        option, value = given.get(e.key.split("[")[0], (None, None))
+        if value is None:
+            raise
+        raise ConfigError(f"{option} ({e.key})", e.problem) from None

@@ -5,11 +5,9 @@ import os
 import time
 from typing import Any, Dict, Optional, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
-from pipelines import generator, summary as run_summary  # noqa: E402
-from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
+from components.dataset_spec import DatasetSpec, load_spec
+from pipelines import generator, summary as run_summary
+from pipelines.config import PipelineConfig, beam_pipeline_args
 
 
 class DataError(ValueError):
@@ -82,9 +80,8 @@ def _generated_sets(truth_path: str, gen_cfg, data_dir: str) -> Dict[int, Dict[s
 
 
 def _has_pushed_model(config: PipelineConfig) -> bool:
-    model_dir = os.path.join(config.serving_dir, config.serving.model_name)
-    return os.path.isdir(model_dir) and any(
-        n.isdigit() and os.path.exists(os.path.join(model_dir, n, "saved_model.pb")) for n in os.listdir(model_dir))
+    from serving import model_versions
+    return bool(model_versions.versions(os.path.join(config.serving_dir, config.serving.model_name)))
 
 
 def _truth_report(truth_path: Optional[str], set_name: Optional[str] = None) -> Optional[Dict[str, Any]]:
@@ -104,7 +101,7 @@ def _truth_report(truth_path: Optional[str], set_name: Optional[str] = None) -> 
 
 def score_pushed_model(config: PipelineConfig, data_root: str, rows: int) -> Dict[str, Any]:
     """Score the first `rows` lines of the data through a local TF Serving process (REST and gRPC)."""
-    from serving.demo import score_lines
+    from pipelines.demo import score_lines
     files = sorted(os.path.join(r, n) for r, _, names in os.walk(data_root) for n in names if not n.startswith("."))
     with open(files[0], encoding="utf-8", errors="replace") as f:
         lines = [line for _, line in zip(range(rows + 1), f)]

@@ -9,29 +9,28 @@ pipeline image on Kubeflow.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.utils import json_utils
 
-import tensorflow_model_analysis as tfma  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx.orchestration import metadata  # noqa: E402
-
-from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs  # noqa: E402
-from components.dataset_spec import DatasetSpec, load_spec  # noqa: E402
-from components.fast_transform import Transform  # noqa: E402
-from components.pruned_pusher.component import PrunedPusher  # noqa: E402
-from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate  # noqa: E402
-from components.schema import schema_file_for  # noqa: E402
-from components.serving_check.component import ServingCheck  # noqa: E402
-from components.validation_gate import ValidationGate  # noqa: E402
-from pipelines.config import PipelineConfig, beam_pipeline_args  # noqa: E402
+from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs
+from components.dataset_spec import DatasetSpec, load_spec
+from components.fast_transform import Transform
+from components.pruned_pusher.component import PrunedPusher
+from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate
+from components.schema import schema_file_for
+from components.serving_check.component import ServingCheck
+from components.trainer_job import RUN_FN
+from components.validation_gate import ValidationGate
+from pipelines import runtime_parameters as runtime
+from pipelines.config import PipelineConfig, beam_pipeline_args
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
-RUN_FN = "components.trainer_module.run_fn"
 
 
 def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
@@ -65,17 +64,42 @@ def split_config(config: PipelineConfig) -> tfx.proto.Output:
         tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in config.data.split_buckets]))
 
 
+def per_run_settings(config: PipelineConfig, data_root: str, spec: DatasetSpec,
+                     runtime_parameters: bool = False) -> Dict[str, Any]:
+    """{pipelines.runtime_parameters name: value} of the settings a compiled pipeline takes per run;
+    with `runtime_parameters`, TFX RuntimeParameters whose defaults are those values."""
+    values = {runtime.DATA_ROOT: data_root, runtime.SPAN_WINDOW: config.data.span_window,
+              runtime.MAX_BAD_FRACTION: config.data.max_bad_fraction,
+              # What TFX's Trainer would make of the dict itself (its custom_config JSON).
+              runtime.TRAINER_CONFIG: json_utils.dumps({"trainer": config.trainer.to_json(),
+                                                        "dataset_spec": spec.to_json()})}
+    if not runtime_parameters:
+        return values
+    return {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=runtime.TYPES[name],
+                                                        default=runtime.TYPES[name](value))
+            for name, value in values.items()}
+
+
 def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[DatasetSpec] = None,
                     metadata_connection_config=None, input_bytes: Optional[int] = None,
-                    schema_file: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    schema_file: Optional[str] = None, runtime_parameters: bool = False,
+                    pipeline_root: Optional[str] = None) -> tfx.dsl.Pipeline:
+    """The sparsectr pipeline of `config` over the click logs at `data_root`.
+
+    ``runtime_parameters``: the settings of ``pipelines.runtime_parameters`` (data root, span window,
+    bad-line fraction, the Trainer's config) become runtime parameters, defaulting to the config's
+    values (Kubeflow: overridable per run). ``pipeline_root``: where the steps write their outputs
+    (default: config.pipeline_root, under the local output folder).
+    """
     spec = spec or load_spec(config.data.dataset_format)
     components: List = []
+    per_run = per_run_settings(config, data_root, spec, runtime_parameters)
 
-    example_gen = ClickLogExampleGen(input_base=data_root, dataset_spec=spec.to_json(),
-                                     max_bad_fraction=config.data.max_bad_fraction,
+    example_gen = ClickLogExampleGen(input_base=per_run[runtime.DATA_ROOT], dataset_spec=spec.to_json(),
+                                     max_bad_fraction=per_run[runtime.MAX_BAD_FRACTION],
                                      max_quarantine_records_per_reason=config.data.max_quarantine_records_per_reason,
                                      output_config=split_config(config),
-                                     **ingestion_kwargs(config.data.input_pattern, config.data.span_window))
+                                     **ingestion_kwargs(config.data.input_pattern, per_run[runtime.SPAN_WINDOW]))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The curated schema of the dataset spec, not one inferred from today's data (which would
     # accept any drift); the node keeps the SchemaGen id.
@@ -104,7 +128,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
-        custom_config={"trainer": _json(config.trainer), "dataset_spec": spec.to_json()},
+        custom_config=(per_run[runtime.TRAINER_CONFIG] if runtime_parameters
+                       else {"trainer": config.trainer.to_json(), "dataset_spec": spec.to_json()}),
         # Warm start from the last pushed model (components.warm_start); found=0 -> a cold start.
         base_model=latest_pushed.outputs["model"] if config.trainer.warm_start else None,
     )
@@ -168,13 +193,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
+        pipeline_root=pipeline_root or config.pipeline_root,
         components=components,
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args(config, input_bytes),
     )
-
-
-def _json(section) -> str:
-    return json.dumps(dataclasses.asdict(section), sort_keys=True)

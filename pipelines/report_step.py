@@ -14,15 +14,13 @@
 import os
 from typing import List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 
-from tfx import v1 as tfx  # noqa: E402
-from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact  # noqa: E402
-from tfx.dsl.component.experimental.decorators import component  # noqa: E402
-from tfx.types import standard_artifacts  # noqa: E402
-
-from components.gates import GateReport  # noqa: E402
-from system import HTML  # noqa: E402
+from components.gates import GateReport
+from system import HTML
 
 
 @component

@@ -33,6 +33,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from serving import DEFAULT_MODEL_NAME, model_versions
+
 AUC_BINS = 1 << 20
 LOGLOSS_EPSILON = 1e-7  # Keras' (and so TFMA's) clipping of binary cross-entropy
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -44,18 +46,17 @@ class ScoreError(ValueError):
 
 
 # -- the model ---------------------------------------------------------------------------------------
-def resolve_model(path: str, model_name: str = "ctr", version: Optional[int] = None) -> Tuple[int, str]:
+def resolve_model(path: str, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None) -> Tuple[int, str]:
     """(version, version dir) of ``path``: a version dir, a model dir or a serving base dir."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise ScoreError(f"--model {path}: no such directory")
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
+    if model_versions.is_complete(path):
         name = os.path.basename(path.rstrip("/"))
         if version is not None and name != str(version):
             raise ScoreError(f"--model {path} is version {name}, not --version {version}")
         return (int(name) if name.isdigit() else 0), path
-    versions = sorted(int(n) for n in os.listdir(path)
-                      if n.isdigit() and os.path.exists(os.path.join(path, n, "saved_model.pb")))
+    versions = model_versions.versions(path)
     if versions:
         chosen = version if version is not None else versions[-1]
         if chosen not in versions:
@@ -71,7 +72,7 @@ class Model:
     """A pushed SavedModel scored as the local TF Serving scores it (``ServedVersion.run``)."""
 
     def __init__(self, version: int, path: str, signature_name: str = "serving_default"):
-        from serving.local_server import ServedVersion
+        from serving.local_server.repository import ServedVersion
         from serving.signatures import pick_signature
         self.version, self.path = version, path
         self.served = ServedVersion(version, path)
@@ -117,7 +118,7 @@ class Quarantine:
         self.path = os.path.join(directory, "records-score-00000-of-00001.jsonl")
 
     def add(self, rejection, path: str, line_number: int, content: bytes, line_bytes: int) -> None:
-        from components.click_log_example_gen.parsing import quarantine_record
+        from components.click_log_example_gen.line_parser import quarantine_record
         reason = rejection.reason
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         seen = self._per_file.get((reason, path), 0) + 1
@@ -150,8 +151,8 @@ def parsed_rows(files: Sequence[str], spec, quarantine: Quarantine,
     The per-line decisions are ClickLogExampleGen's (parsing._ParseFileFn.process): BOM, oversized
     line, UTF-8, the header (only as a file's first line), then LineParser.parse.
     """
-    from components.click_log_example_gen.parsing import (LineParser, ParsedRow, Rejection, iter_numbered_lines,
-                                                          parse_int)
+    from components.click_log_example_gen.line_parser import (LineParser, ParsedRow, Rejection, iter_numbered_lines,
+                                                              parse_int)
     parser = LineParser(spec)
     names = [c.name for c in spec.file_columns]
     label_index = names.index(spec.label)
@@ -283,7 +284,7 @@ class PredictionWriter:
 
 # -- the job ------------------------------------------------------------------------------------------------
 def score(data: str, dataset_format: str, model_dir: str, output: Optional[str] = None,
-          fmt: Optional[str] = None, model_name: str = "ctr", version: Optional[int] = None,
+          fmt: Optional[str] = None, model_name: str = DEFAULT_MODEL_NAME, version: Optional[int] = None,
           batch_size: int = 1024, quarantine_dir: Optional[str] = None, max_quarantine_records: int = 1000,
           progress=None) -> Dict[str, Any]:
     """Scores every good line of ``data``; returns the summary (also what the CLI writes as JSON)."""
@@ -382,7 +383,8 @@ def add_command(sub) -> None:
                    help="criteo | criteo-kaggle | avazu | path/to/spec.yaml (default: criteo)")
     p.add_argument("--model", required=True, metavar="SERVING_DIR",
                    help="serving base dir, <serving dir>/<model name>, or a version folder")
-    p.add_argument("--model-name", default="ctr", help="model folder under a serving base dir (default ctr)")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                   help=f"model folder under a serving base dir (default {DEFAULT_MODEL_NAME})")
     p.add_argument("--version", type=int, help="model version (default: the newest, as TF Serving picks)")
     p.add_argument("--output", help="predictions file: .csv or .tfrecord (.gz compresses); none: metrics only")
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, help="instead of the --output extension")

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import grpc
 import numpy as np
 
+from serving import DEFAULT_MODEL_NAME
 from serving.rest_client import Columns, Rows, as_columns
 from serving.retry import RetryableError, RetryPolicy, ServingError, call_with_retries
 from serving.signatures import InvalidRequestError, SignatureSpec, pick_signature, signatures_from_proto, validate_columns
@@ -49,7 +50,7 @@ def tensor_proto(values: Sequence[Any], dtype: str):
 
 
 class GrpcClient:
-    def __init__(self, target: str, model_name: str = "ctr", timeout_s: float = 5.0,
+    def __init__(self, target: str, model_name: str = DEFAULT_MODEL_NAME, timeout_s: float = 5.0,
                  retry: RetryPolicy = RetryPolicy(), max_batch_size: int = 1024,
                  max_message_bytes: int = 16 << 20, channel: Optional[grpc.Channel] = None):
         self.target = target

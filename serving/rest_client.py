@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import requests
 
+from serving import DEFAULT_MODEL_NAME
 from serving.retry import RetryableError, RetryPolicy, ServingError, call_with_retries
 from serving.signatures import (InvalidRequestError, SignatureSpec, pick_signature, rows_to_columns,
                                 signatures_from_metadata_json, validate_columns)
@@ -45,7 +46,7 @@ def _json_safe(value):
 
 
 class RestClient:
-    def __init__(self, base_url: str, model_name: str = "ctr", timeout_s: float = 5.0,
+    def __init__(self, base_url: str, model_name: str = DEFAULT_MODEL_NAME, timeout_s: float = 5.0,
                  retry: RetryPolicy = RetryPolicy(), max_batch_size: int = 1024,
                  session: Optional[requests.Session] = None):
         self.base_url = base_url.rstrip("/")

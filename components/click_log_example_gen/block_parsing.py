@@ -1,6 +1,6 @@
 """The fast path of ClickLogExampleGen: whole blocks of lines -> serialized tf.Examples, in C++.
 
-``parsing.LineParser`` is the reference: one line at a time in Python. This module does the same
+``line_parser.LineParser`` is the reference: one line at a time in Python. This module does the same
 for a block of a few MiB of complete lines with vectorised code and hands every line it cannot
 vouch for back to the caller, which runs ``LineParser`` on it (``parsing.FileParser``). So the
 per-line parser decides every quarantine reason, record and count; the fast path only emits the
@@ -8,7 +8,7 @@ lines that are certainly good, byte for byte what ``LineParser`` would have writ
 
 * ``iter_blocks`` splits a binary stream into blocks of complete lines (and, for a line longer
   than a block, one oversized ``line`` item holding only its preview), with the same line numbers,
-  content and lengths as ``parsing.iter_numbered_lines``.
+  content and lengths as ``line_parser.iter_numbered_lines``.
 * ``BlockParser.parse`` runs Arrow's CSV reader (quoting, escaping and type inference off: every
   field is binary) over a block and checks each line. A line goes back to the per-line parser
   ("slow") when it is a file's first line (header, byte-order mark), empty, longer than
@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from components.click_log_example_gen import parsing
+from components.click_log_example_gen import line_parser
 from components.dataset_spec import DatasetSpec
 
 # Bytes read per block. Each block is one Arrow CSV parse; bigger blocks amortise the per-column
@@ -69,7 +69,7 @@ def iter_blocks(stream, max_line_bytes: int, block_bytes: int = BLOCK_BYTES) -> 
     ``block_bytes + max_line_bytes`` whatever the stream holds."""
     # Past this many bytes without a newline the line is oversized, and longer than its preview:
     # from here on only its length matters.
-    long_after = max(max_line_bytes + 1, parsing.PREVIEW_BYTES + 1)
+    long_after = max(max_line_bytes + 1, line_parser.PREVIEW_BYTES + 1)
     line_number = 0  # lines yielded so far
     pending = b""  # the start of an incomplete line (no newline yet), or whole lines after a long one
     while True:
@@ -83,7 +83,7 @@ def iter_blocks(stream, max_line_bytes: int, block_bytes: int = BLOCK_BYTES) -> 
                 pending = data
                 continue
             # A long line: keep its preview, count the rest until its newline (or the end).
-            preview, total, last = data[:parsing.PREVIEW_BYTES], len(data), data[-1:]
+            preview, total, last = data[:line_parser.PREVIEW_BYTES], len(data), data[-1:]
             pending = b""
             while True:
                 chunk = stream.read(block_bytes)
@@ -148,8 +148,8 @@ def varints(values: np.ndarray, present: Optional[np.ndarray] = None) -> Tuple[p
 
 
 def _bytes_entry_prefix(key_prefix: bytes, value_len: int) -> bytes:
-    """Everything of a bytes feature's map entry before the value itself (see parsing._entry)."""
-    v = parsing._varint
+    """Everything of a bytes feature's map entry before the value itself (see line_parser._entry)."""
+    v = line_parser._varint
     inner_len = 1 + len(v(value_len)) + value_len  # BytesList: 0a len value
     feature_len = 1 + len(v(inner_len)) + inner_len  # Feature: 0a len BytesList
     entry_len = len(key_prefix) + 1 + len(v(feature_len)) + feature_len
@@ -158,7 +158,7 @@ def _bytes_entry_prefix(key_prefix: bytes, value_len: int) -> bytes:
 
 def _int_entry_prefix(key_prefix: bytes, varint_len: int) -> bytes:
     """Everything of an int64 feature's map entry before the value's varint (see _int64_feature)."""
-    v = parsing._varint
+    v = line_parser._varint
     packed_len = 2 + varint_len  # Int64List: 0a len varint (packed)
     feature_len = 2 + packed_len  # Feature: 1a len Int64List
     entry_len = len(key_prefix) + 1 + len(v(feature_len)) + feature_len
@@ -207,7 +207,7 @@ class BlockResult:
             end -= 1
         total = end - start
         if total > max_line_bytes:
-            end = min(end, start + parsing.PREVIEW_BYTES)
+            end = min(end, start + line_parser.PREVIEW_BYTES)
         return data[start:end], total
 
 
@@ -237,12 +237,12 @@ class BlockParser:
                 needed.add(i)
         for c in spec.columns:
             if c.derived_from is not None:
-                plan.append((c.name, index_of[c.derived_from], "derived", (parsing.DERIVATIONS[c.derive], c.kind)))
+                plan.append((c.name, index_of[c.derived_from], "derived", (line_parser.DERIVATIONS[c.derive], c.kind)))
                 needed.add(index_of[c.derived_from])
         plan.sort(key=lambda p: p[0].encode("utf-8"))  # deterministic serialization: by key
         self._plan = []
         for name, index, kind, option in plan:
-            key = parsing._key_prefix(name)
+            key = line_parser._key_prefix(name)
             if kind == "int":
                 table = _PrefixTable(lambda n, key=key: _int_entry_prefix(key, n))
             elif kind == "categorical":
@@ -250,9 +250,9 @@ class BlockParser:
             else:
                 table = None
             self._plan.append((name, index, kind, option, key, table))
-        label_key = parsing._key_prefix(spec.label)
+        label_key = line_parser._key_prefix(spec.label)
         self._label_entries = pa.array(
-            [parsing._entry(label_key, parsing._int64_feature(v)) for v in (0, 1)], pa.binary())
+            [line_parser._entry(label_key, line_parser._int64_feature(v)) for v in (0, 1)], pa.binary())
         # Derived features: source value -> encoded entry (None: cannot derive); values repeat.
         self._derived_cache: Dict[str, Dict[bytes, Optional[bytes]]] = {
             name: {} for name, _, kind, *_ in self._plan if kind == "derived"}
@@ -421,12 +421,12 @@ class BlockParser:
         entries = []
         for value in encoded.dictionary.to_pylist():
             if value not in cache:
-                if len(cache) >= parsing._CACHE_ENTRIES_PER_FIELD:
+                if len(cache) >= line_parser._CACHE_ENTRIES_PER_FIELD:
                     cache.clear()
                 derived = derive(value.decode("utf-8"))
-                cache[value] = None if derived is None else parsing._entry(
-                    key, parsing._int64_feature(int(derived)) if kind == "int"
-                    else parsing._bytes_feature(derived.encode("utf-8")))
+                cache[value] = None if derived is None else line_parser._entry(
+                    key, line_parser._int64_feature(int(derived)) if kind == "int"
+                    else line_parser._bytes_feature(derived.encode("utf-8")))
             entries.append(cache[value])
         result = pc.take(pa.array(entries, pa.binary()), encoded.indices)
         # Present source, no derived value: underivable (an empty source is just missing).

@@ -8,7 +8,9 @@
 
 It is a ``FileBasedExampleGen`` subclass (TFX's FileBasedDriver resolves ``{SPAN}``/date/
 ``{VERSION}`` patterns; Kubeflow V2 compiles it like any file-based ExampleGen); the extra
-execution properties are plain str/float/int. See docs/ingestion.md.
+execution properties are plain str/float/int; ``input_base``, ``max_bad_fraction`` and
+``span_window`` may be TFX RuntimeParameters (the Kubeflow pipeline's per-run settings), whose
+defaults are checked here like plain values. See docs/ingestion.md.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tfx import types
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.orchestration import data_types
 from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
@@ -66,6 +69,11 @@ def _has_span_spec(input_config: example_gen_pb2.Input) -> bool:
     return any(s in split.pattern for split in input_config.splits for s in specs)
 
 
+def _value(setting):
+    """A setting's value: itself, or a RuntimeParameter's default (what a run gets unless it overrides it)."""
+    return setting.default if isinstance(setting, data_types.RuntimeParameter) else setting
+
+
 def _spec_json(dataset_spec: Union[str, DatasetSpec]) -> str:
     if isinstance(dataset_spec, DatasetSpec):
         return dataset_spec.to_json()
@@ -88,13 +96,13 @@ class ClickLogExampleGen(FileBasedExampleGen):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self,
-                 input_base: str,
+                 input_base: Union[str, data_types.RuntimeParameter],
                  dataset_spec: Union[str, DatasetSpec],
-                 max_bad_fraction: float = 0.01,
+                 max_bad_fraction: Union[float, data_types.RuntimeParameter] = 0.01,
                  input_config: Optional[example_gen_pb2.Input] = None,
                  output_config: Optional[example_gen_pb2.Output] = None,
                  range_config: Optional[range_config_pb2.RangeConfig] = None,
-                 span_window: int = 1,
+                 span_window: Union[int, data_types.RuntimeParameter] = 1,
                  output_file_format: int = example_gen_pb2.FORMAT_TFRECORDS_GZIP,
                  max_quarantine_records_per_reason: int = parsing.DEFAULT_MAX_RECORDS_PER_REASON):
         """
@@ -113,10 +121,10 @@ class ClickLogExampleGen(FileBasedExampleGen):
             lines beyond it are counted (``quarantined_by_reason`` stays exact) but not stored, and
             counted in ``quarantine_records_dropped``. 0 keeps counts only.
         """
-        if not 0.0 <= float(max_bad_fraction) <= 1.0:
-            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-        if int(span_window) < 1:
-            raise ValueError(f"span_window must be >= 1, got {span_window}")
+        if not 0.0 <= float(_value(max_bad_fraction)) <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {_value(max_bad_fraction)}")
+        if int(_value(span_window)) < 1:
+            raise ValueError(f"span_window must be >= 1, got {_value(span_window)}")
         if int(max_quarantine_records_per_reason) < 0:
             raise ValueError(
                 f"max_quarantine_records_per_reason must be >= 0, got {max_quarantine_records_per_reason}")
@@ -124,9 +132,9 @@ class ClickLogExampleGen(FileBasedExampleGen):
         input_config = input_config or input_config_for("*")
         if isinstance(input_config, dict):
             input_config = proto_utils.dict_to_proto(input_config, example_gen_pb2.Input())
-        if int(span_window) > 1 and not _has_span_spec(input_config):
+        if int(_value(span_window)) > 1 and not _has_span_spec(input_config):
             raise ValueError(
-                f"span_window={span_window} needs a {{SPAN}} or {{YYYY}}{{MM}}{{DD}} spec in the input "
+                f"span_window={_value(span_window)} needs a {{SPAN}} or {{YYYY}}{{MM}}{{DD}} spec in the input "
                 f"pattern, got {[s.pattern for s in input_config.splits]}")
         output_config = output_config or default_output_config(input_config)
         spec = ClickLogExampleGenSpec(
@@ -138,8 +146,9 @@ class ClickLogExampleGen(FileBasedExampleGen):
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=output_file_format,
             dataset_spec=spec_json,
-            max_bad_fraction=float(max_bad_fraction),
-            span_window=int(span_window),
+            max_bad_fraction=(max_bad_fraction if isinstance(max_bad_fraction, data_types.RuntimeParameter)
+                              else float(max_bad_fraction)),
+            span_window=span_window if isinstance(span_window, data_types.RuntimeParameter) else int(span_window),
             max_quarantine_records_per_reason=int(max_quarantine_records_per_reason),
             # The driver replaces the span specs in input_config with the newest span; the
             # executor needs the patterns as written to find the older spans of the window.

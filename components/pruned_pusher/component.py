@@ -16,6 +16,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components import push_defaults
 from components.pruned_pusher import executor
 
 
@@ -55,9 +56,13 @@ class PrunedPusher(tfx_pusher_component.Pusher):
     def __init__(self, model: types.BaseChannel, model_blessing: Optional[types.BaseChannel],
                  examples: types.BaseChannel, transform_graph: types.BaseChannel,
                  push_destination: pusher_pb2.PushDestination,
-                 model_name: str = "ctr", keep_versions: int = 3, parity_tolerance: float = 1e-6,
-                 parity_examples: int = 1000, warmup_requests: int = 1000, examples_split: str = "eval",
-                 model_base_path: str = "", min_saved_bytes: int = 8192, lock_timeout_seconds: int = 600,
+                 model_name: str = push_defaults.MODEL_NAME, keep_versions: int = push_defaults.KEEP_VERSIONS,
+                 parity_tolerance: float = push_defaults.PARITY_TOLERANCE,
+                 parity_examples: int = push_defaults.PARITY_EXAMPLES,
+                 warmup_requests: int = push_defaults.WARMUP_REQUESTS,
+                 examples_split: str = push_defaults.EXAMPLES_SPLIT, model_base_path: str = "",
+                 min_saved_bytes: int = push_defaults.MIN_SAVED_BYTES,
+                 lock_timeout_seconds: int = push_defaults.LOCK_TIMEOUT_SECONDS,
                  infra_blessing: Optional[types.BaseChannel] = None):
         """
         Args:

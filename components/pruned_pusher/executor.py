@@ -1,4 +1,4 @@
-"""PrunedPusher executor: TFX's Pusher executor, pushing the pruned model (serving.pruning).
+"""PrunedPusher executor: TFX's Pusher executor, pushing the pruned model (pruning.py).
 
 Blessing is checked by the stock ``CheckBlessing`` (model_blessing / infra_blessing): a model that is
 not blessed is not pushed and the PushedModel artifact gets ``pushed=0``, exactly like TFX's Pusher.
@@ -12,15 +12,15 @@ import os
 import tempfile
 from typing import Any, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.components.pusher import executor as tfx_pusher_executor
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
 
-import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
-from tfx import types  # noqa: E402
-from tfx.components.pusher import executor as tfx_pusher_executor  # noqa: E402
-from tfx.proto import pusher_pb2  # noqa: E402
-from tfx.types import artifact_utils, standard_component_specs  # noqa: E402
-from tfx.utils import io_utils, proto_utils  # noqa: E402
+from components import push_defaults
 
 EXAMPLES_KEY = "examples"
 TRANSFORM_GRAPH_KEY = "transform_graph"
@@ -34,9 +34,11 @@ MODEL_BASE_PATH_KEY = "model_base_path"
 MIN_SAVED_BYTES_KEY = "min_saved_bytes"
 LOCK_TIMEOUT_KEY = "lock_timeout_seconds"
 
-DEFAULTS = {MODEL_NAME_KEY: "ctr", KEEP_VERSIONS_KEY: 3, PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
-            WARMUP_REQUESTS_KEY: 1000, EXAMPLES_SPLIT_KEY: "eval", MODEL_BASE_PATH_KEY: "",
-            MIN_SAVED_BYTES_KEY: 8192, LOCK_TIMEOUT_KEY: 600}
+DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, KEEP_VERSIONS_KEY: push_defaults.KEEP_VERSIONS,
+            PARITY_TOLERANCE_KEY: push_defaults.PARITY_TOLERANCE, PARITY_EXAMPLES_KEY: push_defaults.PARITY_EXAMPLES,
+            WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
+            MODEL_BASE_PATH_KEY: "", MIN_SAVED_BYTES_KEY: push_defaults.MIN_SAVED_BYTES,
+            LOCK_TIMEOUT_KEY: push_defaults.LOCK_TIMEOUT_SECONDS}
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -44,7 +46,7 @@ class Executor(tfx_pusher_executor.Executor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from serving import pruning
+        from components.pruned_pusher import pruning
 
         self._log_startup(input_dict, output_dict, exec_properties)
         props = {k: exec_properties.get(k) if exec_properties.get(k) is not None else v for k, v in DEFAULTS.items()}
@@ -119,7 +121,7 @@ class Executor(tfx_pusher_executor.Executor):
     def _push_checked(self, infra, model_path: str, base_dir: str, props: Dict[str, Any], model_push) -> None:
         """Publish ``<infra_blessing>/stamped_model`` (the ServingCheck's checked export) as it is, plus the
         Trainer's warm-start state; the pruning measurements come from the blessing's properties."""
-        from serving import pruning
+        from components.pruned_pusher import pruning
         from components import warm_start
         from tfx.utils import path_utils
         checked = path_utils.stamped_model_path(infra.uri)

@@ -39,6 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from components import push_defaults
+
 SERVING_SIGNATURE = "serving_default"
 RAW_SIGNATURE = "predict_raw"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -51,11 +53,11 @@ class CheckFailed(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    max_load_seconds: float = 60.0
-    max_peak_rss_mb: float = 2048.0
-    max_p99_latency_ms: float = 1000.0
-    max_score_diff: float = 1e-5
-    startup_timeout_seconds: float = 180.0
+    max_load_seconds: float = push_defaults.MAX_LOAD_SECONDS
+    max_peak_rss_mb: float = push_defaults.MAX_PEAK_RSS_MB
+    max_p99_latency_ms: float = push_defaults.MAX_P99_LATENCY_MS
+    max_score_diff: float = push_defaults.MAX_SCORE_DIFF
+    startup_timeout_seconds: float = push_defaults.STARTUP_TIMEOUT_SECONDS
 
 
 def _free_port() -> int:
@@ -251,7 +253,7 @@ def _max_diff(got: np.ndarray, reference: np.ndarray) -> float:
 
 
 def check_candidate(candidate_dir: str, examples: Sequence[bytes], reference_scores: Sequence[float],
-                    model_name: str = "ctr", limits: Limits = Limits(),
+                    model_name: str = push_defaults.MODEL_NAME, limits: Limits = Limits(),
                     work_dir: Optional[str] = None) -> Dict[str, Any]:
     """Serve `candidate_dir` (a local SavedModel folder) in a fresh process and check it; returns the report.
 

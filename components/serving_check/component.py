@@ -5,7 +5,7 @@ TFX's InfraValidator does this for TF Serving, but TFX's Kubeflow V2 compiler ca
 ordinary container step that runs the same way under LocalDagRunner and KFP:
 
 * it builds the candidate -- the pruned export that will be pushed, with its TF Serving warmup
-  requests (``serving.pruning``) -- and checks its scores against the trained model's in process;
+  requests (``components.pruned_pusher.pruning``) -- and checks its scores against the trained model's in process;
 * it serves the candidate in a fresh ``serving.local_server`` process (the TF runtime behind TF
   Serving's REST and gRPC APIs) and checks load time, peak RSS, p99 latency and score parity against
   configured limits, replaying the warmup requests and a sample of eval rows over both protocols
@@ -27,6 +27,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import push_defaults
 from components.serving_check import executor
 
 
@@ -69,12 +70,17 @@ class ServingCheck(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, transform_graph: types.BaseChannel,
-                 model_blessing: Optional[types.BaseChannel] = None, model_name: str = "ctr",
-                 examples_split: str = "eval", parity_tolerance: float = 1e-6, parity_examples: int = 1000,
-                 warmup_requests: int = 1000, min_saved_bytes: int = 8192, sample_rows: int = 200,
-                 max_load_seconds: float = 60.0, max_peak_rss_mb: float = 2048.0,
-                 max_p99_latency_ms: float = 1000.0, max_score_diff: float = 1e-5,
-                 startup_timeout_seconds: float = 180.0):
+                 model_blessing: Optional[types.BaseChannel] = None, model_name: str = push_defaults.MODEL_NAME,
+                 examples_split: str = push_defaults.EXAMPLES_SPLIT,
+                 parity_tolerance: float = push_defaults.PARITY_TOLERANCE,
+                 parity_examples: int = push_defaults.PARITY_EXAMPLES,
+                 warmup_requests: int = push_defaults.WARMUP_REQUESTS,
+                 min_saved_bytes: int = push_defaults.MIN_SAVED_BYTES, sample_rows: int = push_defaults.SAMPLE_ROWS,
+                 max_load_seconds: float = push_defaults.MAX_LOAD_SECONDS,
+                 max_peak_rss_mb: float = push_defaults.MAX_PEAK_RSS_MB,
+                 max_p99_latency_ms: float = push_defaults.MAX_P99_LATENCY_MS,
+                 max_score_diff: float = push_defaults.MAX_SCORE_DIFF,
+                 startup_timeout_seconds: float = push_defaults.STARTUP_TIMEOUT_SECONDS):
         """
         Args:
           model: the Trainer's ``model``.

@@ -12,13 +12,13 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
 
-from absl import logging  # noqa: E402
-from tfx import types  # noqa: E402
-from tfx.dsl.components.base import base_executor  # noqa: E402
-from tfx.types import artifact_utils  # noqa: E402
-from tfx.utils import io_utils, path_utils  # noqa: E402
+from components import push_defaults
 
 MODEL_KEY = "model"
 MODEL_BLESSING_KEY = "model_blessing"
@@ -51,10 +51,12 @@ CARRIED_INT_PROPERTIES = ("size_before_bytes", "size_after_bytes", "embedding_by
                           "compacted_tables", "warmup_requests")
 CARRIED_FLOAT_PROPERTIES = ("row_sparsity", "parity_max_abs_error")
 
-DEFAULTS = {MODEL_NAME_KEY: "ctr", EXAMPLES_SPLIT_KEY: "eval", PARITY_TOLERANCE_KEY: 1e-6, PARITY_EXAMPLES_KEY: 1000,
-            WARMUP_REQUESTS_KEY: 1000, MIN_SAVED_BYTES_KEY: 8192, SAMPLE_ROWS_KEY: 200, MAX_LOAD_SECONDS_KEY: 60.0,
-            MAX_PEAK_RSS_MB_KEY: 2048.0, MAX_P99_LATENCY_MS_KEY: 1000.0, MAX_SCORE_DIFF_KEY: 1e-5,
-            STARTUP_TIMEOUT_KEY: 180.0}
+DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
+            PARITY_TOLERANCE_KEY: push_defaults.PARITY_TOLERANCE, PARITY_EXAMPLES_KEY: push_defaults.PARITY_EXAMPLES,
+            WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, MIN_SAVED_BYTES_KEY: push_defaults.MIN_SAVED_BYTES,
+            SAMPLE_ROWS_KEY: push_defaults.SAMPLE_ROWS, MAX_LOAD_SECONDS_KEY: push_defaults.MAX_LOAD_SECONDS,
+            MAX_PEAK_RSS_MB_KEY: push_defaults.MAX_PEAK_RSS_MB, MAX_P99_LATENCY_MS_KEY: push_defaults.MAX_P99_LATENCY_MS,
+            MAX_SCORE_DIFF_KEY: push_defaults.MAX_SCORE_DIFF, STARTUP_TIMEOUT_KEY: push_defaults.STARTUP_TIMEOUT_SECONDS}
 
 
 def _write_report(report_artifact, report: Dict[str, Any]) -> None:
@@ -80,7 +82,7 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from components.serving_check import check
-        from serving import pruning
+        from components.pruned_pusher import pruning
 
         self._log_startup(input_dict, output_dict, exec_properties)
         props = {k: exec_properties.get(k) if exec_properties.get(k) is not None else v for k, v in DEFAULTS.items()}

@@ -17,7 +17,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from components.click_log_example_gen import executor as executor_lib
-from components.click_log_example_gen import parsing
+from components.click_log_example_gen import line_parser
 from components.click_log_example_gen.component import (
     ClickLogExampleGen, default_output_config, ingestion_kwargs, input_config_for)
 from components.dataset_spec import DatasetSpec, load_spec
@@ -119,7 +119,7 @@ def test_criteo_raw_sample(tmp_path):
     assert set(labels) == {0, 1} and 0.15 < labels[1] / len(records) < 0.3  # CTR ~0.22 per the README
     # The first line, re-parsed independently, is among the outputs byte for byte.
     first = data_lines(source, False)[0].decode()
-    assert parsing.LineParser(spec).parse(first).example in set(records)
+    assert line_parser.LineParser(spec).parse(first).example in set(records)
     negatives = props_of(examples)["negative_ints_by_field"]
     assert set(negatives) <= set(spec.int_columns) and negatives.get("I2", 0) > 0  # Criteo's I2 has -1s
 
@@ -228,7 +228,7 @@ def corrupted(tmp_path_factory):
     spec = DatasetSpec.from_dict({**load_spec("criteo").to_dict(), "max_line_bytes": CORRUPT_MAX_LINE})
     examples, error = run_example_gen(root / "out", input_base=str(data), dataset_spec=spec.to_json(),
                                       max_bad_fraction=0.01)
-    parser = parsing.LineParser(spec)
+    parser = line_parser.LineParser(spec)
     expected_examples = collections.Counter(parser.parse(line.decode()).example for line in good_lines)
     return examples, error, {"bad": expected_bad, "examples": expected_examples, "rows": 260,
                              "negatives": 4}
@@ -256,7 +256,7 @@ def test_corrupted_nothing_lost(corrupted):
     assert emitted == expected["examples"]  # every good line, exactly once, parsed as expected
     oversized = next(r for r in records if r["reason"] == "oversized_line")
     assert oversized["truncated"] and oversized["line_bytes"] > 5000
-    assert len(oversized["line"]) == parsing.PREVIEW_BYTES  # only the start is kept
+    assert len(oversized["line"]) == line_parser.PREVIEW_BYTES  # only the start is kept
     undecodable = next(r for r in records if r["reason"] == "undecodable_bytes")
     assert "caf\\xe9" in undecodable["line"]  # the raw byte kept, repr-safe
     crlf_bad = next(r for r in records if r["file"].endswith("b.tsv"))
@@ -316,9 +316,9 @@ def test_quarantine_flood_is_capped_with_exact_counts(tmp_path):
     oversized = next(r for r in records if r["reason"] == "oversized_line")
     assert oversized["truncated"] and oversized["line_bytes"] == 100_000
     assert oversized["line"].startswith("\\xfe")
-    assert len(json.dumps(oversized["line"])) <= parsing.MAX_LINE_JSON_CHARS + 2
+    assert len(json.dumps(oversized["line"])) <= line_parser.MAX_LINE_JSON_CHARS + 2
     record_bytes = sum(os.path.getsize(f) for f in glob.glob(os.path.join(p["quarantine_uri"], "records-*")))
-    assert record_bytes < 100 * 1024 + parsing.MAX_LINE_JSON_CHARS + 1024  # the old code wrote ~35 MB
+    assert record_bytes < 100 * 1024 + line_parser.MAX_LINE_JSON_CHARS + 1024  # the old code wrote ~35 MB
 
     counts_file, = glob.glob(os.path.join(p["quarantine_uri"], "counts-*.json"))
     with open(counts_file) as f:

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from components.click_log_example_gen import block_parsing, parsing, writing
+from components.click_log_example_gen import block_parsing, line_parser, parsing, writing
 from components.dataset_spec import DatasetSpec, load_spec
 
 CRITEO = load_spec("criteo")
@@ -95,8 +95,8 @@ def test_blocks_yield_the_lines_of_the_line_reader(block_bytes, max_line_bytes):
         n = rng.choice([0, 1, 2, 5, 9, 10, 11, 100, 4095, 4096, 4097, 6000])
         pieces.append(bytes(rng.choice(b"ab\t\r\x00\xff") for _ in range(n)) + rng.choice([b"\n", b"\r\n"]))
     for data in (b"".join(pieces), b"".join(pieces)[:-1], b"", b"\n", b"x", b"\r", b"a\r\r\n", b"z" * 9000):
-        expected = list(parsing.iter_numbered_lines(io.BytesIO(data), max_line_bytes))
-        monkey_preview = parsing.PREVIEW_BYTES
+        expected = list(line_parser.iter_numbered_lines(io.BytesIO(data), max_line_bytes))
+        monkey_preview = line_parser.PREVIEW_BYTES
         assert monkey_preview == 4096
         assert lines_of_blocks(io.BytesIO(data), max_line_bytes, block_bytes) == expected
 
@@ -171,7 +171,7 @@ def test_corrupted_input_same_examples_records_and_counts(seed, ending, final_ne
         data += ending
     examples, records, counts, _ = assert_same(spec, data, block_sizes=(None, 64, 3000, 100000))
     reasons = counts["quarantined_by_reason"]
-    assert set(reasons) == set(parsing.QUARANTINE_REASONS), reasons  # every reason is exercised
+    assert set(reasons) == set(line_parser.QUARANTINE_REASONS), reasons  # every reason is exercised
     assert counts["rows_read"] == counts["rows_emitted"] + counts["rows_quarantined"]
     assert len(records) == counts["rows_quarantined"]
 

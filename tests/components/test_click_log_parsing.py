@@ -10,15 +10,15 @@ from apache_beam.testing.util import assert_that, equal_to
 from tensorflow.core.example import example_pb2
 
 from components import dataset_spec
-from components.click_log_example_gen import parsing
+from components.click_log_example_gen import line_parser, parsing
 from components.dataset_spec import DatasetSpec, load_spec
 
 CRITEO = load_spec("criteo")
 GOOD_CRITEO = "\t".join(["1", "5", "-2", "", "7"] + [""] * 9 + ["68fd1e64", "80e26c9b"] + ["a"] * 24)
 
 
-def _lines(data: bytes, max_line_bytes=100, chunk_bytes=parsing.READ_CHUNK_BYTES):
-    return list(parsing.iter_numbered_lines(io.BytesIO(data), max_line_bytes, chunk_bytes))
+def _lines(data: bytes, max_line_bytes=100, chunk_bytes=line_parser.READ_CHUNK_BYTES):
+    return list(line_parser.iter_numbered_lines(io.BytesIO(data), max_line_bytes, chunk_bytes))
 
 
 def _features(serialized: bytes):
@@ -46,7 +46,7 @@ def test_lines_empty_file_and_single_newline():
 
 @pytest.mark.parametrize("chunk_bytes", [5, 1 << 20])
 def test_oversized_line_is_measured_but_held_only_as_preview(chunk_bytes, monkeypatch):
-    monkeypatch.setattr(parsing, "PREVIEW_BYTES", 8)
+    monkeypatch.setattr(line_parser, "PREVIEW_BYTES", 8)
     big = b"x" * 50
     got = _lines(b"ok\n" + big + b"\r\nok2", max_line_bytes=10, chunk_bytes=chunk_bytes)
     assert got == [(1, b"ok", 2), (2, b"x" * 8, 50), (3, b"ok2", 3)]
@@ -57,9 +57,9 @@ def test_oversized_line_is_measured_but_held_only_as_preview(chunk_bytes, monkey
 
 # -- LineParser -----------------------------------------------------------------------------------
 def test_parse_good_criteo_row_layout():
-    parser = parsing.LineParser(CRITEO)
+    parser = line_parser.LineParser(CRITEO)
     row = parser.parse(GOOD_CRITEO)
-    assert isinstance(row, parsing.ParsedRow)
+    assert isinstance(row, line_parser.ParsedRow)
     feats = _features(row.example)
     assert feats["label"] == [1]
     assert feats["I1"] == [5] and feats["I2"] == [-2] and feats["I4"] == [7]
@@ -83,9 +83,9 @@ def test_parse_good_criteo_row_layout():
     (lambda f: f[:3] + [str(1 << 63)] + f[4:], "non_numeric_int"),  # beyond int64
 ])
 def test_parse_rejections(mutate, reason):
-    parser = parsing.LineParser(CRITEO)
+    parser = line_parser.LineParser(CRITEO)
     result = parser.parse("\t".join(mutate(GOOD_CRITEO.split("\t"))))
-    assert isinstance(result, parsing.Rejection), result
+    assert isinstance(result, line_parser.Rejection), result
     assert result.reason == reason
     assert result.detail
 
@@ -97,9 +97,9 @@ def test_parse_rejections(mutate, reason):
     ("avazu", ",".join(["9", "0", "14102923"] + [f"v{i}" for i in range(21)])),
 ])
 def test_hand_written_wire_format_equals_proto_deterministic_serialization(spec_name, line):
-    parser = parsing.LineParser(load_spec(spec_name))
+    parser = line_parser.LineParser(load_spec(spec_name))
     row = parser.parse(line)
-    assert isinstance(row, parsing.ParsedRow)
+    assert isinstance(row, line_parser.ParsedRow)
     spec = parser.spec
     feats = _features(row.example)
     for column, value in zip(spec.file_columns, line.split(spec.delimiter)):
@@ -119,10 +119,10 @@ def test_hand_written_wire_format_equals_proto_deterministic_serialization(spec_
 
 
 def test_undecodable_bytes_rejected():
-    parser = parsing.LineParser(CRITEO)
+    parser = line_parser.LineParser(CRITEO)
     assert parser.decode(b"ok\t\xc3\xa9") == "ok\t\u00e9"
     bad = parser.decode(b"0\t\xff\xfe")
-    assert isinstance(bad, parsing.Rejection) and bad.reason == "undecodable_bytes"
+    assert isinstance(bad, line_parser.Rejection) and bad.reason == "undecodable_bytes"
 
 
 def test_float_formatted_ints_through_allow_float_format():
@@ -130,7 +130,7 @@ def test_float_formatted_ints_through_allow_float_format():
         {"name": "label", "kind": "label", "allow_float_format": True},
         {"name": "n", "kind": "int", "allow_float_format": True},
         {"name": "m", "kind": "int"}]})
-    parser = parsing.LineParser(spec)
+    parser = line_parser.LineParser(spec)
     assert _features(parser.parse("1.0,260.0,3").example) == {"label": [1], "n": [260], "m": [3]}
     assert _features(parser.parse("0,-4.00,").example) == {"label": [0], "n": [-4]}
     assert parser.parse("0,2.5,1").reason == "non_numeric_int"
@@ -141,7 +141,7 @@ def test_float_formatted_ints_through_allow_float_format():
 
 def test_avazu_derived_hour_columns_and_header():
     spec = load_spec("avazu")
-    parser = parsing.LineParser(spec)
+    parser = line_parser.LineParser(spec)
     header = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,"
               "app_category,device_id,device_ip,device_model,device_type,device_conn_type,"
               "C14,C15,C16,C17,C18,C19,C20,C21")
@@ -158,7 +158,7 @@ def test_avazu_derived_hour_columns_and_header():
 
 
 def test_spec_and_parser_agree_on_derivations():
-    assert set(dataset_spec.DERIVATIONS) == set(parsing.DERIVATIONS)
+    assert set(dataset_spec.DERIVATIONS) == set(line_parser.DERIVATIONS)
 
 
 def test_merge_counts_sums_nested():
@@ -182,7 +182,7 @@ def test_parse_click_logs_ptransform(tmp_path):
     with gzip.open(tmp_path / "c.csv.gz", "wb") as f:  # compressed logs are read transparently
         f.write(b"label,n,c\n1,,w\n")
     (tmp_path / "sub").mkdir()  # folders matched by the glob are not files
-    parser = parsing.LineParser(spec)
+    parser = line_parser.LineParser(spec)
     expected_examples = [parser.parse(t).example for t in ("1,3,x", "0,-1,", "0,2,z", "1,,w")]
     p = beam.Pipeline()
     out = p | parsing.ParseClickLogs([str(tmp_path / "*"), str(tmp_path / "a.csv")], spec.to_json())
@@ -248,20 +248,20 @@ def test_quarantine_record_line_is_capped_as_written(unit, unit_text):
     """A record's line keeps the line's start, at most PREVIEW_BYTES bytes and MAX_LINE_JSON_CHARS
     characters as JSON writes it, with ``truncated`` and the line's true length."""
     line_bytes = 10_000 * len(unit)
-    content = (unit * 10_000)[:parsing.PREVIEW_BYTES]  # what the line reader holds of an oversized line
-    written = parsing.quarantine_record("oversized_line", "/f", 1, content, line_bytes, "d")
+    content = (unit * 10_000)[:line_parser.PREVIEW_BYTES]  # what the line reader holds of an oversized line
+    written = line_parser.quarantine_record("oversized_line", "/f", 1, content, line_bytes, "d")
     record = json.loads(written)
-    assert len(json.dumps(record["line"])) - 2 <= parsing.MAX_LINE_JSON_CHARS
-    assert len(written) <= parsing.MAX_LINE_JSON_CHARS + 200
+    assert len(json.dumps(record["line"])) - 2 <= line_parser.MAX_LINE_JSON_CHARS
+    assert len(written) <= line_parser.MAX_LINE_JSON_CHARS + 200
     assert record["truncated"] and record["line_bytes"] == line_bytes
     n = len(record["line"]) // len(unit_text)
     assert n > 0 and record["line"] == unit_text * n  # the line's start, no half escape
     if unit == b"z":
-        assert n == parsing.PREVIEW_BYTES  # plain text: the first PREVIEW_BYTES bytes, as before
+        assert n == line_parser.PREVIEW_BYTES  # plain text: the first PREVIEW_BYTES bytes, as before
 
 
 def test_quarantine_record_keeps_a_short_line_whole():
-    short = json.loads(parsing.quarantine_record("bad_label", "/f", 2, b"2,\xff", 3, "d"))
+    short = json.loads(line_parser.quarantine_record("bad_label", "/f", 2, b"2,\xff", 3, "d"))
     assert short["line"] == "2,\\xff" and short["line_bytes"] == 3 and "truncated" not in short
-    fits = json.loads(parsing.quarantine_record("bad_label", "/f", 3, b"y" * 4096, 4096, "d"))
+    fits = json.loads(line_parser.quarantine_record("bad_label", "/f", 3, b"y" * 4096, 4096, "d"))
     assert fits["line"] == "y" * 4096 and "truncated" not in fits

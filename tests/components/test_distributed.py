@@ -104,7 +104,8 @@ def test_partitioner_splits_only_tables_being_created():
 def test_per_batch_callbacks_are_left_out_on_a_parameter_server_coordinator(monkeypatch):
     import tf_keras as keras
 
-    from components.trainer_module import KeepBestEpoch, _StopOnNonFiniteLoss
+    from components.trainer_module import KeepBestEpoch
+    from components.training import StopOnNonFiniteLoss as _StopOnNonFiniteLoss
     callbacks = [_StopOnNonFiniteLoss(), keras.callbacks.TensorBoard(log_dir="/tmp/x", update_freq="epoch"),
                  KeepBestEpoch("/tmp/x")]
     assert distributed.coordinator_callbacks(tf.distribute.get_strategy(), callbacks) == callbacks

@@ -43,7 +43,7 @@ def inputs(tmp_path_factory):
     from tfx.types import artifact_utils, standard_artifacts
     from tfx.utils import io_utils
 
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import DatasetSpec, load_spec
     from components.local_transform import analyze, transformed
     from components.schema import curated_schema
@@ -211,7 +211,7 @@ def test_parameter_servers_train_sharded_tables_that_export_and_serve(inputs, si
     import tf_keras as keras
 
     from components import gates
-    from serving import pruning
+    from components.pruned_pusher import pruning
     from tests.components.test_serving_check import run_pusher, run_serving_check
 
     base = _pushed_layout(single, str(tmp_path))

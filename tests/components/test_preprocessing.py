@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from components.click_log_example_gen.parsing import LineParser, ParsedRow
+from components.click_log_example_gen.line_parser import LineParser, ParsedRow
 from components.dataset_spec import load_spec
 from components.preprocessing import LABEL_KEY, bucket_fields, preprocessing_fn, vocab_fields
 from components.schema import curated_schema

@@ -1,19 +1,17 @@
 """PrunedPusher on a real model: generated Criteo-layout rows -> ExampleGen's parser -> TF Transform
 (Beam, in memory) -> the project's DNN trained with Group Adam -> exported exactly like the Trainer
-(``_signatures`` + ``model.save``) -> pushed by the real TFX executor. Built once per module."""
+(``export_signatures`` + ``model.save``) -> pushed by the real TFX executor. Built once per module."""
 import os
 import signal
 import subprocess
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from serving import pruning  # noqa: E402
-from components.local_transform import analyze  # noqa: E402
+from components.pruned_pusher import pruning
+from components.local_transform import analyze
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_NAME = "ctr"
@@ -27,10 +25,10 @@ def trained(tmp_path_factory):
 
     import optim
     from components import models
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import DatasetSpec, load_spec
     from components.preprocessing import LABEL_KEY
-    from components.trainer_module import _signatures
+    from components.export_signatures import signatures as _signatures
     from components.vocabulary import FieldVocabulary
     from pipelines.generator import generate
 
@@ -266,7 +264,7 @@ _INTERRUPTED_PUSH = """
 import os, signal, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import tensorflow as tf
-from serving import pruning
+from components.pruned_pusher import pruning
 real_copy = tf.io.gfile.copy
 copied = []
 def copy_then_die(src, dst, overwrite=False):

@@ -11,12 +11,11 @@ import sys
 import threading
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pytest
+import tensorflow as tf
 
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from serving import file_lock, pruning, tf_serving_config  # noqa: E402
+from components.pruned_pusher import pruning
+from serving import file_lock, tf_serving_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = "ctr"
@@ -41,7 +40,7 @@ def listing(model_dir):
 _PUSHER = """
 import json, os, sys, time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-from serving import pruning
+from components.pruned_pusher import pruning
 source, base, ready, go = sys.argv[1:5]
 open(ready, "w").close()
 deadline = time.time() + 120

@@ -10,16 +10,14 @@ import json
 import os
 import shutil
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from components.serving_check import check  # noqa: E402
-from serving import pruning  # noqa: E402
-from tests.components.test_pruned_pusher import trained  # noqa: E402,F401 -- the module fixture
-from tests.serving.conftest import criteo_rows, save_ctr_model, to_example  # noqa: E402
+from components.serving_check import check
+from components.pruned_pusher import pruning
+from tests.components.test_pruned_pusher import trained  # noqa: F401 -- the module fixture
+from tests.serving.conftest import criteo_rows, save_ctr_model, to_example
 
 MODEL_NAME = "ctr"
 SAMPLE = 20

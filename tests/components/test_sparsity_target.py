@@ -146,16 +146,17 @@ def test_warm_start_from_a_state_without_l21_keeps_the_configs(tmp_path):
 
 
 def test_without_a_target_the_trainer_trains_at_the_configs_l21_after_a_warm_start(tmp_path):
+    from components.trainer_config import TrainerConfig
     from components.trainer_module import KeepBestEpoch, _sparsity_target
     state, vocab = _trained_state(tmp_path, 0.0123)
     model, optimizer, _ = _restored(state, vocab)
     callbacks = []
-    assert _sparsity_target({"l21": 2e-3}, model, str(tmp_path), callbacks, None) is None
+    assert _sparsity_target(TrainerConfig(l21=2e-3), model, str(tmp_path), callbacks, None) is None
     assert callbacks == [] and [float(v.numpy()) for v in optimizer._l21_variables] == [2e-3, 2e-3]
     # with a target the carried l21 stays (the controller starts there), and KeepBestEpoch follows it
     model, optimizer, _ = _restored(state, vocab)
     keep = KeepBestEpoch(str(tmp_path))
-    target = _sparsity_target({"l21": 2e-3, "target_sparsity": 0.5}, model, str(tmp_path), callbacks, keep)
+    target = _sparsity_target(TrainerConfig(l21=2e-3, target_sparsity=0.5), model, str(tmp_path), callbacks, keep)
     assert callbacks == [target] and keep.eligible == target.on_target
     assert [float(v.numpy()) for v in optimizer._l21_variables] == [0.0123, 0.0123]
 

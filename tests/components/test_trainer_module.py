@@ -32,7 +32,7 @@ def inputs(tmp_path_factory):
     import tensorflow_transform as tft
     from tfx.types import artifact_utils, standard_artifacts
 
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import load_spec
     from components.schema import curated_schema
     from pipelines import generator

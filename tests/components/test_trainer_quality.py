@@ -29,10 +29,10 @@ def trained(tmp_path_factory):
 
     import optim
     from components import models
-    from components.click_log_example_gen.parsing import LineParser
+    from components.click_log_example_gen.line_parser import LineParser
     from components.dataset_spec import load_spec
     from components.preprocessing import LABEL_KEY
-    from components.trainer_module import build_model, make_optimizer
+    from components.training import build_model, make_optimizer
     from components.vocabulary import FieldVocabulary
     from pipelines import generator
     from pipelines.config import TrainerConfig
@@ -53,15 +53,13 @@ def trained(tmp_path_factory):
     train, test = transformed(tft_output, train_rows), transformed(tft_output, test_rows)
     train_labels, test_labels = train.pop(LABEL_KEY), test.pop(LABEL_KEY)
 
-    cfg = dataclasses.asdict(TrainerConfig())
-    cfg["jit_compile"] = False
-    cfg["l21"] = 1e-2
-    keras.utils.set_random_seed(cfg["seed"])
+    cfg = dataclasses.replace(TrainerConfig(), jit_compile=False, l21=1e-2)
+    keras.utils.set_random_seed(cfg.seed)
     vocabulary = FieldVocabulary(spec, tft_output)
     model = build_model(cfg, spec, vocabulary)
     model.compile(optimizer=make_optimizer(cfg), loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc", num_thresholds=2000)])
-    model.fit(train, train_labels, batch_size=cfg["batch_size"], epochs=cfg["epochs"], shuffle=True, verbose=2)
+    model.fit(train, train_labels, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True, verbose=2)
     auc = model.evaluate(test, test_labels, batch_size=4096, return_dict=True, verbose=0)["auc"]
     truth = generator.GroundTruth.load(train_report["truth_path"])
     return {"auc": auc, "bayes_auc": test_report["bayes_auc"], "vocabulary": vocabulary, "truth": truth,

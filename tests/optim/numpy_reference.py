@@ -1,6 +1,6 @@
 """Row-by-row float64 NumPy transcriptions of the Group optimizers, for the tests.
 
-Written from docs/paper-notes.md ("Group Adam as the product implements it") line by line, with an
+Written from Algorithm 1 of the paper (arXiv 2107.14432; docs/optim.md "The step") line by line, with an
 explicit per-row "seen" flag for the row's own first update, independent of the z == 0 test the
 product uses. Each function takes the initial table and a list of sparse gradients (ids, values) and
 returns the final table and state.

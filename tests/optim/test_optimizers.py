@@ -228,7 +228,7 @@ def test_group_momentum_matches_the_notes():
 def test_group_momentum_step_is_the_exact_minimiser_of_its_subproblem():
     """Each GroupMomentum step equals a numerical minimiser of Algorithm 1's subproblem (V_t = 1).
 
-    In the paper's notation (docs/paper-notes.md, Algorithm 1; alpha_t = lr, m_t = gamma*m_{t-1} + g_t,
+    In the paper's notation (arXiv 2107.14432, Algorithm 1; docs/optim.md; alpha_t = lr, m_t = gamma*m_{t-1} + g_t,
     V_t = 1, so Q_1 = 1 on a row's first step and Q_t = 0 after), per row:
 
         z_t     = z_{t-1} + m_t - Q_t * x_t / alpha

@@ -122,14 +122,14 @@ def test_empty_file_and_empty_section_keep_the_defaults(tmp_path):
 
 
 def test_trainer_choices_match_the_components():
-    from components import models, trainer_module
+    from components import models, trainer_module, training
     assert cfg.MODELS == models.MODELS
     assert cfg.DISTRIBUTIONS == trainer_module.DISTRIBUTIONS
-    base = dataclasses.asdict(cfg.TrainerConfig())
+    base = cfg.TrainerConfig()
     for name in cfg.OPTIMIZERS:
-        assert trainer_module.make_optimizer(dict(base, optimizer=name)) is not None
+        assert training.make_optimizer(dataclasses.replace(base, optimizer=name)) is not None
     with pytest.raises(ValueError, match="not in"):
-        trainer_module.make_optimizer(dict(base, optimizer="nosuch"))
+        training.make_optimizer(dataclasses.replace(base, optimizer="nosuch"))
 
 
 def test_eval_split_buckets_set_the_example_gen_split(tmp_path):

@@ -41,14 +41,14 @@ def compiled(tmp_path_factory):
     """(path, YAML dict, PipelineSpec proto, the tfx pipeline) of one compile."""
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_compile
     config = kubeflow_config()
     path = str(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
-    assert kubeflow_runner.compile_pipeline(config, path) == path
+    assert kubeflow_compile.compile_pipeline(config, path) == path
     with open(path) as f:
         doc = yaml.safe_load(f)
     spec = json_format.ParseDict(doc, pipeline_spec_pb2.PipelineSpec())  # strict: unknown fields fail
-    return path, doc, spec, kubeflow_runner.kubeflow_pipeline(config)
+    return path, doc, spec, kubeflow_compile.kubeflow_pipeline(config)
 
 
 def executors(doc):
@@ -113,8 +113,8 @@ def test_every_component_is_a_task_and_there_are_no_resolvers(compiled):
     from pipelines.config import ServingCheckConfig
     assert limits["max_p99_latency_ms"].runtime_value.constant.number_value == ServingCheckConfig().max_p99_latency_ms
     # An object-store serving_dir needs no volume: the file has no platform spec.
-    from pipelines import kubeflow_runner
-    assert kubeflow_runner.load_platform_spec(compiled[0]).platforms == {}
+    from pipelines import kubeflow_client
+    assert kubeflow_client.load_platform_spec(compiled[0]).platforms == {}
 
 
 def test_every_step_runs_the_configured_image_with_the_beam_args(compiled):
@@ -231,9 +231,9 @@ def _one(sent, method, path):
 
 
 def test_submit_sends_the_compiled_spec_as_a_run(compiled, kfp_server):
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_client
     path, _, spec, _ = compiled
-    result = kubeflow_runner.submit(path, "http://kfp.example:8888", params={"data_root": "gs://other/clicks"},
+    result = kubeflow_client.submit(path, "http://kfp.example:8888", params={"data_root": "gs://other/clicks"},
                                     run_name="nightly", pipeline_root=PIPELINE_ROOT)
     assert result == {"run_id": "run-1", "run_name": "nightly", "experiment": "sparsectr"}
     assert _one(kfp_server, "POST", "/apis/v2beta1/experiments")["body"]["display_name"] == "sparsectr"
@@ -245,9 +245,9 @@ def test_submit_sends_the_compiled_spec_as_a_run(compiled, kfp_server):
 
 
 def test_schedule_sends_a_recurring_run_with_cron_one_at_a_time_no_catchup(compiled, kfp_server):
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_client
     path, _, spec, _ = compiled
-    result = kubeflow_runner.schedule(path, "http://kfp.example:8888", "0 3 * * *", job_name="daily",
+    result = kubeflow_client.schedule(path, "http://kfp.example:8888", "0 3 * * *", job_name="daily",
                                       params={"span_window": 2})
     assert result["recurring_run_id"] == "rr-1" and result["cron"] == "0 0 3 * * *"
     job = _one(kfp_server, "POST", "/apis/v2beta1/recurringruns")["body"]
@@ -279,7 +279,7 @@ def test_cli_submit_with_trainer_override(compiled, kfp_server, capsys):
     ("0 3 * * *", "0 0 3 * * *"), ("30 0 3 * * MON-FRI", "30 0 3 * * MON-FRI"), ("*/15 * * * *", "0 */15 * * * *"),
     ("0 0 1,15 * ?", "0 0 0 1,15 * ?")])
 def test_cron_expressions(cron, expected):
-    from pipelines.kubeflow_runner import normalize_cron
+    from pipelines.kubeflow_client import normalize_cron
     assert normalize_cron(cron) == expected
 
 
@@ -350,7 +350,7 @@ def test_help_output(capsys):
 def test_cronjob_command_line_parses():
     """k8s/base's CronJob runs `python -m pipelines submit --config ... --endpoint $(KFP_ENDPOINT)`."""
     import argparse
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_client, kubeflow_compile, kubeflow_runner
     with open(os.path.join(REPO_ROOT, "k8s", "base", "pipeline-cronjob.yaml")) as f:
         container = yaml.safe_load(f)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "pipelines", "submit"]
@@ -362,11 +362,11 @@ def test_cronjob_command_line_parses():
     assert args.namespace == "$(POD_NAMESPACE)"
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-    assert args.token_file == kubeflow_runner.DEFAULT_TOKEN_PATH
+    assert args.token_file == kubeflow_client.DEFAULT_TOKEN_PATH
     # The mounted config compiles for Kubeflow: it names a data root and a serving folder.
-    config = kubeflow_runner._kubeflow_config(argparse.Namespace(
+    config = kubeflow_runner.kubeflow_config(argparse.Namespace(
         config=os.path.join(REPO_ROOT, "k8s", "base", "config", "pipeline.yaml")))
-    kubeflow_runner.check_kubeflow_config(config)
+    kubeflow_compile.check_kubeflow_config(config)
     assert "{SPAN}" in config.data.input_pattern
 
 
@@ -456,13 +456,13 @@ def volume_mounts(platform_spec):
 
 def test_credentials_are_the_token_file_read_before_every_request(compiled, kfp_server, tmp_path, monkeypatch):
     """kfp's ServiceAccountTokenVolumeCredentials: the kubelet rotates the projected token, each call reads it."""
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_client
     token = tmp_path / "token"
     token.write_text("first")
-    kubeflow_runner.submit(compiled[0], "http://kfp.example:8888", run_name="a", token_file=str(token))
+    kubeflow_client.submit(compiled[0], "http://kfp.example:8888", run_name="a", token_file=str(token))
     token.write_text("second")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))  # the env var kfp documents, no option
-    kubeflow_runner.schedule(compiled[0], "http://kfp.example:8888", "0 3 * * *", job_name="b")
+    kubeflow_client.schedule(compiled[0], "http://kfp.example:8888", "0 3 * * *", job_name="b")
     runs = [r for r in kfp_server if r["path"] == "/apis/v2beta1/runs"]
     recurring = [r for r in kfp_server if r["path"] == "/apis/v2beta1/recurringruns"]
     assert runs[0]["headers"]["authorization"] == "Bearer first"
@@ -470,24 +470,24 @@ def test_credentials_are_the_token_file_read_before_every_request(compiled, kfp_
 
 
 def test_without_a_token_no_credentials_are_sent(compiled, kfp_server, monkeypatch):
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_client
     monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
-    monkeypatch.setattr(kubeflow_runner, "DEFAULT_TOKEN_PATH", "/nonexistent/token")
-    kubeflow_runner.submit(compiled[0], "http://kfp.example:8888", run_name="a")
+    monkeypatch.setattr(kubeflow_client, "DEFAULT_TOKEN_PATH", "/nonexistent/token")
+    kubeflow_client.submit(compiled[0], "http://kfp.example:8888", run_name="a")
     assert not any("authorization" in r["headers"] for r in kfp_server)
 
 
 def test_serving_volume_claim_and_serving_dir_must_agree():
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_compile
     from pipelines.config import load_config
     base = {"data": {"data_root": DATA_ROOT}, "kubeflow": {"image": IMAGE, "pipeline_root": PIPELINE_ROOT}}
     with pytest.raises(ValueError, match="is a local path that no Kubeflow step mounts"):
-        kubeflow_runner.check_kubeflow_config(load_config(None, dict(base, serving={"serving_dir": "/models"})))
+        kubeflow_compile.check_kubeflow_config(load_config(None, dict(base, serving={"serving_dir": "/models"})))
     with pytest.raises(ValueError, match="is set but serving.serving_dir gs://b/m is an object-store URI"):
-        kubeflow_runner.check_kubeflow_config(load_config(None, dict(
+        kubeflow_compile.check_kubeflow_config(load_config(None, dict(
             base, serving={"serving_dir": "gs://b/m"}, kubeflow=dict(base["kubeflow"], serving_volume_claim=CLAIM))))
     with pytest.raises(ValueError, match="must be an absolute folder"):
-        kubeflow_runner.check_kubeflow_config(load_config(None, dict(
+        kubeflow_compile.check_kubeflow_config(load_config(None, dict(
             base, serving={"serving_dir": "models"}, kubeflow=dict(base["kubeflow"], serving_volume_claim=CLAIM))))
     from pipelines.config import ConfigError
     with pytest.raises(ConfigError, match="kubeflow.serving_volume_claim: must be a Kubernetes object name"):
@@ -499,10 +499,10 @@ def test_compiled_package_mounts_the_claim_in_the_pusher_and_latest_pushed_model
     import json as _json
 
     from kfp.client import client as kfp_client
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_compile
     from pipelines.config import load_config
     config = load_config(os.path.join(REPO_ROOT, "k8s", "base", "config", "pipeline.yaml"))
-    path = kubeflow_runner.compile_pipeline(config, str(tmp_path / "p.yaml"))
+    path = kubeflow_compile.compile_pipeline(config, str(tmp_path / "p.yaml"))
     doc = kfp_client._extract_pipeline_yaml(path)
     from google.protobuf import json_format
     mounts = volume_mounts(json_format.MessageToDict(doc.platform_spec))

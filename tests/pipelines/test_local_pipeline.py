@@ -81,7 +81,7 @@ def test_every_component_wrote_its_artifact(demo_run):
     # The ServingCheck served the candidate and blessed it; the Pusher published exactly those files.
     (infra,) = arts["InfraBlessing"]
     assert infra.custom_properties["blessed"].int_value == 1
-    from serving.pruning import manifest
+    from components.pruned_pusher.pruning import manifest
     (pushed,) = arts["PushedModel"]
     version_dir = pushed.custom_properties["pushed_destination"].string_value
     published = {k: v for k, v in manifest(version_dir).items() if not k.startswith("warm_start/")}

@@ -152,7 +152,7 @@ def test_report_and_bulk_inference_steps_in_the_pipeline(tmp_path):
     # report is a system.HTML artifact (what the KFP UI renders), importable back as system.HTML.
     import yaml
 
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_compile
     from pipelines.config import load_config
     from pipelines.pipeline import create_pipeline
     from system import HTML
@@ -166,7 +166,7 @@ def test_report_and_bulk_inference_steps_in_the_pipeline(tmp_path):
 
     config = load_config(None, {"output_dir": str(tmp_path), "data": {"data_root": "gs://b/clicks"},
                                 "serving": {"serving_dir": "gs://b/models"}})
-    path = kubeflow_runner.compile_pipeline(config, str(tmp_path / "p.yaml"))
+    path = kubeflow_compile.compile_pipeline(config, str(tmp_path / "p.yaml"))
     spec = yaml.safe_load(open(path))
     outputs = spec["components"]["comp-RunReport" if "comp-RunReport" in spec["components"] else "RunReport"]
     schema = outputs["outputDefinitions"]["artifacts"]["report"]["artifactType"]

@@ -40,8 +40,8 @@ def score_in_process(capsys, *args):
 
 def served_scores(serving_dir, lines, dataset_format="criteo"):
     """The local TF Serving's REST answers for the lines ExampleGen would accept."""
-    from serving.demo import examples_from_lines
-    from serving.local_server import LocalServer
+    from pipelines.demo import examples_from_lines
+    from serving.local_server.server import LocalServer
     from serving.rest_client import RestClient
     examples, labels = examples_from_lines(lines, dataset_format)
     with LocalServer(serving_dir, "ctr", rest_port=0, grpc_port=0) as server:

@@ -1,20 +1,18 @@
 """A small real CTR SavedModel with the pushed model's contract (docs/contracts.md), built once.
 
 The model is the project's own: ``components.models.build_model("dnn", ...)`` over the Criteo spec's
-fields, exported with the trainer's own signature code (``components.trainer_module._signatures``) and
+fields, exported with the trainer's own signature code (``components.export_signatures``) and
 ``tf.saved_model.save``. Only Transform is replaced: instead of a TF Transform graph (which
 needs a Beam analysis run, too slow for these tests) a small ``tf.Module`` applies the same
 transform as ``components/preprocessing.py`` -- log1p of clipped integers, a vocabulary lookup with
 one OOV id per categorical field -- with ``tf.lookup`` tables, and offers the two methods of
-``tft.TFTransformOutput`` that ``_signatures`` calls.
+``tft.TFTransformOutput`` that the signatures call.
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 MODEL_NAME = "ctr"
 # Each categorical field's vocabulary in the fixture model: v0..v4, then one OOV id.
@@ -50,7 +48,7 @@ def _transform_output(spec):
             return outputs
 
     class VocabularyTransformOutput:
-        """The part of ``tft.TFTransformOutput`` that the trainer's ``_signatures`` uses."""
+        """The part of ``tft.TFTransformOutput`` that the trainer's signatures use."""
 
         def __init__(self):
             self._layer = VocabularyTransform()
@@ -74,7 +72,7 @@ def save_ctr_model(serving_dir: str, version: int, seed: int = 1) -> str:
 
     from components import models
     from components.dataset_spec import load_spec
-    from components.trainer_module import _signatures
+    from components.export_signatures import signatures as _signatures
 
     spec = load_spec("criteo")
     keras.utils.set_random_seed(seed)

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from serving.grpc_client import GrpcClient, tensor_proto
-from serving.local_server import LocalServer
+from serving.local_server.server import LocalServer
 from serving.rest_client import RestClient
 from serving.retry import RetryableError, RetryPolicy, ServingError, call_with_retries
 from serving.signatures import InvalidRequestError
@@ -379,7 +379,7 @@ def test_clients_retry_503_until_the_first_version_is_pushed(serving_base, tmp_p
 # -- the demo path and `make serve`'s defaults -------------------------------------------------
 def test_demo_scores_click_log_lines_through_both_clients(server, direct):
     from components.dataset_spec import load_spec
-    from serving.demo import examples_from_lines, score_examples
+    from pipelines.demo import examples_from_lines, score_examples
 
     spec = load_spec("criteo")
     rows = criteo_rows(4)
@@ -392,18 +392,6 @@ def test_demo_scores_click_log_lines_through_both_clients(server, direct):
     result = score_examples(examples, server.rest_url, server.grpc_target, MODEL_NAME)
     np.testing.assert_allclose(result["rest"], direct_raw(direct, rows[:3]), rtol=1e-5)
     np.testing.assert_allclose(result["grpc"], result["rest"], rtol=1e-6)
-
-
-def test_make_serve_defaults_serve_the_pipelines_serving_dir():
-    from pipelines.config import PipelineConfig, ServingConfig
-    from serving import local_server
-
-    assert local_server._default_base() == PipelineConfig().serving_dir
-    assert local_server._default_base().endswith(os.path.join("output", "serving"))
-    parser_defaults = {a.dest: a.default for a in local_server.build_parser()._actions}
-    assert parser_defaults["model_name"] == ServingConfig().model_name
-    assert (parser_defaults["rest_port"], parser_defaults["grpc_port"]) == (8501, 8500)
-    assert parser_defaults["host"] == "127.0.0.1"
 
 
 # -- a new version is followed (keep last: it changes what the module's server serves) ---------

@@ -474,7 +474,7 @@ def compiled_from_overlay(rendered, tmp_path_factory):
     """{overlay: (config, PipelineSpec, PlatformSpec)} compiled from the pipeline config the CronJob mounts."""
     from kfp.client import client as kfp_client
 
-    from pipelines import kubeflow_runner
+    from pipelines import kubeflow_compile
     out, cache = {}, {}
     for overlay in ALL_OVERLAYS:
         cronjob = one(rendered[overlay], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -487,7 +487,7 @@ def compiled_from_overlay(rendered, tmp_path_factory):
             root = tmp_path_factory.mktemp(f"compiled-{overlay}")
             (root / "pipeline.yaml").write_text(text)
             config = load_config(str(root / "pipeline.yaml"))
-            doc = kfp_client._extract_pipeline_yaml(kubeflow_runner.compile_pipeline(config, str(root / "p.yaml")))
+            doc = kfp_client._extract_pipeline_yaml(kubeflow_compile.compile_pipeline(config, str(root / "p.yaml")))
             cache[text] = (config, doc.pipeline_spec, doc.platform_spec)
         out[overlay] = cache[text]
     return out
@@ -592,7 +592,7 @@ def test_metrics_proxy_answers_the_metrics_and_nothing_else(rendered, serving_ba
 
     import requests
 
-    from serving.local_server import LocalServer
+    from serving.local_server.server import LocalServer
     conf = one(rendered["prod"], "ConfigMap", "tfserving-metrics-proxy")["data"]["metrics-proxy.conf"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

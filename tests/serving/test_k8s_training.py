@@ -158,12 +158,12 @@ class _Joinable:
 
 
 def test_write_spec_gives_the_pipeline_trainer_step(tmp_path):
-    from components import trainer_job
+    from pipelines import trainer_spec
     out = tmp_path / "trainer_spec.json"
-    code = trainer_job.main(["write-spec", str(out), "--examples", "/mnt/run/examples", "--transform-graph",
-                             "/mnt/run/transform_graph", "--schema", "/mnt/run/schema", "--model",
-                             "/mnt/run/model", "--model-run", "/mnt/run/model_run",
-                             "--set", "trainer.distribution=parameter_server", "--set", "trainer.epochs=2"])
+    code = trainer_spec.main([str(out), "--examples", "/mnt/run/examples", "--transform-graph",
+                              "/mnt/run/transform_graph", "--schema", "/mnt/run/schema", "--model",
+                              "/mnt/run/model", "--model-run", "/mnt/run/model_run",
+                              "--set", "trainer.distribution=parameter_server", "--set", "trainer.epochs=2"])
     assert code == 0
     spec = json.loads(out.read_text())
     assert sorted(spec["inputs"]) == ["examples", "schema", "transform_graph"]

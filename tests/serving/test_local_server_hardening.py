@@ -23,8 +23,11 @@ import pytest
 import requests
 
 from serving.grpc_client import GrpcClient, tensor_proto
-from serving.local_server import (DEFAULT_MAX_BODY_BYTES, ERROR_STATUS, INTERNAL, LocalServer, Metrics,
-                                  build_parser, error_status)
+from serving.local_server.cli import build_parser
+from serving.local_server.defaults import DEFAULT_MAX_BODY_BYTES
+from serving.local_server.errors import ERROR_STATUS, INTERNAL, error_status
+from serving.local_server.metrics import Metrics
+from serving.local_server.server import LocalServer
 from serving.rest_client import RestClient
 from serving.retry import RetryableError, RetryPolicy
 from tests.serving.conftest import MODEL_NAME, criteo_rows, to_example

@@ -1,8 +1,8 @@
 """Score a few click-log lines against the pushed model through the serving clients.
 
-    python -m serving.demo --data output/generated/<file> --rows 5            # starts a local server
-    python -m serving.demo --data FILE --rest-url http://127.0.0.1:8501 \
-                           --grpc-target 127.0.0.1:8500                       # a running one (make serve)
+    python -m pipelines.demo --data output/generated/<file> --rows 5          # starts a local server
+    python -m pipelines.demo --data FILE --rest-url http://127.0.0.1:8501 \
+                             --grpc-target 127.0.0.1:8500                     # a running one (make serve)
 
 Lines are parsed by ExampleGen's own parser (``components/click_log_example_gen/parsing.py``) into
 the serialized tf.Examples that ``serving_default`` takes, and scored over REST and gRPC; the two
@@ -17,13 +17,13 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from serving import DEFAULT_MODEL_NAME
 
 
 def examples_from_lines(lines: Sequence[str], dataset_format: str = "criteo", max_rows: Optional[int] = None):
     """(serialized tf.Examples, labels) of the lines ExampleGen would accept (others are skipped),
     at most ``max_rows``."""
-    from components.click_log_example_gen.parsing import LineParser, ParsedRow
+    from components.click_log_example_gen.line_parser import LineParser, ParsedRow
     from components.dataset_spec import load_spec
 
     spec = load_spec(dataset_format)
@@ -41,7 +41,8 @@ def examples_from_lines(lines: Sequence[str], dataset_format: str = "criteo", ma
     return examples, labels
 
 
-def score_examples(examples: Sequence[bytes], rest_url: str, grpc_target: str, model_name: str = "ctr") -> Dict:
+def score_examples(examples: Sequence[bytes], rest_url: str, grpc_target: str,
+                   model_name: str = DEFAULT_MODEL_NAME) -> Dict:
     from serving.grpc_client import GrpcClient
     from serving.rest_client import RestClient
 
@@ -56,9 +57,9 @@ def score_examples(examples: Sequence[bytes], rest_url: str, grpc_target: str, m
 
 
 def score_lines(serving_dir: str, lines: Sequence[str], dataset_format: str = "criteo",
-                model_name: str = "ctr", max_rows: Optional[int] = None) -> Dict:
+                model_name: str = DEFAULT_MODEL_NAME, max_rows: Optional[int] = None) -> Dict:
     """Start a local server on free 127.0.0.1 ports over ``serving_dir``, score ``lines``, stop it."""
-    from serving.local_server import LocalServer
+    from serving.local_server.server import LocalServer
 
     examples, labels = examples_from_lines(lines, dataset_format, max_rows)
     if not examples:
@@ -74,7 +75,7 @@ def score_lines(serving_dir: str, lines: Sequence[str], dataset_format: str = "c
 def main(argv: Optional[List[str]] = None) -> int:
     from pipelines.config import PipelineConfig
 
-    parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a click-log file")
     parser.add_argument("--format", dest="dataset_format", default="criteo")
     parser.add_argument("--rows", type=int, default=5)

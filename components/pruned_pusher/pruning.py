@@ -7,8 +7,8 @@ row, any other row -> -1 -> a zero vector, which is exactly what the unpruned ta
 zero row). Everything else (FieldRows, the dense layers, the Transform layer, the three signatures)
 is the trained model's own: the Keras model inside the Model artifact is loaded, re-wired with
 ``clone_model`` (every layer but the embeddings is reused as is, weights included) and exported with
-the trainer's own signature code. Only standard TF ops (HashTableV2/LookupTableFindV2, GatherV2,
-SelectV2), so stock TF Serving loads it.
+the trainer's own signature code (``components.export_signatures``). Only standard TF ops
+(HashTableV2/LookupTableFindV2, GatherV2, SelectV2), so stock TF Serving loads it.
 
 Steps, each a function so the Pusher and the tests share them:
 ``load_trained_model`` -> ``prune_model`` -> ``export_pruned`` -> ``parity_max_abs_error`` ->
@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -29,18 +28,18 @@ import time
 import uuid
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from components.models import embedding_layer_name  # noqa: E402
-from serving import file_lock  # noqa: E402
+from components import push_defaults
+from components.models import embedding_layer_name
+from serving import file_lock
+from serving.model_versions import (SAVED_MODEL_PB, copy_files, copy_tree, is_complete,
+                                    is_version_name, manifest, saved_model_pb_last, versions)
 
 EMBEDDING_PREFIX = embedding_layer_name("")
 WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving reads <version>/assets.extra/<this>
-SAVED_MODEL_PB = "saved_model.pb"
 TEMP_PREFIX = ".tmp-"  # TF Serving only loads all-digit version directories
 SERVING_SIGNATURE = "serving_default"
 
@@ -142,9 +141,7 @@ class PruningReport:
         return self.zero_rows / self.rows if self.rows else 0.0
 
 
-# A compact table adds its two gathers to every traced signature of the SavedModel (a few KB per
-# table in saved_model.pb): tables whose dropped rows weigh less than this stay whole.
-MIN_SAVED_BYTES = 8192
+MIN_SAVED_BYTES = push_defaults.MIN_SAVED_BYTES  # tables saving less stay whole (see push_defaults)
 
 
 def prune_model(model: keras.Model, prune: bool = True,
@@ -224,20 +221,20 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
                   prune: bool = True, min_saved_bytes: int = MIN_SAVED_BYTES) -> PruningReport:
     """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
 
-    The signatures are built by the trainer's own ``_signatures`` over the same Transform output, so
-    their names, inputs and outputs are those of the trained model. ``prune=False`` writes the same
-    export with the full tables: the like-for-like size to compare the pruned one with.
+    The signatures are the trainer's own (``components.export_signatures``) over the same Transform
+    output, so their names, inputs and outputs are those of the trained model. ``prune=False`` writes
+    the same export with the full tables: the like-for-like size to compare the pruned one with.
     """
     import tensorflow_transform as tft
 
-    from components.trainer_module import _signatures
+    from components import export_signatures
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
     pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune, min_saved_bytes=min_saved_bytes)
     # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
     # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
     # is saved (the trained model's Group Adam slots are 3x its tables).
-    tf.saved_model.save(pruned, export_dir, signatures=_signatures(pruned, tft_output, spec))
+    tf.saved_model.save(pruned, export_dir, signatures=export_signatures.signatures(pruned, tft_output, spec))
     return report
 
 
@@ -328,7 +325,7 @@ OWNER_FILE = ".push-owner"
 LOCK_FILE = ".push.lock"
 STALE_AGE_S = 24 * 3600  # an in-flight push on another host is never this old
 FILE_MODE, DIR_MODE = 0o644, 0o755  # readable by a model server running as another user
-DEFAULT_LOCK_TIMEOUT_S = 600.0
+DEFAULT_LOCK_TIMEOUT_S = float(push_defaults.LOCK_TIMEOUT_SECONDS)
 
 
 def _is_local(path: str) -> bool:
@@ -340,47 +337,14 @@ def _local(path: str) -> str:
 
 
 def existing_versions(model_dir: str) -> List[int]:
-    """The numbered version directories TF Serving would consider, ascending."""
-    if not tf.io.gfile.isdir(model_dir):
-        return []
-    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_dir)
-                  if re.fullmatch(r"\d+", name.rstrip("/")))
+    """The numbered version directories TF Serving would consider, complete or not, ascending."""
+    return versions(model_dir, tf.io.gfile, complete=False)
 
 
 def next_version(model_dir: str, now: Optional[float] = None) -> int:
     """A Unix-timestamp version, bumped past every existing version (never overwrite one)."""
     versions = existing_versions(model_dir)
     return max([int(now if now is not None else time.time())] + [v + 1 for v in versions])
-
-
-def _copy_files(src: str, dst: str, names: Iterable[str]) -> None:
-    for name in names:
-        target = os.path.join(dst, name)
-        tf.io.gfile.makedirs(os.path.dirname(target))
-        tf.io.gfile.copy(os.path.join(src, name), target, overwrite=True)
-
-
-def _saved_model_pb_last(names: Iterable[str]) -> List[str]:
-    """Readers that wait for ``saved_model.pb`` (TF Serving, TFX) then never see a model whose
-    variables are still being written."""
-    names = sorted(names)
-    return [n for n in names if n != SAVED_MODEL_PB] + [n for n in names if n == SAVED_MODEL_PB]
-
-
-def _copy_tree(src: str, dst: str) -> None:
-    """Copy a SavedModel directory with ``saved_model.pb`` last."""
-    _copy_files(src, dst, _saved_model_pb_last(manifest(src)))
-
-
-def manifest(root: str) -> Dict[str, int]:
-    """{path relative to `root`: size in bytes} of every file under `root` (any tf.io.gfile filesystem)."""
-    root = root.rstrip("/")
-    files = {}
-    for directory, _, names in tf.io.gfile.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            files[os.path.relpath(path, root)] = tf.io.gfile.stat(path).length
-    return files
 
 
 def _check_manifest(root: str, expected: Dict[str, int], listing: bool = True) -> None:
@@ -463,7 +427,7 @@ def remove_stale_temp_dirs(model_dir: str, now: Optional[float] = None) -> List[
         for name in tf.io.gfile.listdir(model_dir):
             name = name.rstrip("/")
             path = os.path.join(model_dir, name)
-            incomplete = name.isdigit() and not tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_PB))
+            incomplete = is_version_name(name) and not is_complete(path, tf.io.gfile)
             if (name.startswith(TEMP_PREFIX) or incomplete) and _owner_gone(path, now):
                 tf.io.gfile.rmtree(path)
                 removed.append(path)
@@ -529,16 +493,16 @@ def publish(export_dir: str, base_dir: str, model_name: str, keep_versions: int 
             tf.io.gfile.makedirs(writing)
             _write_owner(writing)
             if _is_local(model_dir):
-                _copy_files(export_dir, writing, _saved_model_pb_last(expected))
+                copy_files(export_dir, writing, saved_model_pb_last(expected))
                 tf.io.gfile.remove(os.path.join(writing, OWNER_FILE))
                 _check_manifest(writing, expected)
                 _make_readable(_local(writing))
                 os.rename(_local(writing), _local(final))  # fails (rather than replaces) if final now exists
             else:
                 rest = {k: v for k, v in expected.items() if k != SAVED_MODEL_PB}
-                _copy_files(export_dir, writing, sorted(rest))
+                copy_files(export_dir, writing, sorted(rest))
                 _check_manifest(writing, rest, listing=False)  # before saved_model.pb makes it loadable
-                _copy_files(export_dir, writing, [SAVED_MODEL_PB])
+                copy_files(export_dir, writing, [SAVED_MODEL_PB])
                 tf.io.gfile.remove(os.path.join(writing, OWNER_FILE))
         except BaseException:
             try:
@@ -605,8 +569,11 @@ class PushResult:
 
 
 def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_examples: Sequence[bytes],
-                   base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
-                   parity_tolerance: float = 1e-6, parity_examples: int = 1000, warmup_requests: int = 1000,
+                   base_dir: str, model_name: str = push_defaults.MODEL_NAME,
+                   keep_versions: int = push_defaults.KEEP_VERSIONS,
+                   parity_tolerance: float = push_defaults.PARITY_TOLERANCE,
+                   parity_examples: int = push_defaults.PARITY_EXAMPLES,
+                   warmup_requests: int = push_defaults.WARMUP_REQUESTS,
                    staging_dir: Optional[str] = None, model_base_path: Optional[str] = None,
                    carry_dirs: Optional[Dict[str, str]] = None,
                    min_saved_bytes: int = MIN_SAVED_BYTES,
@@ -633,14 +600,15 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
             shutil.rmtree(staging_dir, ignore_errors=True)
 
 
-def push_export(staging_dir: str, base_dir: str, model_name: str = "ctr", keep_versions: int = 3,
+def push_export(staging_dir: str, base_dir: str, model_name: str = push_defaults.MODEL_NAME,
+                keep_versions: int = push_defaults.KEEP_VERSIONS,
                 model_base_path: Optional[str] = None, carry_dirs: Optional[Dict[str, str]] = None,
                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Tuple[str, int, str]:
     """Publish a prepared export (`staging_dir`, a local folder that may be written to) and update
     models.config; returns (version path, version, models.config path). `carry_dirs` as in
     `prune_and_push`."""
     for name, source in (carry_dirs or {}).items():
-        _copy_tree(source, os.path.join(staging_dir, name))
+        copy_tree(source, os.path.join(staging_dir, name))
     with push_lock(os.path.join(base_dir, model_name), lock_timeout_s):
         path, version = publish(staging_dir, base_dir, model_name, keep_versions, lock_timeout_s=lock_timeout_s)
         config = write_models_config(base_dir, model_name, model_base_path, lock_timeout_s=lock_timeout_s)
