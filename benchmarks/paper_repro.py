@@ -43,9 +43,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -998,6 +996,8 @@ def settings_from(args) -> Settings:
 
 
 def main(argv=None) -> int:
+    # Here, not at import: a test importing this module must not quiet TF for its subprocesses.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse_args(argv)
     if args.report_only:
         with open(args.json) as f:

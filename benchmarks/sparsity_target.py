@@ -38,9 +38,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "sparsity_target.txt")
@@ -280,6 +278,8 @@ def render(results: List[Dict], targets: Sequence[float], command: str, seconds:
 
 
 def main(argv=None) -> int:
+    # Here, not at import: a test importing this module must not quiet TF for its subprocesses.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from optim.sparsity_control import ControllerSettings
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default=DEFAULT_DATASETS)

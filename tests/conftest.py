@@ -28,3 +28,14 @@ def _logging_filters_restored():
     for filterer in loggers + list(logging.getLogger().handlers):
         if id(filterer) in before:
             filterer.filters[:] = before[id(filterer)]
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """An entry point's main() run in-process may set environment variables for its own process
+    (benchmarks quiet TensorFlow's C++ log): they must not reach later tests' subprocesses."""
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)
