@@ -15,8 +15,8 @@ PARITY_EXAMPLES = 1000
 WARMUP_REQUESTS = 1000  # TF Serving reads at most 1000
 # A compact table adds its two gathers to every traced signature of the SavedModel (a few KB per table
 # in saved_model.pb): tables whose dropped rows weigh less than this stay whole (config:
-# serving.min_compact_bytes; component argument: min_saved_bytes).
-MIN_SAVED_BYTES = 8192
+# serving.min_compact_bytes; the same name as the components' argument).
+MIN_COMPACT_BYTES = 8192
 LOCK_TIMEOUT_SECONDS = 600  # how long a push waits for another push of the same model
 
 # The ServingCheck's limits (config: serving_check).

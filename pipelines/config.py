@@ -84,9 +84,8 @@ class ServingConfig:
     # another path than the pipeline does (a Pod's mount, say); None = <serving_dir>/<model_name>.
     model_base_path: Optional[str] = None
     # The Pusher compacts a table only when that saves at least this many bytes (its two lookup ops
-    # cost a few KB of graph per signature; smaller tables stay whole). The components call it
-    # min_saved_bytes.
-    min_compact_bytes: int = push_defaults.MIN_SAVED_BYTES
+    # cost a few KB of graph per signature; smaller tables stay whole).
+    min_compact_bytes: int = push_defaults.MIN_COMPACT_BYTES
 
 
 @dataclasses.dataclass

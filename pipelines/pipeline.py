@@ -159,7 +159,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         model_name=config.serving.model_name,
-        min_saved_bytes=config.serving.min_compact_bytes,
+        min_compact_bytes=config.serving.min_compact_bytes,
         sample_rows=limits.sample_rows,
         max_load_seconds=limits.max_load_seconds,
         max_peak_rss_mb=limits.max_peak_rss_mb,
@@ -180,7 +180,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         model_name=config.serving.model_name,
         keep_versions=config.serving.keep_versions,
         model_base_path=config.serving.model_base_path or "",
-        min_saved_bytes=config.serving.min_compact_bytes,
+        min_compact_bytes=config.serving.min_compact_bytes,
     ).with_id("Pusher")
     components += [example_gen, statistics_gen, schema_gen, example_validator, validation_gate, transform,
                    latest_pushed, trainer, evaluator, sparsity_gate, serving_check, pusher]

@@ -30,7 +30,7 @@ class PrunedPusherSpec(standard_component_specs.PusherSpec):
         executor.WARMUP_REQUESTS_KEY: ExecutionParameter(type=int),
         executor.EXAMPLES_SPLIT_KEY: ExecutionParameter(type=str),
         executor.MODEL_BASE_PATH_KEY: ExecutionParameter(type=str, optional=True),
-        executor.MIN_SAVED_BYTES_KEY: ExecutionParameter(type=int, optional=True),
+        executor.MIN_COMPACT_BYTES_KEY: ExecutionParameter(type=int, optional=True),
         executor.LOCK_TIMEOUT_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
@@ -61,7 +61,7 @@ class PrunedPusher(tfx_pusher_component.Pusher):
                  parity_examples: int = push_defaults.PARITY_EXAMPLES,
                  warmup_requests: int = push_defaults.WARMUP_REQUESTS,
                  examples_split: str = push_defaults.EXAMPLES_SPLIT, model_base_path: str = "",
-                 min_saved_bytes: int = push_defaults.MIN_SAVED_BYTES,
+                 min_compact_bytes: int = push_defaults.MIN_COMPACT_BYTES,
                  lock_timeout_seconds: int = push_defaults.LOCK_TIMEOUT_SECONDS,
                  infra_blessing: Optional[types.BaseChannel] = None):
         """
@@ -81,7 +81,7 @@ class PrunedPusher(tfx_pusher_component.Pusher):
           warmup_requests: PredictionLog records in ``assets.extra/tf_serving_warmup_requests`` (<= 1000).
           model_base_path: base_path written into models.config when the model server sees the
             model directory under another path (a Pod mount, gs://...); default ``<base>/<model_name>``.
-          min_saved_bytes: a table is compacted only when that saves at least this many bytes (its
+          min_compact_bytes: a table is compacted only when that saves at least this many bytes (its
             lookup ops cost a few KB of graph in every signature); smaller tables stay whole.
           lock_timeout_seconds: how long a push waits for another push to the same (local) model
             directory to finish before it fails naming the holder; ``<base>/models.config`` keeps
@@ -107,7 +107,7 @@ class PrunedPusher(tfx_pusher_component.Pusher):
             push_destination=push_destination, custom_config=None,
             model_name=model_name, keep_versions=int(keep_versions), parity_tolerance=float(parity_tolerance),
             parity_examples=int(parity_examples), warmup_requests=int(warmup_requests),
-            examples_split=examples_split, model_base_path=model_base_path, min_saved_bytes=int(min_saved_bytes),
+            examples_split=examples_split, model_base_path=model_base_path, min_compact_bytes=int(min_compact_bytes),
             lock_timeout_seconds=int(lock_timeout_seconds),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         # tfx Pusher.__init__ builds a PusherSpec of its own; skip to the base component.

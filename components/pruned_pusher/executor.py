@@ -31,13 +31,13 @@ PARITY_EXAMPLES_KEY = "parity_examples"
 WARMUP_REQUESTS_KEY = "warmup_requests"
 EXAMPLES_SPLIT_KEY = "examples_split"
 MODEL_BASE_PATH_KEY = "model_base_path"
-MIN_SAVED_BYTES_KEY = "min_saved_bytes"
+MIN_COMPACT_BYTES_KEY = "min_compact_bytes"
 LOCK_TIMEOUT_KEY = "lock_timeout_seconds"
 
 DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, KEEP_VERSIONS_KEY: push_defaults.KEEP_VERSIONS,
             PARITY_TOLERANCE_KEY: push_defaults.PARITY_TOLERANCE, PARITY_EXAMPLES_KEY: push_defaults.PARITY_EXAMPLES,
             WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
-            MODEL_BASE_PATH_KEY: "", MIN_SAVED_BYTES_KEY: push_defaults.MIN_SAVED_BYTES,
+            MODEL_BASE_PATH_KEY: "", MIN_COMPACT_BYTES_KEY: push_defaults.MIN_COMPACT_BYTES,
             LOCK_TIMEOUT_KEY: push_defaults.LOCK_TIMEOUT_SECONDS}
 
 
@@ -90,7 +90,7 @@ class Executor(tfx_pusher_executor.Executor):
                 warmup_requests=int(props[WARMUP_REQUESTS_KEY]),
                 staging_dir=staged,
                 model_base_path=props[MODEL_BASE_PATH_KEY] or None, carry_dirs=carry,
-                min_saved_bytes=int(props[MIN_SAVED_BYTES_KEY]),
+                min_compact_bytes=int(props[MIN_COMPACT_BYTES_KEY]),
                 lock_timeout_s=float(props[LOCK_TIMEOUT_KEY]))
             # Like TFX's Pusher: the pushed model is also archived under the artifact's own uri. Copied
             # from the staged files (what was published, manifest-checked): the served version may

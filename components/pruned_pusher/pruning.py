@@ -141,14 +141,14 @@ class PruningReport:
         return self.zero_rows / self.rows if self.rows else 0.0
 
 
-MIN_SAVED_BYTES = push_defaults.MIN_SAVED_BYTES  # tables saving less stay whole (see push_defaults)
+MIN_COMPACT_BYTES = push_defaults.MIN_COMPACT_BYTES  # tables saving less stay whole (see push_defaults)
 
 
 def prune_model(model: keras.Model, prune: bool = True,
-                min_saved_bytes: int = MIN_SAVED_BYTES) -> Tuple[keras.Model, PruningReport]:
+                min_compact_bytes: int = MIN_COMPACT_BYTES) -> Tuple[keras.Model, PruningReport]:
     """A copy of `model` whose ``embedding_<field>`` tables keep only their non-zero rows.
 
-    A table is compacted when that saves at least `min_saved_bytes` (its zero rows, less the row map
+    A table is compacted when that saves at least `min_compact_bytes` (its zero rows, less the row map
     and the zero row); a smaller one stays a full ``Embedding`` (same scores, fewer graph bytes). The
     other layers are copies with the same weights; the call arguments of every node (e.g. FieldRows'
     per-field ``oov_row``) are kept by ``clone_model``. ``prune=False`` makes the same copy with every
@@ -165,7 +165,7 @@ def prune_model(model: keras.Model, prune: bool = True,
         rows, dim = table.shape
         row_bytes = table[:1].nbytes
         saved = (rows - len(kept)) * row_bytes - 4 * rows - row_bytes
-        compacted = prune and saved >= min_saved_bytes
+        compacted = prune and saved >= min_compact_bytes
         tables[layer.name[len(EMBEDDING_PREFIX):]] = {"rows": int(rows), "zero_rows": int(rows - len(kept)),
                                                       "dim": int(dim), "compacted": bool(compacted)}
         before += table.nbytes
@@ -218,7 +218,7 @@ def spec_from_saved_model(loaded, tft_output):
 
 
 def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: str,
-                  prune: bool = True, min_saved_bytes: int = MIN_SAVED_BYTES) -> PruningReport:
+                  prune: bool = True, min_compact_bytes: int = MIN_COMPACT_BYTES) -> PruningReport:
     """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
 
     The signatures are the trainer's own (``components.export_signatures``) over the same Transform
@@ -230,7 +230,7 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
     from components import export_signatures
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
-    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune, min_saved_bytes=min_saved_bytes)
+    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune, min_compact_bytes=min_compact_bytes)
     # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
     # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
     # is saved (the trained model's Group Adam slots are 3x its tables).
@@ -576,7 +576,7 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
                    warmup_requests: int = push_defaults.WARMUP_REQUESTS,
                    staging_dir: Optional[str] = None, model_base_path: Optional[str] = None,
                    carry_dirs: Optional[Dict[str, str]] = None,
-                   min_saved_bytes: int = MIN_SAVED_BYTES,
+                   min_compact_bytes: int = MIN_COMPACT_BYTES,
                    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> PushResult:
     """Prune, check parity, add warmup, publish and update models.config -- the whole push.
 
@@ -588,7 +588,7 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
     own_staging = staging_dir is None
     staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
     try:
-        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir, min_saved_bytes=min_saved_bytes)
+        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir, min_compact_bytes=min_compact_bytes)
         error = check_parity(trained_model_dir, staging_dir, list(eval_examples)[:parity_examples], parity_tolerance)
         size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)

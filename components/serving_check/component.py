@@ -43,7 +43,7 @@ class ServingCheckSpec(ComponentSpec):
         executor.PARITY_TOLERANCE_KEY: ExecutionParameter(type=float),
         executor.PARITY_EXAMPLES_KEY: ExecutionParameter(type=int),
         executor.WARMUP_REQUESTS_KEY: ExecutionParameter(type=int),
-        executor.MIN_SAVED_BYTES_KEY: ExecutionParameter(type=int),
+        executor.MIN_COMPACT_BYTES_KEY: ExecutionParameter(type=int),
         executor.SAMPLE_ROWS_KEY: ExecutionParameter(type=int),
         executor.MAX_LOAD_SECONDS_KEY: ExecutionParameter(type=float),
         executor.MAX_PEAK_RSS_MB_KEY: ExecutionParameter(type=float),
@@ -75,7 +75,7 @@ class ServingCheck(base_component.BaseComponent):
                  parity_tolerance: float = push_defaults.PARITY_TOLERANCE,
                  parity_examples: int = push_defaults.PARITY_EXAMPLES,
                  warmup_requests: int = push_defaults.WARMUP_REQUESTS,
-                 min_saved_bytes: int = push_defaults.MIN_SAVED_BYTES, sample_rows: int = push_defaults.SAMPLE_ROWS,
+                 min_compact_bytes: int = push_defaults.MIN_COMPACT_BYTES, sample_rows: int = push_defaults.SAMPLE_ROWS,
                  max_load_seconds: float = push_defaults.MAX_LOAD_SECONDS,
                  max_peak_rss_mb: float = push_defaults.MAX_PEAK_RSS_MB,
                  max_p99_latency_ms: float = push_defaults.MAX_P99_LATENCY_MS,
@@ -91,7 +91,7 @@ class ServingCheck(base_component.BaseComponent):
           model_name: TF Serving model name.
           parity_tolerance, parity_examples: in-process check of the pruned export against the trained model.
           warmup_requests: PredictionLogs written to ``assets.extra/tf_serving_warmup_requests`` (<= 1000).
-          min_saved_bytes: a table is compacted only when that saves at least this many bytes.
+          min_compact_bytes: a table is compacted only when that saves at least this many bytes.
           sample_rows: eval rows sent one per request over REST and gRPC (and once as a batch).
           max_load_seconds, max_peak_rss_mb, max_p99_latency_ms, max_score_diff: the limits.
           startup_timeout_seconds: how long the serving process may take to start listening.
@@ -112,7 +112,7 @@ class ServingCheck(base_component.BaseComponent):
             model=model, model_blessing=model_blessing, examples=examples, transform_graph=transform_graph,
             model_name=model_name, examples_split=examples_split, parity_tolerance=float(parity_tolerance),
             parity_examples=int(parity_examples), warmup_requests=int(warmup_requests),
-            min_saved_bytes=int(min_saved_bytes), sample_rows=int(sample_rows),
+            min_compact_bytes=int(min_compact_bytes), sample_rows=int(sample_rows),
             max_load_seconds=float(max_load_seconds), max_peak_rss_mb=float(max_peak_rss_mb),
             max_p99_latency_ms=float(max_p99_latency_ms), max_score_diff=float(max_score_diff),
             startup_timeout_seconds=float(startup_timeout_seconds),

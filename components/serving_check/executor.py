@@ -32,7 +32,7 @@ EXAMPLES_SPLIT_KEY = "examples_split"
 PARITY_TOLERANCE_KEY = "parity_tolerance"
 PARITY_EXAMPLES_KEY = "parity_examples"
 WARMUP_REQUESTS_KEY = "warmup_requests"
-MIN_SAVED_BYTES_KEY = "min_saved_bytes"
+MIN_COMPACT_BYTES_KEY = "min_compact_bytes"
 SAMPLE_ROWS_KEY = "sample_rows"
 MAX_LOAD_SECONDS_KEY = "max_load_seconds"
 MAX_PEAK_RSS_MB_KEY = "max_peak_rss_mb"
@@ -53,7 +53,7 @@ CARRIED_FLOAT_PROPERTIES = ("row_sparsity", "parity_max_abs_error")
 
 DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
             PARITY_TOLERANCE_KEY: push_defaults.PARITY_TOLERANCE, PARITY_EXAMPLES_KEY: push_defaults.PARITY_EXAMPLES,
-            WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, MIN_SAVED_BYTES_KEY: push_defaults.MIN_SAVED_BYTES,
+            WARMUP_REQUESTS_KEY: push_defaults.WARMUP_REQUESTS, MIN_COMPACT_BYTES_KEY: push_defaults.MIN_COMPACT_BYTES,
             SAMPLE_ROWS_KEY: push_defaults.SAMPLE_ROWS, MAX_LOAD_SECONDS_KEY: push_defaults.MAX_LOAD_SECONDS,
             MAX_PEAK_RSS_MB_KEY: push_defaults.MAX_PEAK_RSS_MB, MAX_P99_LATENCY_MS_KEY: push_defaults.MAX_P99_LATENCY_MS,
             MAX_SCORE_DIFF_KEY: push_defaults.MAX_SCORE_DIFF, STARTUP_TIMEOUT_KEY: push_defaults.STARTUP_TIMEOUT_SECONDS}
@@ -118,7 +118,7 @@ class Executor(base_executor.BaseExecutor):
             staged = os.path.join(work, "candidate")
             # The candidate, exactly as the Pusher will publish it.
             pruning_report = pruning.export_pruned(trained_dir, transform_graph.uri, staged,
-                                                   min_saved_bytes=int(props[MIN_SAVED_BYTES_KEY]))
+                                                   min_compact_bytes=int(props[MIN_COMPACT_BYTES_KEY]))
             size_after = pruning.dir_size(staged)  # the SavedModel, before assets.extra is added
             warmups = pruning.write_warmup_requests(staged, rows, model_name, int(props[WARMUP_REQUESTS_KEY]))
             # Reference scores: the trained model's, in this process.

@@ -257,7 +257,7 @@ def test_parameter_servers_train_sharded_tables_that_export_and_serve(inputs, si
     # gRPC: the same scores as the trained model's, within 1e-6; then pushed.
     trained = {"model_uri": model, "examples_uri": inputs["raw_examples"].uri,
                "transform_dir": inputs["artifacts"]["transform_graph"][0].uri}
-    check_inputs, blessing, report = run_serving_check(trained, str(tmp_path / "check"), min_saved_bytes=0,
+    check_inputs, blessing, report = run_serving_check(trained, str(tmp_path / "check"), min_compact_bytes=0,
                                                        parity_tolerance=1e-6, max_score_diff=1e-6)
     assert report["passed"], report
     assert report["parity_max_abs_error"] <= 1e-6

@@ -133,12 +133,12 @@ def test_push_writes_a_pruned_version_with_the_measured_properties(trained, push
     assert props["parity_max_abs_error"] <= 1e-6
 
     # Embedding bytes shrink by exactly the zero rows of the compacted tables (the trained model's
-    # own count); a table whose zero rows weigh less than MIN_SAVED_BYTES stays whole.
+    # own count); a table whose zero rows weigh less than MIN_COMPACT_BYTES stays whole.
     sparsity = trained["sparsity"]
     assert props["row_sparsity"] == pytest.approx(sparsity["fraction"])
     assert props["embedding_bytes_before"] == sparsity["rows"] * 32 * 4
     compacted = {f: t for f, t in sparsity["tables"].items()
-                 if (t["zero_rows"] * 128 - 4 * t["rows"] - 128) >= pruning.MIN_SAVED_BYTES}
+                 if (t["zero_rows"] * 128 - 4 * t["rows"] - 128) >= pruning.MIN_COMPACT_BYTES}
     assert len(compacted) >= 4 and props["compacted_tables"] == len(compacted)
     assert props["embedding_rows_dropped"] == sum(t["zero_rows"] for t in compacted.values())
     removed = props["embedding_bytes_before"] - props["embedding_bytes_after"]
@@ -175,7 +175,7 @@ def test_saved_model_shrinks_by_the_dropped_rows_against_the_same_export_unprune
     # cost per compacted table (two gathers in each traced signature), whatever its number of rows.
     graph_growth = (os.path.getsize(os.path.join(version_dir, "saved_model.pb"))
                     - os.path.getsize(os.path.join(unpruned, "saved_model.pb")))
-    assert 0 < graph_growth < pruning.MIN_SAVED_BYTES * props["compacted_tables"], graph_growth
+    assert 0 < graph_growth < pruning.MIN_COMPACT_BYTES * props["compacted_tables"], graph_growth
     whole = pruning.dir_size(unpruned) - props["size_after_bytes"]
     assert whole == pytest.approx(net - graph_growth, rel=0.02, abs=2048)
 
@@ -359,7 +359,7 @@ def test_compact_embedding_matches_the_full_table(zero_rows):
     full.set_weights([table])
     inputs = keras.Input(shape=(), dtype=tf.int64, name="C1")
     model = keras.Model(inputs, full(inputs))
-    pruned, report = pruning.prune_model(model, min_saved_bytes=0)
+    pruned, report = pruning.prune_model(model, min_compact_bytes=0)
     ids = tf.constant([0, 1, 2, 3, 4, 4, 1], tf.int64)
     np.testing.assert_array_equal(pruned(ids).numpy(), model(ids).numpy())
     assert isinstance(pruned.get_layer("embedding_C1"), pruning.CompactEmbedding)
