@@ -16,6 +16,10 @@ from typing import Dict, List, Optional
 MODELS = ("dnn", "deepfm", "wide_deep", "dcn")
 OPTIMIZERS = ("group_adam", "group_adagrad", "group_momentum", "group_amsgrad", "adam")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker", "parameter_server")
+# The sparsity controller sets l21 between batches; Keras runs no batch-level callback on a
+# ParameterServerStrategy coordinator. Refused by the config check and, for "auto", by the Trainer.
+PS_TARGET_ERROR = ("a sparsity or size target cannot be used with parameter_server training (Keras runs no "
+                   "per-batch callbacks under ParameterServerStrategy); use multi_worker or a fixed l21")
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ from tfx_bsl.public import tfxio
 from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
 from components.preprocessing import LABEL_KEY
-from components.trainer_config import DISTRIBUTIONS, TrainerConfig
+from components.trainer_config import DISTRIBUTIONS, PS_TARGET_ERROR, TrainerConfig
 from components.training import (NonFiniteLossError, StopOnNonFiniteLoss, build_model,
                                  compile_model)
 from components.vocabulary import FieldVocabulary
@@ -383,9 +383,7 @@ def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, k
             variable.assign(cfg.l21)
         return None
     if distributed.is_parameter_server(model.distribute_strategy):  # "auto" resolved to it at run time
-        raise ValueError("trainer.target_sparsity/max_embedding_bytes: a sparsity or size target cannot be "
-                         "used with parameter_server training (Keras runs no per-batch callbacks under "
-                         "ParameterServerStrategy); use multi_worker or a fixed l21")
+        raise ValueError(f"trainer.target_sparsity/max_embedding_bytes: {PS_TARGET_ERROR}")
     callback = sparsity_target.SparsityTarget(groups, log_dir=log_dir)
     callbacks.append(callback)
     if keep_best is not None:

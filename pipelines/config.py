@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import yaml
 
 from components import push_defaults
-from components.trainer_config import DISTRIBUTIONS, MODELS, OPTIMIZERS, TrainerConfig
+from components.trainer_config import DISTRIBUTIONS, MODELS, OPTIMIZERS, PS_TARGET_ERROR, TrainerConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -391,11 +391,6 @@ _RULES: Dict[str, Rule] = {
     "kubeflow.endpoint": _optional(_text),
     "kubeflow.serving_volume_claim": _optional(_k8s_name),
 }
-
-
-# The controller sets l21 between batches; Keras runs no batch-level callback on a coordinator.
-PS_TARGET_ERROR = ("a sparsity or size target cannot be used with parameter_server training (Keras runs no "
-                   "per-batch callbacks under ParameterServerStrategy); use multi_worker or a fixed l21")
 
 
 def _check_targets(trainer: "TrainerConfig", key: str) -> None:
