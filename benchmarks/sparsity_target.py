@@ -62,8 +62,8 @@ class DatasetPlan:
 
 
 PLANS = {
-    "criteo": DatasetPlan("criteo", seeds=3, grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
-    "avazu": DatasetPlan("avazu", seeds=3, grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    "criteo": DatasetPlan("criteo", seeds=10, grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2)),
+    "avazu": DatasetPlan("avazu", seeds=10, grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
     "generated-20000": DatasetPlan("generated-20000", 20000, 20000, 256, 4, seeds=2,
                                    grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
     "generated-200000": DatasetPlan("generated-200000", 200000, 50000, 1024, 2, seeds=1,
@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--gain", type=float, default=None)
     p.add_argument("--settle", type=float, default=None)
     p.add_argument("--max-step", type=float, default=None)
+    p.add_argument("--release", type=float, default=None)
+    p.add_argument("--release-end", type=float, default=None)
     p.add_argument("--skip-fixed", action="store_true", help="controlled runs only (tuning)")
     p.add_argument("--render", nargs="+", metavar="JSON",
                    help="no training: write --out from the JSON files of earlier runs (datasets in order)")
@@ -318,7 +320,7 @@ def main(argv=None) -> int:
         print(text)
         return 0
     settings = ControllerSettings()
-    for name in ("gain", "settle", "max_step"):
+    for name in ("gain", "settle", "max_step", "release", "release_end"):
         if getattr(args, name) is not None:
             settings = dataclasses.replace(settings, **{name: getattr(args, name)})
     targets = [float(t) for t in args.targets.split(",") if t]

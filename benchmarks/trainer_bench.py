@@ -315,6 +315,47 @@ def format_text(record: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str]) -> str:
+    """Two or more code revisions' runs side by side: per cell, each label's examples/s and first
+    epoch (median over its runs), and the last label over the first."""
+    import statistics
+    labels = list(labelled)
+    first, last = labels[0], labels[-1]
+    loads = [r[k] for recs in labelled.values() for rec in recs for r in rec["runs"]
+             for k in ("load_average_before", "load_average_after") if k in r]
+    lines = [f"Trainer throughput, {' vs '.join(labels)} (benchmarks/trainer_bench.py --compare): the same "
+             f"cells run by each revision's own benchmark, runs interleaved ({', '.join(f'{l}: {len(v)} run(s)' for l, v in labelled.items())}); "
+             f"per-cell 1-min load {min(loads):.2f}..{max(loads):.2f}",
+             "Commands:"] + [f"  {c}" for c in commands] + [
+             "examples/s and first epoch s: median over the label's runs; ratio = "
+             f"{last} / {first}", ""]
+    width = max(16, max(len(l) for l in labels) + 11)
+    head = f"{'cell':<30}" + "".join(f"{l + ' ex/s':>{width}}" for l in labels) + f"{'ratio':>8}" + \
+        "".join(f"{l + ' 1st ep s':>{width}}" for l in labels) + f"{'ratio':>8}"
+    lines += [head, "-" * len(head)]
+    cells = [name for name in labelled[first][0]["cells"]]
+    ratios_speed, ratios_first = [], []
+    for name in cells:
+        speed, first_epoch = {}, {}
+        for label, recs in labelled.items():
+            vals = [rec["cells"][name] for rec in recs if rec["cells"].get(name, {}).get("examples_per_s")]
+            if vals:
+                speed[label] = statistics.median(v["examples_per_s"] for v in vals)
+                first_epoch[label] = statistics.median(v["first_epoch_s"] for v in vals)
+        if len(speed) < len(labels):
+            continue
+        r1, r2 = speed[last] / speed[first], first_epoch[last] / first_epoch[first]
+        ratios_speed.append(r1)
+        ratios_first.append(r2)
+        lines.append(f"{name:<30}" + "".join(f"{speed[l]:>{width}.0f}" for l in labels) + f"{r1:>8.2f}"
+                     + "".join(f"{first_epoch[l]:>{width}.1f}" for l in labels) + f"{r2:>8.2f}")
+    if ratios_speed:
+        lines += ["", f"{last}/{first} examples/s: geometric mean {statistics.geometric_mean(ratios_speed):.2f}, "
+                  f"min {min(ratios_speed):.2f}, max {max(ratios_speed):.2f}; first epoch s: geometric mean "
+                  f"{statistics.geometric_mean(ratios_first):.2f}, max {max(ratios_first):.2f}"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 warm-up + 4 timed steps")
@@ -331,6 +372,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="compile with run_eagerly=True: no tracing, so a cell starts in seconds (for "
                              "smoke tests of the harness; its numbers are not the Trainer's)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=JSON[,JSON...]",
+                        help="no training: write --out (a .txt path) comparing the runs of several revisions")
     # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
@@ -340,6 +383,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         child_main(args)
+        return
+    if args.compare:
+        labelled, commands = {}, []
+        for item in args.compare:
+            label, _, paths = item.partition("=")
+            labelled[label] = []
+            for path in paths.split(","):
+                with open(path) as f:
+                    labelled[label].append(json.load(f))
+        text = format_comparison(labelled, [" ".join(["python -m benchmarks.trainer_bench"] + (argv or sys.argv[1:]))])
+        print(text)
+        with open(args.out, "w") as f:
+            f.write(text)
         return
     if args.quick:
         args.steps, args.steps_1e6, args.warmup_steps, args.epochs, args.examples = 4, 4, 2, 2, 2048

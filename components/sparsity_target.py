@@ -13,6 +13,8 @@ retracing, and Algorithm 1 stays exact at whatever l21 holds at each step.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from typing import Any, Dict, List, Optional
 
@@ -220,8 +222,7 @@ class SparsityTarget(keras.callbacks.Callback):
     def report(self, max_points: int = 60) -> Dict[str, Any]:
         """training.json's `sparsity_target`: per group the result and the l21 trajectory."""
         out = {"groups": self.reached(), "interval": self.interval(), "steps": self.steps,
-               "settings": {"gain": self.settings.gain, "max_step": self.settings.max_step,
-                            "settle": self.settings.settle}}
+               "settings": dataclasses.asdict(self.settings)}
         for name, controller in self.controllers.items():
             points = controller.history
             if len(points) > max_points:

@@ -181,9 +181,9 @@ class PlantedTable:
                              self.dim * 4, int((~stepped & ~self.zero).sum()))
 
 
-def _simulate(target, seed=0, steps=1500, interval=10, l21=1e-3):
+def _simulate(target, seed=0, steps=1500, interval=10, l21=1e-3, settings=None):
     table = PlantedTable(seed)
-    controller = sc.Controller(target, l21)
+    controller = sc.Controller(target, l21, settings)
     lambdas = []
     for t in range(1, steps + 1):
         table.step(controller.l21)
@@ -201,6 +201,21 @@ def test_controller_reaches_a_target_sparsity_and_holds_it(target):
     late = [h["sparsity"] for h in controller.history if h["progress"] >= 0.7]
     assert max(abs(s - target) for s in late) <= 0.03
     assert min(lambdas) >= 0
+
+
+def test_release_keeps_rows_out_early_and_opens_the_whole_budget_by_release_end():
+    target = 0.8
+    _, released, _ = _simulate(sc.Target(sparsity=target), settings=sc.ControllerSettings(release=1.0, release_end=0.7))
+    _, at_once, _ = _simulate(sc.Target(sparsity=target), settings=sc.ControllerSettings(release=0.0))
+    def sparsity_at(controller, lo, hi):
+        return np.mean([h["sparsity"] for h in controller.history if lo <= h["progress"] < hi])
+    # a third of the way in, only about half of the kept rows' budget is open
+    assert sparsity_at(released, 0.2, 0.3) >= 1 - (1 - target) * 0.45
+    assert abs(sparsity_at(at_once, 0.2, 0.3) - target) <= 0.03
+    # both end at the target
+    for controller in (released, at_once):
+        assert abs(controller.history[-1]["sparsity"] - target) <= 0.02
+    assert sc.ControllerSettings().release > 0  # the default releases
 
 
 def test_controller_meets_a_byte_budget():
