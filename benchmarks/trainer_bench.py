@@ -315,7 +315,7 @@ def format_text(record: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str]) -> str:
+def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str], note: str = "") -> str:
     """Two or more code revisions' runs side by side: per cell, each label's examples/s and first
     epoch (median over its runs), and the last label over the first."""
     import statistics
@@ -326,7 +326,7 @@ def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str]) -> s
     lines = [f"Trainer throughput, {' vs '.join(labels)} (benchmarks/trainer_bench.py --compare): the same "
              f"cells run by each revision's own benchmark, runs interleaved ({', '.join(f'{l}: {len(v)} run(s)' for l, v in labelled.items())}); "
              f"per-cell 1-min load {min(loads):.2f}..{max(loads):.2f}",
-             "Commands:"] + [f"  {c}" for c in commands] + [
+             "Commands:"] + [f"  {c}" for c in commands] + ([note] if note else []) + [
              "examples/s and first epoch s: median over the label's runs; ratio = "
              f"{last} / {first}", ""]
     width = max(16, max(len(l) for l in labels) + 11)
@@ -334,21 +334,24 @@ def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str]) -> s
         "".join(f"{l + ' 1st ep s':>{width}}" for l in labels) + f"{'ratio':>8}"
     lines += [head, "-" * len(head)]
     cells = [name for name in labelled[first][0]["cells"]]
-    ratios_speed, ratios_first = [], []
+    ratios_speed, ratios_first, spreads = [], [], []
     for name in cells:
         speed, first_epoch = {}, {}
         for label, recs in labelled.items():
             vals = [rec["cells"][name] for rec in recs if rec["cells"].get(name, {}).get("examples_per_s")]
             if vals:
-                speed[label] = statistics.median(v["examples_per_s"] for v in vals)
+                speed[label] = [v["examples_per_s"] for v in vals]
                 first_epoch[label] = statistics.median(v["first_epoch_s"] for v in vals)
         if len(speed) < len(labels):
             continue
-        r1, r2 = speed[last] / speed[first], first_epoch[last] / first_epoch[first]
+        median = {l: statistics.median(v) for l, v in speed.items()}
+        r1, r2 = median[last] / median[first], first_epoch[last] / first_epoch[first]
         ratios_speed.append(r1)
         ratios_first.append(r2)
-        lines.append(f"{name:<30}" + "".join(f"{speed[l]:>{width}.0f}" for l in labels) + f"{r1:>8.2f}"
+        spreads.append(f"{name:<30}" + "".join(f"  {l}: {min(v):.0f}..{max(v):.0f}" for l, v in speed.items()))
+        lines.append(f"{name:<30}" + "".join(f"{median[l]:>{width}.0f}" for l in labels) + f"{r1:>8.2f}"
                      + "".join(f"{first_epoch[l]:>{width}.1f}" for l in labels) + f"{r2:>8.2f}")
+    lines += ["", "examples/s, slowest..fastest run of each label:"] + spreads
     if ratios_speed:
         lines += ["", f"{last}/{first} examples/s: geometric mean {statistics.geometric_mean(ratios_speed):.2f}, "
                   f"min {min(ratios_speed):.2f}, max {max(ratios_speed):.2f}; first epoch s: geometric mean "
@@ -374,6 +377,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
     parser.add_argument("--compare", nargs="+", metavar="LABEL=JSON[,JSON...]",
                         help="no training: write --out (a .txt path) comparing the runs of several revisions")
+    parser.add_argument("--note", default="", help="with --compare: a line on how the runs were made")
     # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
@@ -392,7 +396,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             for path in paths.split(","):
                 with open(path) as f:
                     labelled[label].append(json.load(f))
-        text = format_comparison(labelled, [" ".join(["python -m benchmarks.trainer_bench"] + (argv or sys.argv[1:]))])
+        text = format_comparison(labelled, [" ".join(["python -m benchmarks.trainer_bench"] + (argv or sys.argv[1:]))],
+                                 args.note)
         print(text)
         with open(args.out, "w") as f:
             f.write(text)
