@@ -247,7 +247,8 @@ def run_fn(fn_args: tfx.components.FnArgs):
         _SparsityToTensorBoard(fn_args.model_run_dir)])
     scratch = tempfile.mkdtemp(prefix="sparsectr-best-")
     keep_best = KeepBestEpoch(scratch, patience=cfg.early_stopping_patience) if cfg.early_stopping else None
-    target = _sparsity_target(cfg, model, fn_args.model_run_dir, callbacks, keep_best)
+    target = _sparsity_target(cfg, model, fn_args.model_run_dir, callbacks, keep_best,
+                              warm_duals=bool(warm.get("restored") and warm.get("optimizer_state")))
     try:
         with distributed.cluster_errors(strategy):  # a task that died: one line
             history = model.fit(
@@ -371,11 +372,18 @@ def sparsity_report(model) -> Dict[str, Any]:
     return dict(optim.sparsity(models.embedding_tables(model)), **weight_bytes(model))
 
 
-def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, keep_best):
+def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, keep_best,
+                     warm_duals: bool = False):
     """The SparsityTarget callback of the config's targets, appended to `callbacks` (and keep_best's
     candidates limited to epochs on target); None without a target, when every table trains at the
-    config's l21 (also after a warm start that carried a target's l21)."""
+    config's l21 (also after a warm start that carried a target's l21).
+
+    warm_duals: the optimizer state (the duals z) was carried over from the pushed model. The kept
+    rows' budget then is whole from the first step: the duals already hold the evidence that opening
+    it slowly waits for on a cold start (`ControllerSettings.release`), and opening it again would
+    zero the carried model's rows first."""
     from components import sparsity_target
+    from optim.sparsity_control import ControllerSettings
     groups = sparsity_target.targets(dataclasses.asdict(cfg))
     optimizer = model.optimizer
     if not groups:
@@ -384,7 +392,8 @@ def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, k
         return None
     if distributed.is_parameter_server(model.distribute_strategy):  # "auto" resolved to it at run time
         raise ValueError(f"trainer.target_sparsity/max_embedding_bytes: {PS_TARGET_ERROR}")
-    callback = sparsity_target.SparsityTarget(groups, log_dir=log_dir)
+    settings = ControllerSettings(release=0.0) if warm_duals else ControllerSettings()
+    callback = sparsity_target.SparsityTarget(groups, log_dir=log_dir, settings=settings)
     callbacks.append(callback)
     if keep_best is not None:
         keep_best.eligible = callback.on_target

@@ -137,7 +137,8 @@ class ControllerSettings:
       target 0.95, test AUC): Avazu 0.6589 without release, 0.6736 with (1, 0.7), 0.6742 with (1, 1),
       fixed l21 0.6654; Criteo 0.7136, 0.7087, fixed 0.7068 (3 seeds); the Avazu byte budget ends
       within 0.7% with (1, 0.7), 2.0% without. Opening fully at 0.7 leaves the last 30% of training
-      for the controller to settle and the rows let in last to train.
+      for the controller to settle and the rows let in last to train. For a cold start: after a
+      warm start that carried the duals the Trainer opens the whole budget at once (release 0).
     """
     gain: float = 0.1
     max_step: float = 2.0

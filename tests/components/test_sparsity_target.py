@@ -159,6 +159,11 @@ def test_without_a_target_the_trainer_trains_at_the_configs_l21_after_a_warm_sta
     target = _sparsity_target(TrainerConfig(l21=2e-3, target_sparsity=0.5), model, str(tmp_path), callbacks, keep)
     assert callbacks == [target] and keep.eligible == target.on_target
     assert [float(v.numpy()) for v in optimizer._l21_variables] == [0.0123, 0.0123]
+    # a cold start opens the kept rows' budget while training; carried duals get it whole at once
+    assert target.settings.release > 0
+    model, optimizer, _ = _restored(state, vocab)
+    warm = _sparsity_target(TrainerConfig(target_sparsity=0.5), model, str(tmp_path), [], None, warm_duals=True)
+    assert warm.settings.release == 0.0
 
 
 def test_keep_best_epoch_keeps_only_epochs_on_target(tmp_path):
