@@ -121,7 +121,8 @@ def to_example(row) -> bytes:
                 feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
         else:
             feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, the same bytes in every process (tests cut them)
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 @pytest.fixture(scope="session")
