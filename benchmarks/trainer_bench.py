@@ -333,7 +333,7 @@ def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str], note
     head = f"{'cell':<30}" + "".join(f"{l + ' ex/s':>{width}}" for l in labels) + f"{'ratio':>8}" + \
         "".join(f"{l + ' 1st ep s':>{width}}" for l in labels) + f"{'ratio':>8}"
     lines += [head, "-" * len(head)]
-    cells = [name for name in labelled[first][0]["cells"]]
+    cells = list(labelled[first][0]["cells"])
     ratios_speed, ratios_first, spreads = [], [], []
     for name in cells:
         speed, first_epoch = {}, {}

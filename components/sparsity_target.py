@@ -14,7 +14,6 @@ retracing, and Algorithm 1 stays exact at whatever l21 holds at each step.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from typing import Any, Dict, List, Optional
 

@@ -383,7 +383,6 @@ def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, k
     it slowly waits for on a cold start (`ControllerSettings.release`), and opening it again would
     zero the carried model's rows first."""
     from components import sparsity_target
-    from optim.sparsity_control import ControllerSettings
     groups = sparsity_target.targets(dataclasses.asdict(cfg))
     optimizer = model.optimizer
     if not groups:
@@ -392,7 +391,7 @@ def _sparsity_target(cfg: TrainerConfig, model, log_dir: str, callbacks: list, k
         return None
     if distributed.is_parameter_server(model.distribute_strategy):  # "auto" resolved to it at run time
         raise ValueError(f"trainer.target_sparsity/max_embedding_bytes: {PS_TARGET_ERROR}")
-    settings = ControllerSettings(release=0.0) if warm_duals else ControllerSettings()
+    settings = sparsity_target.ControllerSettings(release=0.0) if warm_duals else None
     callback = sparsity_target.SparsityTarget(groups, log_dir=log_dir, settings=settings)
     callbacks.append(callback)
     if keep_best is not None:
