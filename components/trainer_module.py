@@ -22,14 +22,12 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from absl import logging
 from tfx import v1 as tfx
-from tfx_bsl.public import tfxio
 
 from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
-from components.preprocessing import LABEL_KEY
 from components.trainer_config import DISTRIBUTIONS, PS_TARGET_ERROR, TrainerConfig
-from components.training import (NonFiniteLossError, StopOnNonFiniteLoss, build_model,
-                                 compile_model)
+from components.training import (NON_FINITE_FEATURE, NonFiniteLossError, StopOnNonFiniteLoss,
+                                 build_model, compile_model, input_dataset)
 from components.vocabulary import FieldVocabulary
 
 SPARSITY_FILE = "sparsity.json"
@@ -42,31 +40,6 @@ class NonFiniteInputError(NonFiniteLossError):
 
 class NonFiniteWeightsError(NonFiniteLossError):
     """A weight or optimizer slot became NaN or Inf; no model is exported."""
-
-
-# The marker that the input check puts into its error, so that run_fn tells it from other errors.
-_NON_FINITE_FEATURE = "sparsectr: non-finite value in transformed feature "
-
-
-def _values(tensor):
-    if isinstance(tensor, tf.SparseTensor):
-        return tensor.values
-    if isinstance(tensor, tf.RaggedTensor):
-        return tensor.flat_values
-    return tensor
-
-
-def check_finite_features(features, label):
-    """Fails the input pipeline on the first batch with a NaN or Inf in a float feature.
-
-    Checked explicitly because what a NaN input does to the loss depends on the CPU's kernels (some
-    max/ReLU kernels turn NaN into 0): the loss is no guard.
-    """
-    for name in sorted(features):
-        values = _values(features[name])
-        if values.dtype.is_floating:
-            tf.debugging.assert_all_finite(values, f"{_NON_FINITE_FEATURE}{name!r}")
-    return features, label
 
 
 def non_finite_variables(variables) -> list:
@@ -180,21 +153,12 @@ def is_chief(cluster_resolver) -> bool:
     return cluster_resolver.task_type == "worker" and cluster_resolver.task_id == 0
 
 
-def _dataset(file_pattern, data_accessor, tft_output, batch_size: int, seed: int, shuffle: bool):
-    return data_accessor.tf_dataset_factory(
-        file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL_KEY, num_epochs=1,
-                                       shuffle=shuffle, shuffle_seed=seed, drop_final_batch=False),
-        tft_output.transformed_metadata.schema,
-    ).map(check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
 def _non_finite_input(error: Exception):
     """The one-line NonFiniteInputError for an input-check failure raised inside fit, else None."""
     message = getattr(error, "message", None) or str(error)
-    if _NON_FINITE_FEATURE not in message:
+    if NON_FINITE_FEATURE not in message:
         return None
-    feature = message.split(_NON_FINITE_FEATURE, 1)[1].split()[0].rstrip(":.")
+    feature = message.split(NON_FINITE_FEATURE, 1)[1].split()[0].rstrip(":.")
     return NonFiniteInputError(
         f"training stopped: transformed feature {feature} holds NaN or Inf; check that column upstream"
         " (ExampleGen/Transform). No model was exported.")
@@ -224,11 +188,13 @@ def run_fn(fn_args: tfx.components.FnArgs):
         compile_model(model, cfg, jit_compile, **distributed.compile_options(strategy))
         warm = _warm_start(fn_args, cfg, model, vocabulary)
 
-    def train_dataset():
-        return _dataset(fn_args.train_files, fn_args.data_accessor, tft_output, cfg.batch_size, cfg.seed, True)
+    schema = tft_output.transformed_metadata.schema
 
-    evaluation = distributed.sharded_by_batches(strategy, _dataset(
-        fn_args.eval_files, fn_args.data_accessor, tft_output, cfg.batch_size, cfg.seed, False))
+    def train_dataset():
+        return input_dataset(fn_args.train_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, True)
+
+    evaluation = distributed.sharded_by_batches(strategy, input_dataset(
+        fn_args.eval_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, False))
     epochs, steps_per_epoch = (cfg.epochs if not fn_args.train_steps else 1), fn_args.train_steps or None
     if distributed.is_parameter_server(strategy):
         # Each worker reads its own batches, repeated: an epoch is a pass over the split's batches.

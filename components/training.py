@@ -9,10 +9,12 @@ import dataclasses
 
 import tensorflow as tf
 import tf_keras as keras
+from tfx_bsl.public import tfxio
 
 import optim
 from components import models
 from components.dataset_spec import DatasetSpec
+from components.preprocessing import LABEL_KEY
 from components.trainer_config import TrainerConfig
 from components.vocabulary import FieldVocabulary
 
@@ -28,6 +30,42 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise NonFiniteLossError(
                 f"training stopped: loss is {float(loss)} at step {int(self.model.optimizer.iterations.numpy())};"
                 " lower the learning rate or check the input features. No model was exported.")
+
+
+# The marker that the input check puts into its error, so that run_fn tells it from other errors.
+NON_FINITE_FEATURE = "sparsectr: non-finite value in transformed feature "
+
+
+def _values(tensor):
+    if isinstance(tensor, tf.SparseTensor):
+        return tensor.values
+    if isinstance(tensor, tf.RaggedTensor):
+        return tensor.flat_values
+    return tensor
+
+
+def check_finite_features(features, label):
+    """Fails the input pipeline on the first batch with a NaN or Inf in a float feature.
+
+    Checked explicitly because what a NaN input does to the loss depends on the CPU's kernels (some
+    max/ReLU kernels turn NaN into 0): the loss is no guard.
+    """
+    for name in sorted(features):
+        values = _values(features[name])
+        if values.dtype.is_floating:
+            tf.debugging.assert_all_finite(values, f"{NON_FINITE_FEATURE}{name!r}")
+    return features, label
+
+
+def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: int, shuffle: bool):
+    """The Trainer's batches of transformed examples: TFX's data accessor (tfxio) over `file_pattern`
+    with the transformed `schema`, one pass, the last batch kept, float features checked finite."""
+    return data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL_KEY, num_epochs=1,
+                                       shuffle=shuffle, shuffle_seed=seed, drop_final_batch=False),
+        schema,
+    ).map(check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def build_model(config: TrainerConfig, spec: DatasetSpec, vocabulary: FieldVocabulary):

@@ -217,20 +217,78 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         # on CPU); update_step finds the distinct ids itself (_sparse_group_update).
         return list(grads)
 
-    def _update_step(self, gradient, variable):
-        # tf_keras calls this when its jit_compile is off (always without a GPU). The sparse Group
-        # step goes through tf_keras's own compiled wrapper (_update_step_xla, what tf_keras uses on
-        # GPUs) unless it is compiled already or compiling was turned off.
-        if (
+    def _compiles_apart(self, gradient, variable):
+        """Whether the sparse Group step of this pair runs as its own XLA computation: it is not
+        compiled already (inside a compiled train step) and compiling was not turned off."""
+        return (
             self._compile_sparse_step
             and isinstance(gradient, tf.IndexedSlices)
             and self.is_regularized(variable)
             and not _in_xla_context()
             and getattr(variable, "_unique_id", None) is not None
             and not _under_parameter_servers()
-        ):
+        )
+
+    def _update_step(self, gradient, variable):
+        # tf_keras calls this when its jit_compile is off (always without a GPU). The sparse Group
+        # step goes through tf_keras's own compiled wrapper (_update_step_xla, what tf_keras uses on
+        # GPUs) unless it is compiled already or compiling was turned off.
+        if self._compiles_apart(gradient, variable):
             return self._update_step_xla(gradient, variable, id(self._var_key(variable)))
         return super()._update_step(gradient, variable)
+
+    def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+        # The sparse steps of all the tables together: compiled, one XLA computation (one launch per
+        # training step instead of one per table); uncompiled, one dedupe and one row math over the
+        # rows of all the tables of a width (`_sparse_group_update_tables`: a third of the ops of a
+        # step per table). Only for plain variables on one device: a strategy's update of mirrored
+        # copies, or of shards on parameter servers, goes variable by variable.
+        grads_and_vars = list(grads_and_vars)
+        if distribution.num_replicas_in_sync != 1 or _under_parameter_servers():
+            return super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
+        sparse = [
+            (gradient, variable) for gradient, variable in grads_and_vars
+            if isinstance(gradient, tf.IndexedSlices)
+            and self.is_regularized(variable)
+            and getattr(variable, "_unique_id", None) is not None
+            and not isinstance(variable, tf.distribute.DistributedValues)
+        ]
+        compiled = [pair for pair in sparse if self._compiles_apart(*pair)]
+        if len(compiled) > 1:
+            gradients, variables = zip(*compiled)
+            self._sparse_steps_xla(
+                list(gradients), list(variables), tuple(id(self._var_key(v)) for v in variables)
+            )
+            done = {id(v) for v in variables}
+        elif not compiled:  # uncompiled, or compiled already (inside a compiled train step)
+            done = self._step_tables_together(sparse)
+        else:
+            done = set()
+        grads_and_vars = [(g, v) for g, v in grads_and_vars if id(v) not in done]
+        return super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
+
+    def _step_tables_together(self, pairs):
+        """Steps the tables of `pairs` that share a dtype and row shape with another one together
+        (`_sparse_group_update_tables`); returns the ids of the variables it stepped."""
+        by_kind = {}
+        for gradient, variable in pairs:
+            by_kind.setdefault((variable.dtype, tuple(variable.shape[1:])), []).append((gradient, variable))
+        done = set()
+        for together in by_kind.values():
+            if len(together) > 1:
+                self._sparse_group_update_tables(together)
+                done.update(id(v) for _, v in together)
+        return done
+
+    @tf.function(jit_compile=True)
+    def _sparse_steps_xla(self, gradients, variables, keys):
+        # `keys` (the variables' ids) make a trace per set of variables, as tf_keras's
+        # _update_step_xla does per variable.
+        del keys
+        done = self._step_tables_together(list(zip(gradients, variables)))
+        for gradient, variable in zip(gradients, variables):
+            if id(variable) not in done:
+                self.update_step(gradient, variable)
 
     # --- the step -----------------------------------------------------------------------------------
 
@@ -246,7 +304,7 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         if dual_index is None:
             self._vanilla_update(gradient, variable, slots, hyper)
         elif isinstance(gradient, tf.IndexedSlices):
-            self._sparse_group_update(gradient, variable, self._duals[dual_index], slots, hyper)
+            self._sparse_group_update(gradient, variable)
         else:
             self._dense_group_update(gradient, variable, self._duals[dual_index], slots, hyper)
 
@@ -287,39 +345,122 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         dual.assign(z_new)
         variable.assign(w_new)
 
-    def _sparse_group_update(self, gradient, variable, dual, slots, hyper):
-        # Only the distinct rows of the batch are read and written (gather -> group step -> scatter),
-        # duplicate ids summed first, so the cost follows the batch's distinct ids, not the table nor
-        # the number of ids; rows not in the batch keep w, z and moments bit for bit.
+    def _update_rows(self, variable, ids, rows_gradient):
+        """The group step on rows `ids` of a regularized `variable` (gather -> step -> scatter), given
+        each row's summed gradient; an id twice must come with the same gradient row twice."""
+        key = self._var_key(variable)
+        slots = {name: self._slot_variables[name][self._index_dict[key]] for name in self._slot_names}
+        dual = self._duals[self._dual_index[key]]
+        old = {name: _gather_rows(slot, ids) for name, slot in slots.items()}
+        w_new, z_new, new = self._group_rows(
+            rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old,
+            self._hyperparameters(variable.dtype), variable
+        )
+        for name, slot in slots.items():
+            _scatter_rows(slot, ids, new[name])
+        _scatter_rows(dual, ids, z_new)
+        _scatter_rows(variable, ids, w_new)
+
+    def _sparse_group_update(self, gradient, variable):
+        # Only the rows of the batch are read and written (gather -> group step -> scatter),
+        # duplicate ids summed first; rows not in the batch keep w, z and moments bit for bit.
         def update_rows(ids, rows_gradient):
-            old = {name: _gather_rows(slot, ids) for name, slot in slots.items()}
-            w_new, z_new, new = self._group_rows(
-                rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old, hyper, variable
-            )
-            for name, slot in slots.items():
-                _scatter_rows(slot, ids, new[name])
-            _scatter_rows(dual, ids, z_new)
-            _scatter_rows(variable, ids, w_new)
+            self._update_rows(variable, ids, rows_gradient)
 
         if not _in_xla_context():
             # Uncompiled: tf.unique's hash table, then the step on exactly the distinct rows.
             update_rows(*gs.unique_rows(gradient.values, gradient.indices))
             return
-        # Compiled: static shapes. The distinct ids first, padded to the batch's length, then the
-        # step in blocks of static size over only the first `count` of them.
-        ids, totals, count = gs.unique_rows_padded(gradient.values, gradient.indices)
-        # No longer than the batch (Keras traces its step with the batch dimension unknown: then
-        # from tf.shape, which XLA knows when compiling).
-        length = gradient.indices.shape[0]
-        if length is None:
-            block = tf.maximum(1, tf.minimum(_BLOCK_ROWS, tf.shape(gradient.indices)[0]))
-        else:
-            block = max(1, min(_BLOCK_ROWS, length))
-        gs.for_each_block(
-            count, block, lambda positions: update_rows(
-                tf.gather(ids, positions), tf.gather(totals, positions)
+        indices, values = gradient.indices, gradient.values
+
+        def by_position():
+            # A short id list (one field of one batch): the step on every position, each copy of an
+            # id with its id's total (`totals_per_position`).
+            update_rows(indices, gs.totals_per_position(values, indices))
+
+        def by_distinct_rows():
+            # Static shapes: the distinct ids first, padded to the batch's length, then the step in
+            # blocks of static size over only the first `count` of them.
+            ids, totals, count = gs.unique_rows_padded(values, indices)
+            block = max(1, min(_BLOCK_ROWS, length)) if length is not None else tf.maximum(
+                1, tf.minimum(_BLOCK_ROWS, tf.shape(indices)[0]))
+            gs.for_each_block(
+                count, block, lambda positions: update_rows(
+                    tf.gather(ids, positions), tf.gather(totals, positions)
+                )
             )
+
+        length = indices.shape[0]
+        if length is not None and length <= _BLOCK_ROWS:
+            by_position()
+        elif length is not None:
+            by_distinct_rows()
+        else:
+            # Keras traces its train step with the batch dimension unknown: no branch on the length
+            # (a tf.cond compiles both sides, the block loop's ~0.4 s a table). Every position,
+            # first positions by hashing (O(n) at any length).
+            update_rows(indices, gs.totals_per_position(values, indices, pairs=False))
+
+    def _sparse_group_update_tables(self, pairs):
+        """The sparse step of several tables of one dtype and row shape at once.
+
+        The ids of all the tables, told apart by table (id * tables + table), are deduplicated
+        together. Uncompiled: one tf.unique, each table's distinct rows gathered, the row math once
+        over all of them (each row with its table's l21), each table's rows scattered back: a third of
+        the ops of a step per table (26 tables). Compiled: one hashing loop (`first_positions`) gives
+        every position its id's total, then each table steps its positions (`_update_rows`): one loop
+        to compile instead of one per table; the row math stays per table, where XLA on CPU ran the
+        concatenated rows' math slower. Every row gets exactly the arithmetic of
+        `_sparse_group_update` on its own table (its gradient rows summed in the same order).
+        """
+        gradients, variables = zip(*pairs)
+        tables = len(variables)
+        dtype = variables[0].dtype
+        keys = tf.concat([tf.cast(g.indices, tf.int64) * tables + t for t, g in enumerate(gradients)], 0)
+        values = tf.concat([g.values for g in gradients], 0)
+        if _in_xla_context():
+            totals = gs.totals_per_position(values, keys, pairs=False)
+            parts = tf.split(totals, [tf.shape(g.indices)[0] for g in gradients])
+            for gradient, variable, part in zip(gradients, variables, parts):
+                self._update_rows(variable, gradient.indices, part)
+            return
+        unique_keys, position_row = tf.unique(keys)
+        totals = tf.math.unsorted_segment_sum(values, position_row, tf.shape(unique_keys)[0])
+        table_of_key = tf.cast(unique_keys % tables, tf.int32)
+        order = tf.dynamic_partition(tf.range(tf.shape(unique_keys)[0]), table_of_key, tables)
+        ids = [tf.gather(unique_keys, rows) // tables for rows in order]
+        order = tf.concat(order, 0)  # the distinct rows grouped by table, tf.unique's order within
+        totals = tf.gather(totals, order)
+        counts = [tf.shape(table_ids)[0] for table_ids in ids]
+        table_of_row = tf.gather(table_of_key, order)
+        keys = [self._var_key(v) for v in variables]
+        slots = {name: [self._slot_variables[name][self._index_dict[k]] for k in keys]
+                 for name in self._slot_names}
+        duals = [self._duals[self._dual_index[k]] for k in keys]
+
+        def gathered(tables_):
+            return tf.concat([_gather_rows(v, i) for v, i in zip(tables_, ids)], 0)
+
+        hyper = self._hyperparameters(dtype)
+        old = {name: gathered(slots[name]) for name in self._slot_names}
+        scale = self._regularizer_scale(hyper)
+        # Each table's group threshold, as `_group_rows` computes it, repeated over its rows.
+        thresholds = tf.stack([
+            tf.cast(self.l21_variable(v) * math.sqrt(gs.group_size(v.shape)), dtype) * scale
+            for v in variables])
+        threshold = tf.gather(thresholds, table_of_row)
+        threshold = tf.reshape(threshold, [-1] + [1] * (variables[0].shape.rank - 1))
+        new = self._moments(totals, old, hyper)
+        w_new, z_new = gs.group_lasso_step(
+            gathered(variables), gathered(duals), self._increment(new, totals, hyper),
+            self._denominator(old, hyper), self._denominator(new, hyper),
+            l1=tf.cast(self.l1, dtype) * scale, l2=tf.cast(self.l2, dtype) * scale,
+            group_threshold=threshold,
         )
+        for tables_, rows in [(slots[name], new[name]) for name in self._slot_names] + [
+                (duals, z_new), (variables, w_new)]:
+            for variable, table_ids, part in zip(tables_, ids, tf.split(rows, counts)):
+                _scatter_rows(variable, table_ids, part)
 
     def get_config(self):
         config = super().get_config()

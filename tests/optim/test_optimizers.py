@@ -563,3 +563,86 @@ def test_compiled_step_on_constant_ids(ids):
                 jit_compile=True)()
     np.testing.assert_allclose(var.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
     assert not np.array_equal(var.numpy()[ids], _initial_table()[ids])
+
+
+# --- several tables in one apply_gradients: stepped together, the same as one by one --------------
+
+
+def _tables_case():
+    """Three 4-wide tables (one of them never pruned: l21 set to 0), one 3-wide table, a dense
+    kernel; sparse gradients with duplicate ids and rows that no batch touches."""
+    shapes = {"a": (ROWS, DIM), "b": (7, DIM), "c": (ROWS, DIM), "d": (5, 3)}
+    tables = {k: _initial_table(seed=i, rows=r, dim=d) for i, (k, (r, d)) in enumerate(shapes.items())}
+    kernel = np.random.RandomState(9).randn(DIM, 2).astype(np.float32)
+    rng = np.random.RandomState(4)
+    steps = []
+    for _ in range(6):
+        grads = {}
+        for k, (rows, dim) in shapes.items():
+            ids = rng.choice(rows - 2, 2 * rows).astype(np.int64)  # the last 2 rows: never in a batch
+            grads[k] = (ids, rng.randn(len(ids), dim).astype(np.float32))
+        steps.append((grads, rng.randn(DIM, 2).astype(np.float32)))
+    return shapes, tables, kernel, steps
+
+
+# l21 per optimizer that prunes some rows of table "a" in 6 steps, not all (measured)
+TABLE_L21 = {"adam": 0.1, "amsgrad": 0.1, "adagrad": 2.0, "momentum": 3.0}
+TABLE_LAMBDAS = dict(LAMBDAS, l21=TABLE_L21["adam"])
+
+
+def _run_tables(optimizer, together, compiled_step=False):
+    shapes, tables, kernel, steps = _tables_case()
+    variables = {k: tf.Variable(v, name=f"{k}/embeddings") for k, v in tables.items()}
+    dense = tf.Variable(kernel, name="kernel")
+    optimizer.build(list(variables.values()) + [dense])
+    optimizer.l21_variable(variables["c"]).assign(0.0)
+
+    def apply(step_grads, dense_grad):
+        pairs = [(tf.IndexedSlices(v, i, tf.constant(shapes[k], tf.int64)),
+                  variables[k]) for k, (i, v) in step_grads.items()]
+        if together:
+            optimizer.apply_gradients(pairs + [(dense_grad, dense)])
+        else:
+            for pair in pairs:
+                optimizer.apply_gradients([pair])
+                optimizer.iterations.assign_sub(1)  # one training step, as together
+            optimizer.apply_gradients([(dense_grad, dense)])
+
+    fn = tf.function(apply, jit_compile=compiled_step)
+    for step_grads, dense_grad in steps:
+        fn(step_grads, dense_grad)
+    state = {k: (v.numpy(), *(_slot(optimizer, v, n).numpy() for n in optimizer._slot_names + ("z",)))
+             for k, v in variables.items()}
+    return state, dense.numpy(), tables
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_tables_stepped_together_uncompiled_equal_one_by_one_bit_for_bit(kind):
+    group, _ = PAIRS[kind]
+    lambdas = dict(LAMBDAS, l21=TABLE_L21[kind])
+    together, dense_together, tables = _run_tables(group(**lambdas, jit_compile=False), True)
+    apart, dense_apart, _ = _run_tables(group(**lambdas, jit_compile=False), False)
+    for k in together:
+        for ours, theirs in zip(together[k], apart[k]):
+            np.testing.assert_array_equal(ours, theirs, err_msg=k)
+        np.testing.assert_array_equal(together[k][0][-2:], tables[k][-2:])  # untouched rows
+        assert np.all(together[k][-1][-2:] == 0)
+        assert not np.array_equal(together[k][0][:-2], tables[k][:-2])
+    np.testing.assert_array_equal(dense_together, dense_apart)
+    norms = np.abs(together["a"][0][:-2]).sum(axis=1)
+    assert (norms == 0).any() and (norms > 0).any(), "the case should prune some rows, not all"
+    assert not (np.abs(together["c"][0][:-2]).sum(axis=1) == 0).any(), "table c has l21 0"
+
+
+def test_tables_stepped_together_compiled_equal_uncompiled():
+    compiled = optim.GroupAdam(0.05, **TABLE_LAMBDAS)
+    together, dense_together, _ = _run_tables(compiled, True)
+    assert compiled._sparse_steps_xla.experimental_get_tracing_count() == 1
+    assert compiled._update_step_xla.experimental_get_tracing_count() == 0
+    uncompiled, dense_uncompiled, _ = _run_tables(optim.GroupAdam(0.05, **TABLE_LAMBDAS, jit_compile=False), True)
+    in_xla, _, _ = _run_tables(optim.GroupAdam(0.05, **TABLE_LAMBDAS), True, compiled_step=True)
+    for k in together:
+        for a, b, c in zip(together[k], uncompiled[k], in_xla[k]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=k)
+            np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(dense_together, dense_uncompiled, rtol=1e-6)
