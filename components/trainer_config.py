@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 # The choices of the Trainer. tests/pipelines/test_config.py checks them against
 # components.models.MODELS, optim.create (via components.training.make_optimizer) and
@@ -50,10 +50,16 @@ class TrainerConfig:
     max_embedding_bytes_per_table: Dict[str, int] = dataclasses.field(default_factory=dict)
     train_steps: Optional[int] = None  # None = epochs over the train split
     eval_steps: Optional[int] = None
-    jit_compile: bool = True
+    jit_compile: Union[bool, str] = "auto"  # true, false or "auto" (resolve_jit_compile)
     distribution: str = "auto"  # one of DISTRIBUTIONS (components.training.distribution_strategy)
     seed: int = 42
     warm_start: bool = True
+
+    def resolve_jit_compile(self, has_gpu: bool) -> bool:
+        """Whether to compile the train step with XLA: `jit_compile`, where "auto" is on with a GPU and
+        off without. On CPU the compiled Group Adam step trained no faster than the uncompiled one in
+        any cell of benchmarks/results/trainer_cpu.txt (0.63-1.00x) and its first epoch took 5 s more."""
+        return has_gpu if self.jit_compile == "auto" else bool(self.jit_compile)
 
     def to_json(self) -> str:
         """What travels to the Trainer as ``custom_config["trainer"]``."""

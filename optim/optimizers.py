@@ -78,6 +78,14 @@ def _under_parameter_servers():
     return isinstance(tf.distribute.get_strategy(), tf.distribute.ParameterServerStrategy)
 
 
+class _Untracked:
+    """Holds a value on an optimizer without Keras/TF tracking it (a dict of variables would be
+    saved with the optimizer, and one keyed by ints cannot be)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class GroupOptimizer(tf_keras.optimizers.Optimizer):
     """Base class: Algorithm 1 of the paper on regularized variables, the vanilla step on the others.
 
@@ -256,9 +264,10 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         compiled = [pair for pair in sparse if self._compiles_apart(*pair)]
         if len(compiled) > 1:
             gradients, variables = zip(*compiled)
-            self._sparse_steps_xla(
-                list(gradients), list(variables), tuple(id(self._var_key(v)) for v in variables)
-            )
+            # The variables by key, captured inside (as arguments, tf.function would hand the trace
+            # stand-ins that the optimizer does not know).
+            self._compiled_together = _Untracked({id(self._var_key(v)): v for v in variables})
+            self._sparse_steps_xla(list(gradients), tuple(self._compiled_together.value))
             done = {id(v) for v in variables}
         elif not compiled:  # uncompiled, or compiled already (inside a compiled train step)
             done = self._step_tables_together(sparse)
@@ -281,10 +290,9 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         return done
 
     @tf.function(jit_compile=True)
-    def _sparse_steps_xla(self, gradients, variables, keys):
-        # `keys` (the variables' ids) make a trace per set of variables, as tf_keras's
-        # _update_step_xla does per variable.
-        del keys
+    def _sparse_steps_xla(self, gradients, keys):
+        # `keys` (the variables' ids, a Python tuple) make a trace per set of variables.
+        variables = [self._compiled_together.value[key] for key in keys]
         done = self._step_tables_together(list(zip(gradients, variables)))
         for gradient, variable in zip(gradients, variables):
             if id(variable) not in done:

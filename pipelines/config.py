@@ -271,6 +271,12 @@ def _boolean(key, value):
     return value
 
 
+def _boolean_or_auto(key, value):
+    if not isinstance(value, bool) and value != "auto":
+        raise ConfigError(key, f"must be true, false or auto, got {value!r}")
+    return value
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -362,7 +368,7 @@ _RULES: Dict[str, Rule] = {
     "trainer.max_embedding_bytes_per_table": _mapping_of(_byte_count),
     "trainer.train_steps": _optional(_integer(1)),
     "trainer.eval_steps": _optional(_integer(1)),
-    "trainer.jit_compile": _boolean,
+    "trainer.jit_compile": _boolean_or_auto,
     "trainer.distribution": _one_of(DISTRIBUTIONS),
     "trainer.seed": _integer(0, 2**32 - 1),  # numpy's seed range (keras.utils.set_random_seed)
     "trainer.warm_start": _boolean,

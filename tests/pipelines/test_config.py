@@ -45,7 +45,7 @@ BAD = [
     ("trainer.optimizer", "sgd", "group_adam"),
     ("trainer.distribution", "tpu", "mirrored"),
     ("trainer.train_steps", 0, ">= 1"),
-    ("trainer.jit_compile", "yes", "true or false"),
+    ("trainer.jit_compile", "yes", "true, false or auto"),
     ("trainer.seed", -1, "integer"),
     ("trainer.target_sparsity", 1.0, "in (0, 1), got 1.0"),
     ("trainer.target_sparsity", 0, "in (0, 1), got 0"),
