@@ -1,6 +1,7 @@
 """The committed Trainer throughput benchmark (benchmarks/trainer_bench.py) covers its 16 cells (DNN and
 DeepFM x Group Adam and tf_keras Adam x XLA off and on x ~1e4 and ~1e6 embedding rows) with positive,
-finite throughputs, and the ratios in its table follow from the cells; plus one quick cell end to end."""
+finite throughputs, and the ratios and targets in its table follow from the cells; the input-pipeline
+child reads real TFRecords through TFX's data accessor; plus one quick cell end to end."""
 
 import json
 import math
@@ -93,4 +94,44 @@ def test_quick_run_of_one_cell(tmp_path):
     assert quick["quick"] and list(quick["cells"]) == [cell]
     assert quick["cells"][cell]["examples_per_s"] > 0 and quick["cells"][cell]["total_rows"] == 10_010
     assert all(not by_key for by_key in quick["ratios"].values())  # one cell: no pairs
-    assert json_path.with_suffix(".txt").read_text().count(cell) == 1
+    lines = json_path.with_suffix(".txt").read_text().splitlines()
+    assert sum(line.startswith(cell + " ") for line in lines) == 1  # its row in the table
+    assert quick["input_pipeline"]["examples_per_s"] > 0
+    assert [t["name"] for t in quick["targets"]] == [f"first-epoch overhead s, {cell}"]
+
+
+def test_committed_run_measured_the_input_pipeline(record):
+    assert record["input_pipeline"]["examples_per_s"] > 0
+
+
+def test_committed_targets_are_the_cells_verdicts(record):
+    assert record["targets"] == json.loads(json.dumps(trainer_bench.targets(record["cells"], record["ratios"])))
+    with open(RESULTS + ".txt") as f:
+        assert f.read() == trainer_bench.format_text(record)
+
+
+def test_targets_check_ratios_throughput_and_first_epoch():
+    cells = {
+        "dnn-group_adam-xla_off-1e6": {"examples_per_s": 40_000.0, "compile_s_est": 3.0},
+        "dnn-group_adam-xla_on-1e6": {"examples_per_s": 30_000.0, "compile_s_est": 12.0},
+    }
+    ratios = {"group_adam_over_adam": {"dnn-xla_off-1e4": 1.1, "dnn-xla_on-1e4": 0.9,
+                                       "dnn-xla_off-1e6": 10.5}}
+    verdicts = {t["name"]: t["met"] for t in trainer_bench.targets(cells, ratios)}
+    assert verdicts == {
+        "Group Adam / Adam examples/s, dnn-xla_off-1e4": True,
+        "Group Adam / Adam examples/s, dnn-xla_on-1e4": False,
+        "Group Adam / Adam examples/s, dnn-xla_off-1e6": True,
+        "examples/s, dnn-group_adam-xla_off-1e6": True,
+        "examples/s, dnn-group_adam-xla_on-1e6": False,
+        "first-epoch overhead s, dnn-group_adam-xla_off-1e6": True,
+        "first-epoch overhead s, dnn-group_adam-xla_on-1e6": False,
+    }
+
+
+def test_input_pipeline_child_reads_every_example(capsys):
+    trainer_bench.input_child_main(trainer_bench.argparse.Namespace(examples=700, batch_size=256))
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["examples"] == 512  # whole batches of 256 written, all read back (partial batch kept)
+    assert result["examples_per_s"] > 0
