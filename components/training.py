@@ -100,3 +100,14 @@ def compile_model(model, config: TrainerConfig, jit_compile: bool, run_eagerly=N
                   **options)
     for step in ("train_step", "test_step", "predict_step"):
         setattr(model, step, tf.autograph.experimental.do_not_convert(getattr(model, step)))
+    train_step = model.train_step
+
+    # The Trainer's datasets have no known length, so each first epoch ends with a step whose
+    # get_next fails. Uncompiled, the optimizer's ops that do not read the batch (its step counter;
+    # tf_keras Adam's decay of its moments) still ran in that step: 253 steps counted for 252 batches.
+    # Every op of the step now waits for the batch.
+    def train_step_after_its_batch(data):
+        with tf.control_dependencies(tf.nest.flatten(data)):
+            return train_step(data)
+
+    model.train_step = tf.autograph.experimental.do_not_convert(train_step_after_its_batch)
