@@ -435,11 +435,11 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         unique_keys, position_row = tf.unique(keys)
         totals = tf.math.unsorted_segment_sum(values, position_row, tf.shape(unique_keys)[0])
         table_of_key = tf.cast(unique_keys % tables, tf.int32)
-        order = tf.dynamic_partition(tf.range(tf.shape(unique_keys)[0]), table_of_key, tables)
-        ids = [tf.gather(unique_keys, rows) // tables for rows in order]
-        order = tf.concat(order, 0)  # the distinct rows grouped by table, tf.unique's order within
+        # The distinct rows grouped by table, tf.unique's order within: one op for all the tables.
+        ids = tf.dynamic_partition(unique_keys // tables, table_of_key, tables)
+        order = tf.concat(tf.dynamic_partition(tf.range(tf.shape(unique_keys)[0]), table_of_key, tables), 0)
         totals = tf.gather(totals, order)
-        counts = [tf.shape(table_ids)[0] for table_ids in ids]
+        counts = tf.math.bincount(table_of_key, minlength=tables, maxlength=tables)
         table_of_row = tf.gather(table_of_key, order)
         keys = [self._var_key(v) for v in variables]
         slots = {name: [self._slot_variables[name][self._index_dict[k]] for k in keys]
@@ -467,7 +467,7 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         )
         for tables_, rows in [(slots[name], new[name]) for name in self._slot_names] + [
                 (duals, z_new), (variables, w_new)]:
-            for variable, table_ids, part in zip(tables_, ids, tf.split(rows, counts)):
+            for variable, table_ids, part in zip(tables_, ids, tf.split(rows, counts, num=tables)):
                 _scatter_rows(variable, table_ids, part)
 
     def get_config(self):
