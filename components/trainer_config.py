@@ -58,7 +58,7 @@ class TrainerConfig:
     def resolve_jit_compile(self, has_gpu: bool) -> bool:
         """Whether to compile the train step with XLA: `jit_compile`, where "auto" is on with a GPU and
         off without. On CPU the compiled Group Adam step trained no faster than the uncompiled one in
-        any cell of benchmarks/results/trainer_cpu.txt (0.63-1.00x) and its first epoch took 5 s more."""
+        any cell of benchmarks/results/trainer_cpu.txt (0.78-0.87x) and its first epoch took 4-5 s more."""
         return has_gpu if self.jit_compile == "auto" else bool(self.jit_compile)
 
     def to_json(self) -> str:
