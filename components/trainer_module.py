@@ -253,6 +253,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     fit_seconds = time.time() - fit_started
     report = sparsity_report(model)
     export_started = time.time()
+    logging.info("exporting the model and its warm-start state")  # pipelines.progress.EXPORTING
     signatures = export_signatures.signatures(model, tft_output, spec)
     # Under MultiWorkerMirroredStrategy every task must save (saving runs collectives), but only the
     # chief's copy is the model: the others write to a scratch folder, deleted below.

@@ -310,6 +310,8 @@ def _patch_beam() -> bool:
 
 # -- the Trainer, from Keras' own epoch lines ---------------------------------------------------------
 _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
+# What the Trainer logs when it starts writing the model (components/trainer_module.py).
+EXPORTING = "exporting the model"
 _EPOCH_END = re.compile(r"^(\d+)/(\d+) - (\d+)s - (.*)$")
 _METRIC = re.compile(r"(\w+): ([-+0-9.e]+|nan|inf)")
 _PER_STEP = re.compile(r"([0-9.]+)(s|ms|us)/step")
@@ -399,6 +401,10 @@ class RunProgress(logging.Filter):
         m = _EPOCH_END.match(text)
         if m:
             self.display.line(f"{self.stage or 'Trainer'} {self._epoch_line(m)}")
+            return True
+        if text.startswith(EXPORTING):
+            self.epoch = "exporting"  # the Trainer's heartbeat after its last epoch
+            self._show(force=True)
             return True
         return False
 

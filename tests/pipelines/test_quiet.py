@@ -146,6 +146,8 @@ def test_run_progress_turns_records_into_stage_and_epoch_lines():
     logger.info("Component %s is running.", "Trainer")
     logger.info("Epoch 1/2")
     logger.info("63/63 - 12s - loss: 0.4512 - auc: 0.7801 - val_loss: 0.4600 - val_auc: 0.7702 - 12s/epoch - 190ms/step")
+    logger.info("exporting the model and its warm-start state")
+    assert progress.epoch == "exporting"  # what the heartbeat shows until the Trainer finishes
     logger.info("Component %s is finished.", "Trainer")
     logger.warning("a real warning")
     lines = [l.split("] ", 1)[1] for l in out.getvalue().splitlines()]
