@@ -27,7 +27,7 @@ from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
 from components.trainer_config import DISTRIBUTIONS, PS_TARGET_ERROR, TrainerConfig
 from components.training import (NON_FINITE_FEATURE, NonFiniteLossError, StopOnNonFiniteLoss,
-                                 build_model, compile_model, input_dataset)
+                                 build_model, compile_model, input_dataset, resolve_jit_compile)
 from components.vocabulary import FieldVocabulary
 
 SPARSITY_FILE = "sparsity.json"
@@ -176,7 +176,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     table_rows = vocabulary.table_rows()
     strategy = distribution_strategy(cfg.distribution)
     replicas = strategy.num_replicas_in_sync
-    jit_compile = cfg.resolve_jit_compile(has_gpu=bool(tf.config.list_logical_devices("GPU")))
+    jit_compile = resolve_jit_compile(cfg)
     if jit_compile and (replicas > 1 or not distributed.jit_compile_allowed(strategy)):
         # tf_keras's compiled train step cannot reach the other replicas' (or tasks') variables.
         logging.warning("jit_compile off: %d replicas under %s", replicas, type(strategy).__name__)

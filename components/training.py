@@ -82,9 +82,13 @@ def make_optimizer(config: TrainerConfig):
     Uncompiled training keeps the optimizer's sparse step uncompiled too: compiling it per table (26
     XLA compilations) cost more first-epoch time than it saved (benchmarks/trainer_bench.py).
     """
-    jit_compile = config.resolve_jit_compile(has_gpu=bool(tf.config.list_logical_devices("GPU")))
     return optim.create(config.optimizer, learning_rate=config.learning_rate, l1=config.l1, l2=config.l2,
-                        l21=config.l21, jit_compile=jit_compile)
+                        l21=config.l21, jit_compile=resolve_jit_compile(config))
+
+
+def resolve_jit_compile(config: TrainerConfig) -> bool:
+    """The config's `jit_compile` on this machine ("auto": whether it has a GPU)."""
+    return config.resolve_jit_compile(has_gpu=bool(tf.config.list_logical_devices("GPU")))
 
 
 def compile_model(model, config: TrainerConfig, jit_compile: bool, run_eagerly=None, **options) -> None:

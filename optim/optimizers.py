@@ -304,17 +304,23 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
     # skipping it saves re-parsing this module's source for every traced step.
     @tf.autograph.experimental.do_not_convert
     def update_step(self, gradient, variable):
-        key = self._var_key(variable)
-        index = self._index_dict[key]
-        slots = {name: self._slot_variables[name][index] for name in self._slot_names}
+        slots = self._slots(variable)
         hyper = self._hyperparameters(variable.dtype)
-        dual_index = self._dual_index.get(key)
+        dual_index = self._dual_index.get(self._var_key(variable))
         if dual_index is None:
             self._vanilla_update(gradient, variable, slots, hyper)
         elif isinstance(gradient, tf.IndexedSlices):
-            self._sparse_group_update(gradient, variable)
+            self._sparse_group_update(gradient, variable, hyper)
         else:
             self._dense_group_update(gradient, variable, self._duals[dual_index], slots, hyper)
+
+    def _slots(self, variable):
+        """{slot name: slot variable} of `variable`."""
+        index = self._index_dict[self._var_key(variable)]
+        return {name: self._slot_variables[name][index] for name in self._slot_names}
+
+    def _dual(self, variable):
+        return self._duals[self._dual_index[self._var_key(variable)]]
 
     def _vanilla_update(self, gradient, variable, slots, hyper):
         gradient = tf.convert_to_tensor(gradient)  # sums duplicate ids of a stray IndexedSlices
@@ -324,7 +330,15 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             slot.assign(new[name])
         variable.assign_sub(self._increment(new, gradient, hyper) / self._denominator(new, hyper))
 
-    def _group_rows(self, gradient, w, z, old, hyper, variable):
+    def _group_threshold(self, variable, hyper):
+        """The group-lasso threshold of `variable`'s rows: l21 * sqrt(row size), times lr where folded."""
+        return tf.cast(
+            self.l21_variable(variable) * math.sqrt(gs.group_size(variable.shape)), variable.dtype
+        ) * self._regularizer_scale(hyper)
+
+    def _group_rows(self, gradient, w, z, old, hyper, variable, group_threshold=None):
+        """Algorithm 1 on rows of `variable` (or of several tables of its dtype and row shape, with
+        `group_threshold` per row); returns (new weights, new z, new moments)."""
         new = self._moments(gradient, old, hyper)
         scale = self._regularizer_scale(hyper)
         dtype = variable.dtype
@@ -336,10 +350,8 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             self._denominator(new, hyper),
             l1=tf.cast(self.l1, dtype) * scale,
             l2=tf.cast(self.l2, dtype) * scale,
-            group_threshold=tf.cast(
-                self.l21_variable(variable) * math.sqrt(gs.group_size(variable.shape)), dtype
-            )
-            * scale,
+            group_threshold=(self._group_threshold(variable, hyper) if group_threshold is None
+                             else group_threshold),
         )
         return w_new, z_new, new
 
@@ -353,27 +365,24 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         dual.assign(z_new)
         variable.assign(w_new)
 
-    def _update_rows(self, variable, ids, rows_gradient):
+    def _update_rows(self, variable, ids, rows_gradient, hyper):
         """The group step on rows `ids` of a regularized `variable` (gather -> step -> scatter), given
         each row's summed gradient; an id twice must come with the same gradient row twice."""
-        key = self._var_key(variable)
-        slots = {name: self._slot_variables[name][self._index_dict[key]] for name in self._slot_names}
-        dual = self._duals[self._dual_index[key]]
+        slots, dual = self._slots(variable), self._dual(variable)
         old = {name: _gather_rows(slot, ids) for name, slot in slots.items()}
         w_new, z_new, new = self._group_rows(
-            rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old,
-            self._hyperparameters(variable.dtype), variable
+            rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old, hyper, variable
         )
         for name, slot in slots.items():
             _scatter_rows(slot, ids, new[name])
         _scatter_rows(dual, ids, z_new)
         _scatter_rows(variable, ids, w_new)
 
-    def _sparse_group_update(self, gradient, variable):
+    def _sparse_group_update(self, gradient, variable, hyper):
         # Only the rows of the batch are read and written (gather -> group step -> scatter),
         # duplicate ids summed first; rows not in the batch keep w, z and moments bit for bit.
         def update_rows(ids, rows_gradient):
-            self._update_rows(variable, ids, rows_gradient)
+            self._update_rows(variable, ids, rows_gradient, hyper)
 
         if not _in_xla_context():
             # Uncompiled: tf.unique's hash table, then the step on exactly the distinct rows.
@@ -426,11 +435,12 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         dtype = variables[0].dtype
         keys = tf.concat([tf.cast(g.indices, tf.int64) * tables + t for t, g in enumerate(gradients)], 0)
         values = tf.concat([g.values for g in gradients], 0)
+        hyper = self._hyperparameters(dtype)
         if _in_xla_context():
             totals = gs.totals_per_position(values, keys, pairs=False)
             parts = tf.split(totals, [tf.shape(g.indices)[0] for g in gradients])
             for gradient, variable, part in zip(gradients, variables, parts):
-                self._update_rows(variable, gradient.indices, part)
+                self._update_rows(variable, gradient.indices, part, hyper)
             return
         unique_keys, position_row = tf.unique(keys)
         totals = tf.math.unsorted_segment_sum(values, position_row, tf.shape(unique_keys)[0])
@@ -441,28 +451,18 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         totals = tf.gather(totals, order)
         counts = tf.math.bincount(table_of_key, minlength=tables, maxlength=tables)
         table_of_row = tf.gather(table_of_key, order)
-        keys = [self._var_key(v) for v in variables]
-        slots = {name: [self._slot_variables[name][self._index_dict[k]] for k in keys]
-                 for name in self._slot_names}
-        duals = [self._duals[self._dual_index[k]] for k in keys]
+        slots = {name: [self._slots(v)[name] for v in variables] for name in self._slot_names}
+        duals = [self._dual(v) for v in variables]
 
         def gathered(tables_):
             return tf.concat([_gather_rows(v, i) for v, i in zip(tables_, ids)], 0)
 
-        hyper = self._hyperparameters(dtype)
-        old = {name: gathered(slots[name]) for name in self._slot_names}
-        scale = self._regularizer_scale(hyper)
-        # Each table's group threshold, as `_group_rows` computes it, repeated over its rows.
-        thresholds = tf.stack([
-            tf.cast(self.l21_variable(v) * math.sqrt(gs.group_size(v.shape)), dtype) * scale
-            for v in variables])
-        threshold = tf.gather(thresholds, table_of_row)
+        # Each table's group threshold repeated over its rows.
+        threshold = tf.gather(tf.stack([self._group_threshold(v, hyper) for v in variables]), table_of_row)
         threshold = tf.reshape(threshold, [-1] + [1] * (variables[0].shape.rank - 1))
-        new = self._moments(totals, old, hyper)
-        w_new, z_new = gs.group_lasso_step(
-            gathered(variables), gathered(duals), self._increment(new, totals, hyper),
-            self._denominator(old, hyper), self._denominator(new, hyper),
-            l1=tf.cast(self.l1, dtype) * scale, l2=tf.cast(self.l2, dtype) * scale,
+        w_new, z_new, new = self._group_rows(
+            totals, gathered(variables), gathered(duals),
+            {name: gathered(slots[name]) for name in self._slot_names}, hyper, variables[0],
             group_threshold=threshold,
         )
         for tables_, rows in [(slots[name], new[name]) for name in self._slot_names] + [
