@@ -17,6 +17,16 @@ from components.dataset_spec import DatasetSpec, builtin_spec_names, load_spec
 SCHEMAS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 
 
+def statistics_options():
+    """StatisticsGen's options: top values and distinct counts of string features from sketches
+    (Misra-Gries, KMV) instead of exact counts, which send every (feature, value) pair through Beam:
+    at 10M Criteo-scale rows (a million distinct values in some fields) StatisticsGen ran past 20
+    minutes; the sketches took a third of the time at 1M rows. The curated schema checks nothing
+    they approximate (presence, value counts, types, the label's domain)."""
+    import tensorflow_data_validation as tfdv
+    return tfdv.StatsOptions(use_sketch_based_topk_uniques=True)
+
+
 def curated_schema(spec: DatasetSpec) -> schema_pb2.Schema:
     schema = schema_pb2.Schema()
     for column in spec.columns:

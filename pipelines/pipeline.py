@@ -23,7 +23,7 @@ from components.dataset_spec import DatasetSpec, load_spec
 from components.fast_transform import Transform
 from components.pruned_pusher.component import PrunedPusher
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate
-from components.schema import schema_file_for
+from components.schema import schema_file_for, statistics_options
 from components.serving_check.component import ServingCheck
 from components.trainer_job import RUN_FN
 from components.validation_gate import ValidationGate
@@ -100,7 +100,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
                                      max_quarantine_records_per_reason=config.data.max_quarantine_records_per_reason,
                                      output_config=split_config(config),
                                      **ingestion_kwargs(config.data.input_pattern, per_run[runtime.SPAN_WINDOW]))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+                                                  stats_options=statistics_options())
     # The curated schema of the dataset spec, not one inferred from today's data (which would
     # accept any drift); the node keeps the SchemaGen id.
     schema_gen = tfx.components.ImportSchemaGen(

@@ -97,6 +97,10 @@ def _ClickLogToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     return parsed["examples"]
 
 
+def file_size(path: str) -> int:
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
 def match_files(file_patterns: Sequence[str]) -> List[str]:
     """The readable files the patterns match, each once, sorted (a pattern matching nothing: none)."""
     paths = set()
@@ -257,7 +261,9 @@ class Executor(BaseExampleGenExecutor):
         with self._make_beam_pipeline() as pipeline:
             for input_name, pattern, names, buckets in plan:
                 files = match_files([os.path.join(input_base, p) for p in file_patterns.get(pattern) or [pattern]])
-                logging.info("ClickLogExampleGen: split %s: %d files", input_name, len(files))
+                plan, shards = writing.shard_plan([file_size(f) for f in files])
+                logging.info("ClickLogExampleGen: split %s: %d files, %d shards per output split", input_name,
+                             len(files), shards)
                 dirs = [artifact_utils.get_split_uri([examples], name) for name in names]
                 split_dirs.extend(dirs)
                 for d in dirs:
@@ -266,11 +272,11 @@ class Executor(BaseExampleGenExecutor):
                     fileio.makedirs(d)
                 tag = input_name
                 parsed = (pipeline
-                          | f"Files[{tag}]" >> beam.Create(list(enumerate(files)))
+                          | f"Files[{tag}]" >> beam.Create([(first, n, f) for (first, n), f in zip(plan, files)])
                           # one element per file: spread the files over the workers
                           | f"Spread[{tag}]" >> beam.Reshuffle()
                           | f"ParseAndWrite[{tag}]" >> beam.ParDo(writing.ParseAndWriteFileFn(
-                              spec_json, int(max_records), dirs, buckets, len(files))).with_outputs(
+                              spec_json, int(max_records), dirs, buckets, shards)).with_outputs(
                                   "quarantine", "file_counts"))
                 _ = (parsed.quarantine
                      | f"WriteQuarantine[{tag}]" >> beam.io.WriteToText(

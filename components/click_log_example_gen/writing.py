@@ -119,26 +119,43 @@ def frame(records: pa.Array, masked_crcs: np.ndarray) -> pa.Buffer:
 
 
 class SplitWriter:
-    """One input file's examples -> one gzipped TFRecord shard per output split."""
+    """One input file's examples -> gzipped TFRecord shards, ``len(paths[k])`` per output split k.
 
-    def __init__(self, paths: Sequence[str], hash_buckets: Sequence[int],
+    ``paths``: per output split, its shard paths (or one path). Each block of examples goes to the
+    next shard of its split in turn, so one big input file gives several shards of about equal size
+    that the stages reading them (StatisticsGen, Transform, the Evaluator) can spread over workers.
+    """
+
+    def __init__(self, paths: Sequence, hash_buckets: Sequence[int],
                  compressor_pool: Optional[concurrent.futures.Executor] = None):
         self.splitter = HashSplitter(hash_buckets)
-        self.writers = [GzipTFRecordWriter(p, compressor_pool) for p in paths]
+        self.shards = [[GzipTFRecordWriter(p, compressor_pool) for p in ([s] if isinstance(s, str) else s)]
+                       for s in paths]
+        self._next = [0] * len(self.shards)
+
+    @property
+    def writers(self) -> List["GzipTFRecordWriter"]:
+        return [w for shards in self.shards for w in shards]
+
+    def _writer(self, split: int) -> "GzipTFRecordWriter":
+        shards = self.shards[split]
+        writer = shards[self._next[split] % len(shards)]
+        self._next[split] += 1
+        return writer
 
     def write(self, examples: pa.Array) -> None:
         if not len(examples):
             return
         records = examples.to_pylist()
         crcs = _masked(np.fromiter(map(google_crc32c.value, records), np.uint32, len(records)))
+        if len(self.shards) == 1:
+            self._writer(0).write(frame(examples, crcs), len(records))
+            return
         assigned = self.splitter.assign(records)
-        for k, writer in enumerate(self.writers):
-            if len(self.writers) == 1:
-                writer.write(frame(examples, crcs), len(records))
-                continue
+        for k in range(len(self.shards)):
             index = np.flatnonzero(assigned == k)
             if len(index):
-                writer.write(frame(examples.take(pa.array(index)), crcs[index]), len(index))
+                self._writer(k).write(frame(examples.take(pa.array(index)), crcs[index]), len(index))
 
     def close(self) -> None:
         for writer in self.writers:
@@ -200,6 +217,22 @@ def shard_name(index: int, count: int) -> str:
     return f"{SHARD_PREFIX}-{index:05d}-of-{count:05d}.gz"
 
 
+# An input file of more bytes than this is written as several shards per split: readers of the
+# examples (Beam's TFRecord source, tf.data) read a gzipped shard from its start, one worker each.
+SHARD_INPUT_BYTES = 256 << 20
+
+
+def shard_plan(sizes: Sequence[int], shard_input_bytes: Optional[int] = None) -> Tuple[List[Tuple[int, int]], int]:
+    """Input file sizes -> each file's (first shard, shards) per output split, and the shards in all."""
+    shard_input_bytes = shard_input_bytes or SHARD_INPUT_BYTES
+    plan, first = [], 0
+    for size in sizes:
+        shards = max(1, -(-int(size) // shard_input_bytes))
+        plan.append((first, shards))
+        first += shards
+    return plan, first
+
+
 def remove_temp_files(directories: Sequence[str]) -> List[str]:
     """Deletes what a failed or retried call left behind; returns the paths removed."""
     removed = []
@@ -213,11 +246,12 @@ def remove_temp_files(directories: Sequence[str]) -> List[str]:
 
 
 class ParseAndWriteFileFn(beam.DoFn):
-    """(index, path) of an input file -> its examples written to one shard per output split;
-    quarantine records and the file's counts as outputs (like ``parsing.ParseClickLogs``).
+    """(first shard, shards, path) of an input file -> its examples written to shards ``first`` to
+    ``first + shards - 1`` of ``count`` in each output split; quarantine records and the file's counts
+    as outputs (like ``parsing.ParseClickLogs``).
 
     ``split_dirs``: the output split folders; ``hash_buckets``: their buckets (TFX's hash split),
-    or None when the input split is one output split. Shard ``index`` of ``count`` per folder.
+    or None when the input split is one output split.
     (Here, not in the executor module: a Beam worker process that unpickles it then imports
     neither TFX nor TensorFlow, ~4x less start-up in the multi-processing DirectRunner.)"""
 
@@ -249,10 +283,10 @@ class ParseAndWriteFileFn(beam.DoFn):
         for name, n in deltas.items():
             self._counter(name).inc(n)
 
-    def process(self, element: Tuple[int, str]):
-        index, path = element
-        writer = SplitWriter([os.path.join(d, shard_name(index, self._count)) for d in self._split_dirs],
-                                     self._hash_buckets, self._pool)
+    def process(self, element: Tuple[int, int, str]):
+        first, shards, path = element
+        writer = SplitWriter([[os.path.join(d, shard_name(i, self._count)) for i in range(first, first + shards)]
+                              for d in self._split_dirs], self._hash_buckets, self._pool)
         try:
             with FileSystems.open(path) as stream:
                 for kind, value in self._file_parser.parse(stream, path, self._progress):

@@ -351,3 +351,79 @@ def test_executor_output_equals_per_line_examples_in_tfx_splits(tmp_path, shared
     assert sorted(json.dumps(r, sort_keys=True) for r in read_quarantine(examples.uri)) == sorted(
         json.dumps(json.loads(r), sort_keys=True) for r in expected_records)
     assert not glob.glob(os.path.join(examples.uri, "Split-*", ".*"))
+
+
+def test_shard_plan_gives_a_big_file_several_shards():
+    assert writing.shard_plan([0, 10, 100], shard_input_bytes=50) == ([(0, 1), (1, 1), (2, 2)], 4)
+    assert writing.shard_plan([], shard_input_bytes=50) == ([], 0)
+    assert writing.shard_plan([50, 51], shard_input_bytes=50) == ([(0, 1), (1, 2)], 3)
+
+
+def test_split_writer_spreads_blocks_over_a_splits_shards(tmp_path):
+    import pyarrow as pa
+    import tensorflow as tf
+
+    rng = random.Random(3)
+    records = [bytes(rng.randrange(256) for _ in range(rng.choice([1, 40, 300]))) for _ in range(3000)]
+    paths = [[str(tmp_path / f"train-{i}.gz") for i in range(3)], [str(tmp_path / "eval-0.gz")]]
+    writer = writing.SplitWriter(paths, [8, 2])
+    blocks = [records[i:i + 100] for i in range(0, len(records), 100)]
+    for block in blocks:
+        writer.write(pa.array(block, pa.binary()))
+    writer.close()
+    assigned = writing.HashSplitter([8, 2]).assign(records)
+
+    def read(path):
+        return [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+
+    train = [r for r, s in zip(records, assigned) if s == 0]
+    shards = [read(p) for p in paths[0]]
+    # block b's train records went to shard b % 3, in order
+    for i, shard in enumerate(shards):
+        expected = [r for b, block in enumerate(blocks) if b % 3 == i
+                    for r, s in zip(block, writing.HashSplitter([8, 2]).assign(block)) if s == 0]
+        assert shard == expected
+    assert sorted(sum(shards, [])) == sorted(train)
+    assert max(map(len, shards)) - min(map(len, shards)) < 200  # about equal
+    assert read(paths[1][0]) == [r for r, s in zip(records, assigned) if s == 1]
+
+
+def test_executor_writes_a_big_input_file_as_several_shards(tmp_path, monkeypatch):
+    """Each split of a file bigger than SHARD_INPUT_BYTES has several shards, named k-of-total over
+    all files, that hold together exactly the one-shard output's records; counts and quarantine as
+    with one shard."""
+    import glob
+
+    import tensorflow as tf
+
+    from tests.components.test_click_log_example_gen import read_quarantine, run_example_gen
+
+    data = tmp_path / "data"
+    data.mkdir()
+    big = b"\n".join(corrupted_criteo(11, n=3000)) + b"\n"
+    (data / "a-big.tsv").write_bytes(big)
+    (data / "b-small.tsv").write_bytes(b"\n".join(corrupted_criteo(12, n=50)) + b"\n")
+    spec = DatasetSpec.from_dict({**CRITEO.to_dict(), "max_line_bytes": 2048})
+
+    def run_with(shard_bytes, block_bytes, out):
+        monkeypatch.setattr(writing, "SHARD_INPUT_BYTES", shard_bytes)
+        monkeypatch.setattr(block_parsing, "BLOCK_BYTES", block_bytes)
+        examples, error = run_example_gen(tmp_path / out, input_base=str(data), dataset_spec=spec.to_json(),
+                                          max_bad_fraction=0.5)
+        assert error is None
+        return examples
+
+    one = run_with(1 << 40, 1 << 14, "one")
+    several = run_with(len(big) // 3 + 1, 1 << 14, "several")
+    for split in ("train", "eval"):
+        names = sorted(os.path.basename(f) for f in glob.glob(os.path.join(several.uri, f"Split-{split}", "*")))
+        assert names == [f"data_tfrecord-0000{i}-of-00004.gz" for i in range(4)]
+        files = sorted(glob.glob(os.path.join(several.uri, f"Split-{split}", "*")))
+        got = [[r.numpy() for r in tf.data.TFRecordDataset(f, compression_type="GZIP")] for f in files]
+        assert all(got[:3]), "every shard of the big file has records"
+        expected = [r.numpy() for r in tf.data.TFRecordDataset(
+            sorted(glob.glob(os.path.join(one.uri, f"Split-{split}", "*"))), compression_type="GZIP")]
+        assert sorted(sum(got, [])) == sorted(expected)
+    for name in ("rows_read", "rows_emitted", "rows_quarantined"):
+        assert several.get_int_custom_property(name) == one.get_int_custom_property(name)
+    assert sorted(map(json.dumps, read_quarantine(several.uri))) == sorted(map(json.dumps, read_quarantine(one.uri)))

@@ -34,7 +34,7 @@ def _stats(serialized):
     from tensorflow_data_validation.statistics import stats_impl
     from tfx_bsl.coders import example_coder
     batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(serialized)
-    return stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions())
+    return stats_impl.generate_statistics_in_memory(batch, curated.statistics_options())
 
 
 def _row(i, **over):

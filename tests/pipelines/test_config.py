@@ -171,3 +171,13 @@ def test_targets_and_byte_counts():
     assert config.trainer.target_sparsity == 0.9 and config.trainer.target_sparsity_per_table == {"C1": 0.5}
     assert config.trainer.max_embedding_bytes_per_table == {"C3": 2000000}  # YAML 1.1 reads 2e6 as a string
     assert config.gates.max_model_bytes == 3000000 and isinstance(config.gates.max_model_bytes, int)
+
+
+def test_statistics_gen_counts_string_values_with_sketches(tmp_path):
+    """StatisticsGen runs with the curated schema's statistics options (sketch-based top-k/uniques)."""
+    import tensorflow_data_validation as tfdv
+    from pipelines.pipeline import create_pipeline
+    components = create_pipeline(load_config(None, {"output_dir": str(tmp_path)}), str(tmp_path)).components
+    statistics_gen = next(c for c in components if c.id == "StatisticsGen")
+    options = tfdv.StatsOptions.from_json(statistics_gen.exec_properties["stats_options_json"])
+    assert options.use_sketch_based_topk_uniques is True
