@@ -664,6 +664,8 @@ def run_invocation(opts) -> Dict[str, Any]:
                     "embedding_bytes_before": push.get("embedding_bytes_before"),
                     "embedding_bytes_after": push.get("embedding_bytes_after"),
                     "id_map_bytes": push.get("id_map_bytes"), "compacted_tables": push.get("compacted_tables"),
+                    "vocabulary_lines": push.get("vocabulary_lines"),
+                    "vocabulary_lines_kept": push.get("vocabulary_lines_kept"),
                     "parity_max_abs_error": push.get("parity_max_abs_error"),
                     "warmup_requests": push.get("warmup_requests"), "warm_start_bytes": push.get("warm_start_bytes"),
                     "reason": push.get("reason")}

@@ -72,16 +72,18 @@ class FieldRows(keras.layers.Layer):
     fields: ``rows = layer(ids, oov_row=k)``.
     """
 
-    def __init__(self, global_to_row, **kwargs):
+    def __init__(self, global_to_row=None, size: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
-        self._initial = np.asarray(global_to_row, dtype=np.int64)
+        self._initial = None if global_to_row is None else np.asarray(global_to_row, dtype=np.int64)
+        self.size = len(self._initial) if self._initial is not None else int(size or 0)
 
     def build(self, input_shape):
-        size = max(len(self._initial), 1)
-        initial = self._initial if len(self._initial) else np.zeros([1], np.int64)
+        initializer = "zeros"
+        if self._initial is not None and len(self._initial):
+            initializer = keras.initializers.Constant(self._initial)
         self.global_to_row = self.add_weight(
-            name="global_to_row", shape=[size], dtype=tf.int64, trainable=False,
-            initializer=keras.initializers.Constant(initial))
+            name="global_to_row", shape=[max(self.size, 1)], dtype=tf.int64, trainable=False,
+            initializer=initializer)
         super().build(input_shape)
 
     def call(self, ids, oov_row: int = 0):
@@ -91,4 +93,6 @@ class FieldRows(keras.layers.Layer):
                         tf.constant(oov_row, tf.int64))
 
     def get_config(self):
-        return dict(super().get_config(), global_to_row=self._initial.tolist())
+        # The size, not the map: a saved model stores every layer's config as JSON (~8 bytes per
+        # vocabulary line here); the map itself is a weight, restored with the others.
+        return dict(super().get_config(), size=self.size)

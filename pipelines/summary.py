@@ -162,7 +162,7 @@ def from_artifacts(arts: Dict[str, List], run_id: Optional[str] = None) -> Dict[
 # PrunedPusher's output properties copied into the push block (docs/contracts.md).
 PUSH_PROPERTIES = ("size_before_bytes", "size_after_bytes", "embedding_bytes_before", "embedding_bytes_after",
                    "id_map_bytes", "embedding_rows", "embedding_zero_rows", "embedding_rows_dropped",
-                   "compacted_tables", "row_sparsity",
+                   "compacted_tables", "vocabulary_lines", "vocabulary_lines_kept", "row_sparsity",
                    "parity_max_abs_error", "warmup_requests", "warm_start_bytes", "models_config")
 
 

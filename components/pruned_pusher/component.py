@@ -46,7 +46,8 @@ class PrunedPusher(tfx_pusher_component.Pusher):
     Output ``pushed_model`` (PushedModel) custom properties: ``pushed`` (1/0), ``pushed_destination``,
     ``pushed_version`` (as TFX's Pusher), ``size_before_bytes``, ``size_after_bytes``,
     ``embedding_bytes_before``, ``embedding_bytes_after``, ``id_map_bytes``, ``embedding_rows``,
-    ``embedding_zero_rows``, ``row_sparsity``, ``parity_max_abs_error``, ``warmup_requests``,
+    ``embedding_zero_rows``, ``vocabulary_lines`` / ``vocabulary_lines_kept`` (Transform's vocabulary in the
+    trained and the pushed model), ``row_sparsity``, ``parity_max_abs_error``, ``warmup_requests``,
     ``models_config`` (docs/contracts.md).
     """
 

@@ -107,6 +107,8 @@ class Executor(tfx_pusher_executor.Executor):
                            ("embedding_zero_rows", report.zero_rows),
                            ("embedding_rows_dropped", report.dropped_rows),
                            ("compacted_tables", report.compacted_tables),
+                           ("vocabulary_lines", report.vocabulary_lines),
+                           ("vocabulary_lines_kept", report.vocabulary_lines_kept),
                            ("warmup_requests", result.warmup_requests),
                            ("warm_start_bytes", pruning.dir_size(state) if carry else 0)):
             model_push.set_int_custom_property(key, int(value))

@@ -101,6 +101,103 @@ class CompactEmbedding(keras.layers.Layer):
                     input_dim=self.input_dim)
 
 
+class VocabularyEmbedding(keras.layers.Layer):
+    """A vocabulary field's table in an export whose Transform vocabulary is pruned too
+    (`prune_vocabulary`): one zero row, then the field's kept rows, indexed by `PrunedFieldRows`;
+    -1 (a value the pruned vocabulary does not hold) takes ``oov_row``, the field's OOV row here
+    (the zero row when the OOV row is zero). No per-row map: a dropped value is gone from the
+    vocabulary, its id and its row alike."""
+
+    def __init__(self, rows: int, output_dim: int, oov_row: int, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.rows, self.output_dim, self.oov_row = int(rows), int(output_dim), int(oov_row)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(name="embeddings", shape=[self.rows, self.output_dim], dtype=tf.float32,
+                                          initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def call(self, ids):
+        return tf.gather(self.embeddings, tf.where(ids < 0, tf.constant(self.oov_row, ids.dtype), ids))
+
+    def get_config(self):
+        return dict(super().get_config(), rows=self.rows, output_dim=self.output_dim, oov_row=self.oov_row)
+
+
+class PrunedFieldRows(keras.layers.Layer):
+    """`components.vocabulary.FieldRows` over a pruned vocabulary: a global id -> the row of its
+    field's `VocabularyEmbedding`, -1 for an id the vocabulary does not hold (the embedding layer, one
+    per field, knows its OOV row; this layer is shared by all fields). ``oov_row`` is accepted and
+    ignored, so the trained model's calls are kept as they are."""
+
+    def __init__(self, size: int, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def build(self, input_shape):
+        # Assigned after building: as an initializer the map would also be a graph constant.
+        self.global_to_row = self.add_weight(name="global_to_row", shape=[max(self.size, 1)], dtype=tf.int64,
+                                             initializer="zeros", trainable=False)
+        super().build(input_shape)
+
+    def call(self, ids, oov_row: int = 0):
+        ids = tf.cast(ids, tf.int64)
+        known = ids >= 0
+        return tf.where(known, tf.gather(self.global_to_row, tf.where(known, ids, 0)), tf.constant(-1, tf.int64))
+
+    def get_config(self):
+        return dict(super().get_config(), size=self.size)
+
+
+@dataclasses.dataclass
+class PrunedVocabulary:
+    """What `prune_vocabulary` keeps of Transform's vocabulary and of each vocabulary field's table."""
+    keep_line: np.ndarray              # bool per line of the trained vocabulary
+    global_to_row: np.ndarray          # per kept line: its row in its field's compact table
+    kept_rows: Dict[str, np.ndarray]   # field -> the trained table's rows kept, in compact order (after row 0)
+    oov_rows: Dict[str, int]           # field -> the compact row of its OOV row (0: the zero row)
+
+    @property
+    def lines_kept(self) -> int:
+        return int(self.keep_line.sum())
+
+
+def prune_vocabulary(lines: Sequence[bytes], tables: Dict[str, np.ndarray]) -> PrunedVocabulary:
+    """Transform's vocabulary lines (``<field>\x1f<value>``, global id = line) and the trained tables
+    of its fields -> what a pruned export keeps. A value whose row is zero scores like a value the
+    vocabulary never had -- if the field's OOV row is zero as well: then its line goes. With a non-zero
+    OOV row a dropped value must still be told from an unseen one, so its line stays (mapped to the
+    zero row). Exact: every id gives the vector the trained model gives it."""
+    from components.preprocessing import FIELD_SEPARATOR
+    sep = FIELD_SEPARATOR.encode()
+    fields = [line.split(sep, 1)[0].decode() for line in lines]
+    missing = sorted(set(fields) - set(tables))
+    if missing:
+        raise ValueError(f"vocabulary fields {missing[:3]} have no embedding_<field> table")
+    field_of = np.asarray(fields, dtype=object)
+    keep_line = np.zeros(len(lines), bool)
+    global_to_row = np.zeros(len(lines), np.int64)
+    kept_rows: Dict[str, np.ndarray] = {}
+    oov_rows: Dict[str, int] = {}
+    for field in sorted(set(fields)):
+        lines_of = np.flatnonzero(field_of == field)  # the field's values, row = position
+        table = tables[field]
+        nonzero = np.any(table != 0, axis=1)
+        oov = len(lines_of)
+        oov_kept = bool(oov < len(table) and nonzero[oov])
+        value_kept = nonzero[:oov]
+        kept = np.flatnonzero(value_kept)
+        kept_rows[field] = np.concatenate([kept, [oov]]) if oov_kept else kept
+        compact = np.zeros(oov, np.int64)
+        compact[kept] = np.arange(1, len(kept) + 1)
+        oov_rows[field] = len(kept) + 1 if oov_kept else 0
+        keep_line[lines_of] = True if oov_kept else value_kept
+        global_to_row[lines_of] = compact
+    return PrunedVocabulary(keep_line, global_to_row[keep_line], kept_rows, oov_rows)
+
+
 # -- load, prune ---------------------------------------------------------------------------------------
 def custom_objects() -> Dict[str, type]:
     from components.vocabulary import FieldRows
@@ -118,10 +215,17 @@ class PruningReport:
     embedding_bytes_before: int        # the unpruned tables
     embedding_bytes_after: int         # the compact tables
     id_map_bytes: int                  # the row -> compact row maps (int32 per unpruned row)
+    vocabulary: Optional[PrunedVocabulary] = None  # what is kept of Transform's vocabulary, if pruned
+    vocabulary_lines: int = 0          # lines of the trained model's vocabulary
 
     @property
     def rows(self) -> int:
         return sum(t["rows"] for t in self.tables.values())
+
+    @property
+    def vocabulary_lines_kept(self) -> int:
+        """Lines of the export's Transform vocabulary."""
+        return self.vocabulary.lines_kept if self.vocabulary is not None else self.vocabulary_lines
 
     @property
     def zero_rows(self) -> int:
@@ -144,21 +248,65 @@ class PruningReport:
 MIN_COMPACT_BYTES = push_defaults.MIN_COMPACT_BYTES  # tables saving less stay whole (see push_defaults)
 
 
-def prune_model(model: keras.Model, prune: bool = True,
-                min_compact_bytes: int = MIN_COMPACT_BYTES) -> Tuple[keras.Model, PruningReport]:
+def _vocabulary_saving(lines: Sequence[bytes], pruned: PrunedVocabulary, tables: Dict[str, np.ndarray]) -> int:
+    """Bytes a pruned vocabulary saves: the dropped lines, their 8-byte entries of the global id map,
+    and the dropped rows of the vocabulary fields' tables."""
+    dropped = ~pruned.keep_line
+    line_bytes = sum(len(line) + 1 for line, drop in zip(lines, dropped) if drop)
+    row_bytes = sum(table.nbytes - (len(pruned.kept_rows[f]) + 1) * table[:1].nbytes for f, table in tables.items())
+    return line_bytes + 8 * int(dropped.sum()) + row_bytes
+
+
+def prune_model(model: keras.Model, prune: bool = True, min_compact_bytes: int = MIN_COMPACT_BYTES,
+                vocabulary: Optional[Sequence[bytes]] = None) -> Tuple[keras.Model, PruningReport]:
     """A copy of `model` whose ``embedding_<field>`` tables keep only their non-zero rows.
 
-    A table is compacted when that saves at least `min_compact_bytes` (its zero rows, less the row map
-    and the zero row); a smaller one stays a full ``Embedding`` (same scores, fewer graph bytes). The
-    other layers are copies with the same weights; the call arguments of every node (e.g. FieldRows'
-    per-field ``oov_row``) are kept by ``clone_model``. ``prune=False`` makes the same copy with every
-    table full (the like-for-like unpruned export).
+    With the model's Transform `vocabulary` (its lines; the model maps global ids to rows with a
+    `FieldRows` layer), the vocabulary fields are pruned with their vocabulary (`prune_vocabulary`):
+    their tables become `VocabularyEmbedding` and FieldRows a `PrunedFieldRows` over the kept lines,
+    when that saves at least `min_compact_bytes`; the report's ``vocabulary`` then says which lines
+    the export's vocabulary keeps. Any other table is compacted when that saves at least
+    `min_compact_bytes` (its zero rows, less its row map and the zero row) into a `CompactEmbedding`;
+    a smaller one stays a full ``Embedding`` (same scores, fewer graph bytes). The other layers are
+    copies with the same weights; the call arguments of every node (e.g. FieldRows' per-field
+    ``oov_row``) are kept by ``clone_model``. ``prune=False`` makes the same copy with every table
+    full (the like-for-like unpruned export).
     """
+    from components.vocabulary import FieldRows
     replacements: Dict[int, keras.layers.Layer] = {}
     tables: Dict[str, Dict[str, int]] = {}
     before = after = id_map = 0
-    for layer in model.layers:
-        if not (isinstance(layer, keras.layers.Embedding) and layer.name.startswith(EMBEDDING_PREFIX)):
+    embeddings = {layer.name[len(EMBEDDING_PREFIX):]: layer for layer in model.layers
+                  if isinstance(layer, keras.layers.Embedding) and layer.name.startswith(EMBEDDING_PREFIX)}
+    if not embeddings:
+        raise ValueError(f"model {model.name!r} has no {EMBEDDING_PREFIX}<field> Embedding layers to prune")
+    field_rows = [layer for layer in model.layers if isinstance(layer, FieldRows)]
+    pruned_vocabulary = None
+    if prune and vocabulary is not None and len(field_rows) == 1:
+        from components.preprocessing import FIELD_SEPARATOR
+        sep = FIELD_SEPARATOR.encode()
+        vocabulary_tables = {f: embeddings[f].embeddings.numpy() for f in
+                             sorted({line.split(sep, 1)[0].decode() for line in vocabulary}) if f in embeddings}
+        candidate = prune_vocabulary(vocabulary, vocabulary_tables)
+        if _vocabulary_saving(vocabulary, candidate, vocabulary_tables) >= min_compact_bytes:
+            pruned_vocabulary = candidate
+            rows_layer = PrunedFieldRows(candidate.lines_kept, name=field_rows[0].name)
+            rows_layer(tf.zeros([1], tf.int64))
+            rows_layer.global_to_row.assign(candidate.global_to_row if candidate.lines_kept else np.zeros([1], np.int64))
+            replacements[id(field_rows[0])] = rows_layer
+            for field, table in vocabulary_tables.items():
+                layer = embeddings[field]
+                kept = candidate.kept_rows[field]
+                compact = VocabularyEmbedding(len(kept) + 1, table.shape[1], candidate.oov_rows[field], name=layer.name)
+                compact(tf.zeros([1], tf.int64))
+                compact.embeddings.assign(np.concatenate([np.zeros([1, table.shape[1]], table.dtype), table[kept]]))
+                replacements[id(layer)] = compact
+                tables[field] = {"rows": int(len(table)), "zero_rows": int(np.sum(~np.any(table != 0, axis=1))),
+                                 "dim": int(table.shape[1]), "compacted": True}
+                before += table.nbytes
+                after += (len(kept) + 1) * table[:1].nbytes
+    for field, layer in embeddings.items():
+        if id(layer) in replacements:
             continue
         table = layer.embeddings.numpy()
         kept = np.flatnonzero(np.any(table != 0, axis=1))
@@ -166,8 +314,8 @@ def prune_model(model: keras.Model, prune: bool = True,
         row_bytes = table[:1].nbytes
         saved = (rows - len(kept)) * row_bytes - 4 * rows - row_bytes
         compacted = prune and saved >= min_compact_bytes
-        tables[layer.name[len(EMBEDDING_PREFIX):]] = {"rows": int(rows), "zero_rows": int(rows - len(kept)),
-                                                      "dim": int(dim), "compacted": bool(compacted)}
+        tables[field] = {"rows": int(rows), "zero_rows": int(rows - len(kept)), "dim": int(dim),
+                         "compacted": bool(compacted)}
         before += table.nbytes
         if not compacted:
             after += table.nbytes
@@ -178,8 +326,6 @@ def prune_model(model: keras.Model, prune: bool = True,
         replacements[id(layer)] = compact
         after += (len(kept) + 1) * row_bytes  # the kept rows and the shared zero row
         id_map += 4 * rows
-    if not tables:
-        raise ValueError(f"model {model.name!r} has no {EMBEDDING_PREFIX}<field> Embedding layers to prune")
     # The other layers are re-created from their configs with the trained weights. Reusing the
     # loaded layer objects would also work, but a revived layer carries its restored call graphs and
     # the SavedModel would store them again beside the new traces (+30% saved_model.pb on run6).
@@ -193,10 +339,12 @@ def prune_model(model: keras.Model, prune: bool = True,
 
     pruned = keras.models.clone_model(model, clone_function=clone)
     originals = {layer.name: layer for layer in model.layers}
+    new = {id(layer) for layer in replacements.values()}
     for layer in pruned.layers:
-        if layer.weights and not isinstance(layer, CompactEmbedding) and layer is not originals[layer.name]:
+        if layer.weights and id(layer) not in new and layer is not originals[layer.name]:
             layer.set_weights(originals[layer.name].get_weights())
-    return pruned, PruningReport(tables, before, after, id_map)
+    return pruned, PruningReport(tables, before, after, id_map, pruned_vocabulary,
+                                 len(vocabulary) if vocabulary is not None else 0)
 
 
 def spec_from_saved_model(loaded, tft_output):
@@ -228,14 +376,42 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
     import tensorflow_transform as tft
 
     from components import export_signatures
+    from components.preprocessing import VOCABULARY_NAME
     tft_output = tft.TFTransformOutput(transform_graph_dir)
     spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
-    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune, min_compact_bytes=min_compact_bytes)
-    # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
-    # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer state
-    # is saved (the trained model's Group Adam slots are 3x its tables).
-    tf.saved_model.save(pruned, export_dir, signatures=export_signatures.signatures(pruned, tft_output, spec))
+    vocabulary_path = _vocabulary_path(tft_output, VOCABULARY_NAME)
+    lines = None
+    if prune and vocabulary_path:
+        with tf.io.gfile.GFile(vocabulary_path, "rb") as f:
+            lines = f.read().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune,
+                                 min_compact_bytes=min_compact_bytes, vocabulary=lines)
+    with tempfile.TemporaryDirectory(prefix="pruned-transform-") as scratch:
+        if report.vocabulary is not None:
+            # The export's Transform graph: the trained one with only the kept vocabulary lines (the
+            # lookup table is built from this file when the model loads; ids are line numbers).
+            copy = os.path.join(scratch, "transform_graph")
+            copy_tree(transform_graph_dir, copy)
+            kept = [line for line, keep in zip(lines, report.vocabulary.keep_line) if keep]
+            relative = os.path.relpath(vocabulary_path, transform_graph_dir.rstrip("/"))
+            with open(os.path.join(copy, relative), "wb") as f:
+                f.write(b"".join(line + b"\n" for line in kept))
+            tft_output = tft.TFTransformOutput(copy)
+        # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
+        # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer
+        # state is saved (the trained model's Group Adam slots are 3x its tables).
+        tf.saved_model.save(pruned, export_dir, signatures=export_signatures.signatures(pruned, tft_output, spec))
     return report
+
+
+def _vocabulary_path(tft_output, name: str) -> Optional[str]:
+    try:
+        path = tft_output.vocabulary_file_by_name(name)
+    except (ValueError, KeyError):  # a dataset without vocabulary fields
+        return None
+    return path if path and tf.io.gfile.exists(path) else None
 
 
 # -- parity, warmup ------------------------------------------------------------------------------------

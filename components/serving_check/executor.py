@@ -48,7 +48,7 @@ HAS_MODEL_KEY = "has_model"
 # Pruning measurements carried to the Pusher's PushedModel (docs/contracts.md).
 CARRIED_INT_PROPERTIES = ("size_before_bytes", "size_after_bytes", "embedding_bytes_before", "embedding_bytes_after",
                           "id_map_bytes", "embedding_rows", "embedding_zero_rows", "embedding_rows_dropped",
-                          "compacted_tables", "warmup_requests")
+                          "compacted_tables", "vocabulary_lines", "vocabulary_lines_kept", "warmup_requests")
 CARRIED_FLOAT_PROPERTIES = ("row_sparsity", "parity_max_abs_error")
 
 DEFAULTS = {MODEL_NAME_KEY: push_defaults.MODEL_NAME, EXAMPLES_SPLIT_KEY: push_defaults.EXAMPLES_SPLIT,
@@ -166,7 +166,10 @@ class Executor(base_executor.BaseExecutor):
                            ("id_map_bytes", pruning_report.id_map_bytes),
                            ("embedding_rows", pruning_report.rows), ("embedding_zero_rows", pruning_report.zero_rows),
                            ("embedding_rows_dropped", pruning_report.dropped_rows),
-                           ("compacted_tables", pruning_report.compacted_tables), ("warmup_requests", warmups)):
+                           ("compacted_tables", pruning_report.compacted_tables),
+                           ("vocabulary_lines", pruning_report.vocabulary_lines),
+                           ("vocabulary_lines_kept", pruning_report.vocabulary_lines_kept),
+                           ("warmup_requests", warmups)):
             blessing.set_int_custom_property(key, int(value))
         blessing.set_float_custom_property("row_sparsity", float(pruning_report.row_sparsity))
         if parity_error is not None:

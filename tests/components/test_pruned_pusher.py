@@ -132,23 +132,24 @@ def test_push_writes_a_pruned_version_with_the_measured_properties(trained, push
     assert [n for n in os.listdir(os.path.join(base, MODEL_NAME))] == [props["pushed_version"]]  # no temp dir left
     assert props["parity_max_abs_error"] <= 1e-6
 
-    # Embedding bytes shrink by exactly the zero rows of the compacted tables (the trained model's
-    # own count); a table whose zero rows weigh less than MIN_COMPACT_BYTES stays whole.
+    # Every table here is a vocabulary field's: each is compacted with the vocabulary (no row maps),
+    # and the embedding bytes shrink by exactly its zero rows less the one zero row it keeps.
     sparsity = trained["sparsity"]
     assert props["row_sparsity"] == pytest.approx(sparsity["fraction"])
     assert props["embedding_bytes_before"] == sparsity["rows"] * 32 * 4
-    compacted = {f: t for f, t in sparsity["tables"].items()
-                 if (t["zero_rows"] * 128 - 4 * t["rows"] - 128) >= pruning.MIN_COMPACT_BYTES}
-    assert len(compacted) >= 4 and props["compacted_tables"] == len(compacted)
-    assert props["embedding_rows_dropped"] == sum(t["zero_rows"] for t in compacted.values())
+    tables = sparsity["tables"]
+    assert props["compacted_tables"] == len(tables) == 8
+    assert props["embedding_rows_dropped"] == sum(t["zero_rows"] for t in tables.values())
     removed = props["embedding_bytes_before"] - props["embedding_bytes_after"]
-    assert removed == sum(t["zero_rows"] - 1 for t in compacted.values()) * 128
-    assert props["id_map_bytes"] == 4 * sum(t["rows"] for t in compacted.values())
-    # On the compacted tables: ~ unpruned x (1 - their row sparsity).
-    rows = sum(t["rows"] for t in compacted.values())
-    zero = sum(t["zero_rows"] for t in compacted.values())
-    assert rows * 128 - removed == (rows - zero + len(compacted)) * 128
-    assert (rows * 128 - removed) / (rows * 128) == pytest.approx(1 - zero / rows, abs=len(compacted) / rows + 1e-9)
+    assert removed == sum(t["zero_rows"] - 1 for t in tables.values()) * 128
+    assert props["id_map_bytes"] == 0
+    # The pushed vocabulary: the trained one less the values whose rows (and OOV row) are zero.
+    vocabulary = lambda d: open(os.path.join(d, "assets", "categorical"), "rb").read().splitlines()  # noqa: E731
+    trained_lines = vocabulary(os.path.join(trained["model_uri"], "Format-Serving"))
+    assert props["vocabulary_lines"] == len(trained_lines)
+    pushed_lines = vocabulary(version_dir)
+    assert props["vocabulary_lines_kept"] == len(pushed_lines) <= len(trained_lines)
+    assert pushed_lines == [line for line in trained_lines if line in set(pushed_lines)]  # same order
     # ... and the SavedModel by more: the Trainer's SavedModel here also holds Group Adam's slots.
     assert props["size_after_bytes"] < props["size_before_bytes"] - removed
     variables = lambda d: pruning.dir_size(os.path.join(d, "variables"))  # noqa: E731
@@ -159,25 +160,31 @@ def test_push_writes_a_pruned_version_with_the_measured_properties(trained, push
 
 def test_saved_model_shrinks_by_the_dropped_rows_against_the_same_export_unpruned(trained, pushed, tmp_path):
     # Like for like: the same export (tf.saved_model.save, same signatures, no optimizer state) with
-    # the full tables. The served model is smaller by the zero rows, less the kept-row id map.
+    # the full tables and vocabulary. The served model is smaller by the zero rows, the dropped
+    # vocabulary lines and their 8-byte entries of the global id map.
     artifact = pushed["artifact"]
     props = {k: artifact.get_custom_property(k) for k in artifact.mlmd_artifact.custom_properties}
     unpruned = str(tmp_path / "unpruned")
-    pruning.export_pruned(os.path.join(trained["model_uri"], "Format-Serving"), trained["transform_dir"], unpruned,
-                          prune=False)
+    report = pruning.export_pruned(os.path.join(trained["model_uri"], "Format-Serving"), trained["transform_dir"],
+                                   unpruned, prune=False)
+    assert report.vocabulary is None and report.vocabulary_lines_kept == report.vocabulary_lines == 0
     removed = props["embedding_bytes_before"] - props["embedding_bytes_after"]
-    net = removed - props["id_map_bytes"]
-    assert net > 0
+    dropped_lines = props["vocabulary_lines"] - props["vocabulary_lines_kept"]
     variables = lambda d: pruning.dir_size(os.path.join(d, "variables"))  # noqa: E731
+    assets = lambda d: pruning.dir_size(os.path.join(d, "assets"))  # noqa: E731
     version_dir = props["pushed_destination"]
-    assert variables(unpruned) - variables(version_dir) == pytest.approx(net, rel=0.02)
-    # The whole SavedModel shrinks by the same bytes less the lookups' ops in saved_model.pb: a fixed
-    # cost per compacted table (two gathers in each traced signature), whatever its number of rows.
+    assert variables(unpruned) - variables(version_dir) == pytest.approx(removed + 8 * dropped_lines, rel=0.02)
+    vocabulary = lambda d: open(os.path.join(d, "assets", "categorical"), "rb").read().splitlines()  # noqa: E731
+    dropped = set(vocabulary(unpruned)) - set(vocabulary(version_dir))
+    assert len(dropped) == dropped_lines
+    assert assets(unpruned) - assets(version_dir) == sum(len(line) + 1 for line in dropped)
+    # The lookups' ops in saved_model.pb: a fixed cost per compacted table, whatever its rows.
     graph_growth = (os.path.getsize(os.path.join(version_dir, "saved_model.pb"))
                     - os.path.getsize(os.path.join(unpruned, "saved_model.pb")))
-    assert 0 < graph_growth < pruning.MIN_COMPACT_BYTES * props["compacted_tables"], graph_growth
+    assert abs(graph_growth) < pruning.MIN_COMPACT_BYTES * props["compacted_tables"], graph_growth
     whole = pruning.dir_size(unpruned) - props["size_after_bytes"]
-    assert whole == pytest.approx(net - graph_growth, rel=0.02, abs=2048)
+    expected = removed + 8 * dropped_lines + assets(unpruned) - assets(version_dir) - graph_growth
+    assert whole == pytest.approx(expected, rel=0.02, abs=2048)
 
 
 def test_pushed_model_keeps_the_three_signatures_and_scores_like_the_trained_model(trained, pushed):
@@ -199,9 +206,8 @@ def test_pushed_model_keeps_the_three_signatures_and_scores_like_the_trained_mod
     props = pushed["artifact"].mlmd_artifact.custom_properties
     tables = trained["sparsity"]["tables"]
     assert table_rows(before) == {f: t["rows"] for f, t in tables.items()}
-    compact = {f: n for f, n in table_rows(after).items() if n != tables[f]["rows"]}
-    assert len(compact) == props["compacted_tables"].int_value >= 4
-    assert compact == {f: tables[f]["rows"] - tables[f]["zero_rows"] + 1 for f in compact}
+    assert props["compacted_tables"].int_value == len(tables) == 8
+    assert table_rows(after) == {f: t["rows"] - t["zero_rows"] + 1 for f, t in tables.items()}
 
 
 def test_warmup_records_are_prediction_logs_the_signature_accepts(trained, pushed):
@@ -370,3 +376,46 @@ def test_compact_embedding_matches_the_full_table(zero_rows):
     assert not report.tables["C1"]["compacted"] and report.embedding_bytes_after == 5 * 16 * 4
     assert isinstance(kept.get_layer("embedding_C1"), keras.layers.Embedding)
     np.testing.assert_array_equal(kept(ids).numpy(), model(ids).numpy())
+
+
+@pytest.mark.parametrize("oov_zero", [True, False], ids=["oov-row-zero", "oov-row-kept"])
+def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero):
+    """A model with FieldRows over a two-field vocabulary, pruned with its vocabulary: for every
+    trained id (and -1, an unseen value), the pruned model at the id's line in the kept vocabulary
+    (-1 for a dropped line) gives exactly the trained vector. A value whose row is zero loses its line
+    when its field's OOV row is zero, and keeps it (mapped to the zero row) when not."""
+    import tf_keras as keras
+
+    from components import models
+    lines = [b"C1\x1fa", b"C2\x1fx", b"C1\x1fb", b"C1\x1fc", b"C2\x1fy", b"C1\x1fd"]
+    global_to_row = np.array([0, 0, 1, 2, 1, 3])
+    rows = {"C1": 5, "C2": 3}  # values + one OOV row each
+    model = models.build_model("dnn", [], ["C1", "C2"], rows, embedding_dim=4, hidden_units=(3,),
+                               global_to_row=global_to_row, oov_rows={"C1": 4, "C2": 2})
+    rng = np.random.default_rng(1)
+    tables = {}
+    for field, zero in (("C1", [1, 3]), ("C2", [0])):
+        table = rng.normal(size=[rows[field], 4]).astype(np.float32)
+        table[zero] = 0.0
+        if oov_zero:
+            table[-1] = 0.0
+        model.get_layer(f"embedding_{field}").set_weights([table])
+        tables[field] = table
+    pruned, report = pruning.prune_model(model, min_compact_bytes=0, vocabulary=lines)
+    kept = [line for line, keep in zip(lines, report.vocabulary.keep_line) if keep]
+    expected_kept = [b"C1\x1fa", b"C1\x1fc", b"C2\x1fy"] if oov_zero else lines
+    assert kept == expected_kept and report.vocabulary_lines_kept == len(kept) and report.vocabulary_lines == 6
+    new_id = {line: i for i, line in enumerate(kept)}
+    old_ids, new_ids = {}, {}
+    for field, n in (("C1", 6), ("C2", 6)):  # each field's own ids, then -1 (unseen) to a common length
+        own = [i for i, line in enumerate(lines) if line.startswith(field.encode())]
+        old_ids[field] = tf.constant((own + [-1] * n)[:n], tf.int64)
+        new_ids[field] = tf.constant(([new_id.get(lines[i], -1) for i in own] + [-1] * n)[:n], tf.int64)
+    for field in ("C1", "C2"):
+        trained_layer = keras.Model(model.inputs, model.get_layer(f"embedding_{field}").output)
+        pruned_layer = keras.Model(pruned.inputs, pruned.get_layer(f"embedding_{field}").output)
+        np.testing.assert_array_equal(pruned_layer(new_ids).numpy(), trained_layer(old_ids).numpy())
+        # the compact table: the zero row and the non-zero rows, nothing else
+        assert pruned.get_layer(f"embedding_{field}").embeddings.shape[0] == 1 + int(np.any(tables[field] != 0, 1).sum())
+    np.testing.assert_allclose(pruned(new_ids).numpy(), model(old_ids).numpy(), atol=1e-7)
+    assert report.id_map_bytes == 0 and report.compacted_tables == 2
