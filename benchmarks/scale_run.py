@@ -909,7 +909,10 @@ def merge(work: str, out_prefix: str) -> Dict[str, Any]:
     vocabulary = [checks[rows] for rows in sorted(checks)]
     rows = day_rows(parts)
     sizes = sorted({p.get("rows") for p in parts.values()})
+    sets = sorted({tuple(p.get("sets") or []) for p in parts.values()})
     notes = []
+    if len(sets) > 1:
+        notes.append(f"parts ran with different --set overrides {[list(s) for s in sets]}")
     if len(sizes) > 1:
         notes.append(f"parts ran with different row counts {sizes}: compare within one size only")
     missing = [f"day {d} {o}" for d in DAYS for o in OPTIMIZERS if (d, o) not in parts]
@@ -917,7 +920,8 @@ def merge(work: str, out_prefix: str) -> Dict[str, Any]:
         notes.append("not run yet: " + ", ".join(missing) + " (python -m benchmarks.scale_run --day N --optimizer X)")
     result = {
         "issue": 22, "preset": PRESET,
-        "command": "python -m benchmarks.scale_run" + ("" if sizes in ([], [DEFAULT_ROWS]) else f" --rows {sizes[0]}"),
+        "command": "python -m benchmarks.scale_run" + ("" if sizes in ([], [DEFAULT_ROWS]) else f" --rows {sizes[0]}")
+                   + "".join(f" --set {value}" for value in (sets[0] if len(sets) == 1 else ())),
         "rows_per_day": sizes[0] if len(sizes) == 1 else sizes,
         "merged": datetime.datetime.now().isoformat(timespec="seconds"),
         "days": {f"day{d}": {o: parts[d, o] for o in OPTIMIZERS if (d, o) in parts} for d in DAYS},

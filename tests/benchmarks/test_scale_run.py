@@ -121,6 +121,17 @@ def test_merge_of_a_smaller_size_names_it_in_the_command(tmp_path):
     assert result["command"] == "python -m benchmarks.scale_run --rows 2000" and result["rows_per_day"] == 2000
 
 
+def test_merge_names_the_set_overrides_in_the_command(tmp_path):
+    sets = ["trainer.batch_size=1024"]
+    _write_parts(tmp_path / "work", [_part(1, "group_adam", sets=sets), _part(1, "adam", sets=sets)])
+    result = scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))
+    assert result["command"] == "python -m benchmarks.scale_run --set trainer.batch_size=1024"
+    _write_parts(tmp_path / "work", [_part(1, "adam", sets=[])])
+    result = scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))
+    assert result["command"] == "python -m benchmarks.scale_run"
+    assert any("different --set overrides" in note for note in result["notes"])
+
+
 def test_steps_to_reach_and_kept_epoch():
     q = {"val_auc_by_epoch": [0.7, 0.72, 0.71], "steps": 300, "epochs": 3, "best_epoch": 2}
     assert scale_run.kept_epoch_auc(q) == 0.72
