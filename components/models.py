@@ -18,6 +18,29 @@ def embedding_layer_name(field: str) -> str:
     return f"embedding_{field}"
 
 
+class RelativeEmbedding(keras.layers.Embedding):
+    """A vocabulary field's table whose value rows are relative to its OOV row: the embedding of a
+    known value is its row plus the OOV row; an unseen value (id ``oov_row``) gets the OOV row. A
+    value whose row the Group optimizers set to zero then scores exactly like an unseen value, so
+    the pruned export can drop it from the vocabulary as well (`pruned_pusher.pruning`); with
+    absolute rows a zero row differs from an unseen value whenever the OOV row is non-zero -- and
+    the OOV row, hit by every rare value, is the row l21 prunes last."""
+
+    def __init__(self, input_dim, output_dim, oov_row: int = 0, **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.oov_row = int(oov_row)
+
+    def call(self, ids):
+        rows = super().call(ids)
+        # One extra id per batch in the table's gradient (the OOV row), not one per example.
+        base = tf.nn.embedding_lookup(self.embeddings, tf.constant([self.oov_row], tf.int64))
+        known = tf.cast(tf.not_equal(tf.cast(ids, tf.int64), self.oov_row), rows.dtype)
+        return rows + known[..., None] * base[0]
+
+    def get_config(self):
+        return dict(super().get_config(), oov_row=self.oov_row)
+
+
 def _inputs(int_fields: Sequence[str], cat_fields: Sequence[str]) -> Dict[str, keras.Input]:
     inputs = {f: keras.Input(shape=(), name=f, dtype=tf.float32) for f in int_fields}
     inputs.update({f: keras.Input(shape=(), name=f, dtype=tf.int64) for f in cat_fields})
@@ -34,7 +57,8 @@ def build_model(kind: str, int_fields: Sequence[str], cat_fields: Sequence[str],
                 table_rows: Mapping[str, int], embedding_dim: int = 8,
                 embedding_dims: Mapping[str, int] | None = None,
                 hidden_units: Sequence[int] = (64, 32), cross_layers: int = 2,
-                global_to_row=None, oov_rows: Mapping[str, int] | None = None) -> keras.Model:
+                global_to_row=None, oov_rows: Mapping[str, int] | None = None,
+                rows_relative_to_oov: bool = False) -> keras.Model:
     """A functional tf_keras model from transformed features to click probability.
 
     Args:
@@ -59,9 +83,13 @@ def build_model(kind: str, int_fields: Sequence[str], cat_fields: Sequence[str],
     embedded = []
     for f in cat_fields:
         ids = field_rows(inputs[f], oov_row=oov_rows[f]) if f in oov_rows else inputs[f]
-        table = keras.layers.Embedding(table_rows[f], embedding_dims.get(f, embedding_dim),
-                                       embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                                       name=embedding_layer_name(f))
+        table_kwargs = dict(embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                            name=embedding_layer_name(f))
+        if rows_relative_to_oov and f in oov_rows:
+            table = RelativeEmbedding(table_rows[f], embedding_dims.get(f, embedding_dim), oov_row=oov_rows[f],
+                                      **table_kwargs)
+        else:
+            table = keras.layers.Embedding(table_rows[f], embedding_dims.get(f, embedding_dim), **table_kwargs)
         embedded.append(table(ids))  # [batch, d]
     dense = (tf.stack([inputs[f] for f in int_fields], axis=1) if int_fields
              else tf.zeros_like(embedded[0][:, :0]))

@@ -27,6 +27,10 @@ class TrainerConfig:
     model: str = "dnn"  # one of MODELS
     embedding_dim: int = 8
     embedding_dims: Dict[str, int] = dataclasses.field(default_factory=dict)  # per-field override
+    # A vocabulary value's row is added to its field's OOV row (`models.RelativeEmbedding`): a value
+    # whose row is zero scores like an unseen one, so the pruned export drops it from the vocabulary
+    # too. Off: each row is the value's whole embedding.
+    rows_relative_to_oov: bool = False
     hidden_units: List[int] = dataclasses.field(default_factory=lambda: [64, 32])
     optimizer: str = "group_adam"  # one of OPTIMIZERS
     learning_rate: float = 0.005

@@ -26,7 +26,7 @@ from tfx import v1 as tfx
 from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
 from components.trainer_config import DISTRIBUTIONS, PS_TARGET_ERROR, TrainerConfig
-from components.training import (NON_FINITE_FEATURE, NonFiniteLossError, StopOnNonFiniteLoss,
+from components.training import (NON_FINITE_FEATURE, model_kind, NonFiniteLossError, StopOnNonFiniteLoss,
                                  build_model, compile_model, input_dataset, resolve_jit_compile)
 from components.vocabulary import FieldVocabulary
 
@@ -269,7 +269,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
                    signatures=signatures, include_optimizer=False, options=distributed.save_options(strategy))
         warm["state_bytes"] = warm_start.save(
             warm_start.state_dir(staging), model, model.optimizer, vocabulary.path,
-            {"model": cfg.model, "optimizer": cfg.optimizer, "table_rows": table_rows})
+            {"model": model_kind(cfg), "optimizer": cfg.optimizer, "table_rows": table_rows})
     export_seconds = time.time() - export_started
     training = {"model": cfg.model, "optimizer": cfg.optimizer,
                 # This run's steps; a warm start continues the optimizer's step counter.
@@ -320,7 +320,7 @@ def _warm_start(fn_args, cfg: TrainerConfig, model, vocabulary) -> Dict[str, Any
     if not fn_args.base_model or not tf.io.gfile.exists(os.path.join(fn_args.base_model, "saved_model.pb")):
         return {"restored": False, "reason": "no pushed model yet"}
     report = warm_start.restore(warm_start.state_dir(fn_args.base_model), model, model.optimizer, vocabulary,
-                                cfg.model, cfg.optimizer)
+                                model_kind(cfg), cfg.optimizer)
     if report["restored"]:
         logging.info("warm start from %s: %d embedding rows carried over, %d new, %d dropped; optimizer "
                      "state %s", report["source"], report["rows_carried"], report["rows_new"],

@@ -73,7 +73,14 @@ def build_model(config: TrainerConfig, spec: DatasetSpec, vocabulary: FieldVocab
     return models.build_model(config.model, spec.int_columns, vocabulary.embedded_fields, vocabulary.table_rows(),
                               embedding_dim=config.embedding_dim, embedding_dims=config.embedding_dims,
                               hidden_units=config.hidden_units, global_to_row=vocabulary.global_to_row,
-                              oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields})
+                              oov_rows={f: vocabulary.oov_row(f) for f in vocabulary.fields},
+                              rows_relative_to_oov=config.rows_relative_to_oov)
+
+
+def model_kind(config: TrainerConfig) -> str:
+    """The model as warm start tells them apart: a state of rows relative to the OOV row cannot seed
+    absolute rows, or the reverse."""
+    return config.model + ("/rows-relative-to-oov" if config.rows_relative_to_oov else "")
 
 
 def make_optimizer(config: TrainerConfig):

@@ -361,6 +361,7 @@ _RULES: Dict[str, Rule] = {
     "trainer.batch_size": _integer(1),
     "trainer.epochs": _integer(1),
     "trainer.early_stopping": _boolean,
+    "trainer.rows_relative_to_oov": _boolean,
     "trainer.early_stopping_patience": _integer(1),
     "trainer.target_sparsity": _optional(_number(above=0, below=1)),
     "trainer.max_embedding_bytes": _optional(_byte_count),

@@ -108,10 +108,11 @@ class VocabularyEmbedding(keras.layers.Layer):
     (the zero row when the OOV row is zero). No per-row map: a dropped value is gone from the
     vocabulary, its id and its row alike."""
 
-    def __init__(self, rows: int, output_dim: int, oov_row: int, **kwargs):
+    def __init__(self, rows: int, output_dim: int, oov_row: int, relative: bool = False, **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         self.rows, self.output_dim, self.oov_row = int(rows), int(output_dim), int(oov_row)
+        self.relative = bool(relative)  # rows relative to the OOV row (`models.RelativeEmbedding`)
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(name="embeddings", shape=[self.rows, self.output_dim], dtype=tf.float32,
@@ -119,10 +120,13 @@ class VocabularyEmbedding(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, ids):
+        if self.relative:  # -1 -> the zero row, plus the OOV row for every id
+            return tf.gather(self.embeddings, tf.maximum(ids, 0)) + tf.gather(self.embeddings, self.oov_row)
         return tf.gather(self.embeddings, tf.where(ids < 0, tf.constant(self.oov_row, ids.dtype), ids))
 
     def get_config(self):
-        return dict(super().get_config(), rows=self.rows, output_dim=self.output_dim, oov_row=self.oov_row)
+        return dict(super().get_config(), rows=self.rows, output_dim=self.output_dim, oov_row=self.oov_row,
+                    relative=self.relative)
 
 
 class PrunedFieldRows(keras.layers.Layer):
@@ -164,12 +168,16 @@ class PrunedVocabulary:
         return int(self.keep_line.sum())
 
 
-def prune_vocabulary(lines: Sequence[bytes], tables: Dict[str, np.ndarray]) -> PrunedVocabulary:
+def prune_vocabulary(lines: Sequence[bytes], tables: Dict[str, np.ndarray],
+                     relative: Iterable[str] = ()) -> PrunedVocabulary:
     """Transform's vocabulary lines (``<field>\x1f<value>``, global id = line) and the trained tables
     of its fields -> what a pruned export keeps. A value whose row is zero scores like a value the
     vocabulary never had -- if the field's OOV row is zero as well: then its line goes. With a non-zero
     OOV row a dropped value must still be told from an unseen one, so its line stays (mapped to the
-    zero row). Exact: every id gives the vector the trained model gives it."""
+    zero row). In a `relative` field's table (`models.RelativeEmbedding`) a zero value row always
+    scores like an unseen value: its line goes whatever the OOV row. Exact: every id gives the
+    vector the trained model gives it."""
+    relative = set(relative)
     from components.preprocessing import FIELD_SEPARATOR
     sep = FIELD_SEPARATOR.encode()
     fields = [line.split(sep, 1)[0].decode() for line in lines]
@@ -193,15 +201,16 @@ def prune_vocabulary(lines: Sequence[bytes], tables: Dict[str, np.ndarray]) -> P
         compact = np.zeros(oov, np.int64)
         compact[kept] = np.arange(1, len(kept) + 1)
         oov_rows[field] = len(kept) + 1 if oov_kept else 0
-        keep_line[lines_of] = True if oov_kept else value_kept
+        keep_line[lines_of] = value_kept if (field in relative or not oov_kept) else True
         global_to_row[lines_of] = compact
     return PrunedVocabulary(keep_line, global_to_row[keep_line], kept_rows, oov_rows)
 
 
 # -- load, prune ---------------------------------------------------------------------------------------
 def custom_objects() -> Dict[str, type]:
+    from components.models import RelativeEmbedding
     from components.vocabulary import FieldRows
-    return {"FieldRows": FieldRows, "CompactEmbedding": CompactEmbedding}
+    return {"FieldRows": FieldRows, "CompactEmbedding": CompactEmbedding, "RelativeEmbedding": RelativeEmbedding}
 
 
 def load_trained_model(saved_model_dir: str) -> keras.Model:
@@ -287,7 +296,9 @@ def prune_model(model: keras.Model, prune: bool = True, min_compact_bytes: int =
         sep = FIELD_SEPARATOR.encode()
         vocabulary_tables = {f: embeddings[f].embeddings.numpy() for f in
                              sorted({line.split(sep, 1)[0].decode() for line in vocabulary}) if f in embeddings}
-        candidate = prune_vocabulary(vocabulary, vocabulary_tables)
+        from components.models import RelativeEmbedding
+        relative = {f for f in vocabulary_tables if isinstance(embeddings[f], RelativeEmbedding)}
+        candidate = prune_vocabulary(vocabulary, vocabulary_tables, relative)
         if _vocabulary_saving(vocabulary, candidate, vocabulary_tables) >= min_compact_bytes:
             pruned_vocabulary = candidate
             rows_layer = PrunedFieldRows(candidate.lines_kept, name=field_rows[0].name)
@@ -297,7 +308,8 @@ def prune_model(model: keras.Model, prune: bool = True, min_compact_bytes: int =
             for field, table in vocabulary_tables.items():
                 layer = embeddings[field]
                 kept = candidate.kept_rows[field]
-                compact = VocabularyEmbedding(len(kept) + 1, table.shape[1], candidate.oov_rows[field], name=layer.name)
+                compact = VocabularyEmbedding(len(kept) + 1, table.shape[1], candidate.oov_rows[field],
+                                              relative=field in relative, name=layer.name)
                 compact(tf.zeros([1], tf.int64))
                 compact.embeddings.assign(np.concatenate([np.zeros([1, table.shape[1]], table.dtype), table[kept]]))
                 replacements[id(layer)] = compact
@@ -313,7 +325,8 @@ def prune_model(model: keras.Model, prune: bool = True, min_compact_bytes: int =
         rows, dim = table.shape
         row_bytes = table[:1].nbytes
         saved = (rows - len(kept)) * row_bytes - 4 * rows - row_bytes
-        compacted = prune and saved >= min_compact_bytes
+        # A RelativeEmbedding's rows mean something only with its OOV row: compacted with the vocabulary only.
+        compacted = prune and saved >= min_compact_bytes and type(layer) is keras.layers.Embedding
         tables[field] = {"rows": int(rows), "zero_rows": int(rows - len(kept)), "dim": int(dim),
                          "compacted": bool(compacted)}
         before += table.nbytes

@@ -378,12 +378,14 @@ def test_compact_embedding_matches_the_full_table(zero_rows):
     np.testing.assert_array_equal(kept(ids).numpy(), model(ids).numpy())
 
 
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-rows", "rows-relative-to-oov"])
 @pytest.mark.parametrize("oov_zero", [True, False], ids=["oov-row-zero", "oov-row-kept"])
-def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero):
+def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero, relative):
     """A model with FieldRows over a two-field vocabulary, pruned with its vocabulary: for every
     trained id (and -1, an unseen value), the pruned model at the id's line in the kept vocabulary
     (-1 for a dropped line) gives exactly the trained vector. A value whose row is zero loses its line
-    when its field's OOV row is zero, and keeps it (mapped to the zero row) when not."""
+    when its field's OOV row is zero, and keeps it (mapped to the zero row) when not -- unless the
+    rows are relative to the OOV row (`RelativeEmbedding`): then a zero row always loses its line."""
     import tf_keras as keras
 
     from components import models
@@ -391,7 +393,9 @@ def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero):
     global_to_row = np.array([0, 0, 1, 2, 1, 3])
     rows = {"C1": 5, "C2": 3}  # values + one OOV row each
     model = models.build_model("dnn", [], ["C1", "C2"], rows, embedding_dim=4, hidden_units=(3,),
-                               global_to_row=global_to_row, oov_rows={"C1": 4, "C2": 2})
+                               global_to_row=global_to_row, oov_rows={"C1": 4, "C2": 2},
+                               rows_relative_to_oov=relative)
+    assert isinstance(model.get_layer("embedding_C1"), models.RelativeEmbedding) == relative
     rng = np.random.default_rng(1)
     tables = {}
     for field, zero in (("C1", [1, 3]), ("C2", [0])):
@@ -403,7 +407,7 @@ def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero):
         tables[field] = table
     pruned, report = pruning.prune_model(model, min_compact_bytes=0, vocabulary=lines)
     kept = [line for line, keep in zip(lines, report.vocabulary.keep_line) if keep]
-    expected_kept = [b"C1\x1fa", b"C1\x1fc", b"C2\x1fy"] if oov_zero else lines
+    expected_kept = [b"C1\x1fa", b"C1\x1fc", b"C2\x1fy"] if (oov_zero or relative) else lines
     assert kept == expected_kept and report.vocabulary_lines_kept == len(kept) and report.vocabulary_lines == 6
     new_id = {line: i for i, line in enumerate(kept)}
     old_ids, new_ids = {}, {}
@@ -414,7 +418,7 @@ def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero):
     for field in ("C1", "C2"):
         trained_layer = keras.Model(model.inputs, model.get_layer(f"embedding_{field}").output)
         pruned_layer = keras.Model(pruned.inputs, pruned.get_layer(f"embedding_{field}").output)
-        np.testing.assert_array_equal(pruned_layer(new_ids).numpy(), trained_layer(old_ids).numpy())
+        np.testing.assert_allclose(pruned_layer(new_ids).numpy(), trained_layer(old_ids).numpy(), rtol=0, atol=1e-7)
         # the compact table: the zero row and the non-zero rows, nothing else
         assert pruned.get_layer(f"embedding_{field}").embeddings.shape[0] == 1 + int(np.any(tables[field] != 0, 1).sum())
     np.testing.assert_allclose(pruned(new_ids).numpy(), model(old_ids).numpy(), atol=1e-7)

@@ -37,3 +37,41 @@ def test_a_dataset_of_unknown_length_adds_no_step(optimizer):
         np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.name)
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.name)
+
+
+def test_relative_embedding_adds_the_oov_row_to_known_values():
+    """A known value's vector is its row plus the OOV row, an unseen value's the OOV row; the table's
+    gradient stays row-sparse (the batch's rows and the OOV row)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from components.models import RelativeEmbedding
+    layer = RelativeEmbedding(5, 3, oov_row=4)
+    layer.build([None])
+    table = np.arange(15, dtype=np.float32).reshape(5, 3)
+    table[1] = 0.0
+    layer.set_weights([table])
+    ids = tf.constant([0, 1, 4, 2], tf.int64)
+    np.testing.assert_array_equal(layer(ids).numpy(), [table[0] + table[4], table[4], table[4], table[2] + table[4]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(ids))
+    grad = tape.gradient(loss, layer.embeddings)
+    assert isinstance(grad, tf.IndexedSlices)
+    dense = tf.convert_to_tensor(grad).numpy()
+    assert dense[3].tolist() == [0, 0, 0]  # a row not in the batch
+    assert dense[4].tolist() == [4, 4, 4]  # the OOV row: the 3 known ids through the base, the unseen one itself
+    assert RelativeEmbedding.from_config(layer.get_config()).oov_row == 4
+
+
+def test_rows_relative_to_oov_builds_relative_tables_and_its_own_warm_start_kind():
+    import dataclasses
+
+    from components import models, training
+    from components.trainer_config import TrainerConfig
+    config = TrainerConfig()
+    relative = dataclasses.replace(config, rows_relative_to_oov=True)
+    assert training.model_kind(config) == "dnn" and training.model_kind(relative) == "dnn/rows-relative-to-oov"
+    model = models.build_model("dnn", ["I1"], ["C1", "C2"], {"C1": 4, "C2": 7}, global_to_row=[0, 1, 0],
+                               oov_rows={"C1": 2}, rows_relative_to_oov=True)
+    assert isinstance(model.get_layer("embedding_C1"), models.RelativeEmbedding)
+    assert type(model.get_layer("embedding_C2")).__name__ == "Embedding"  # not a vocabulary field
