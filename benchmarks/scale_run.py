@@ -912,7 +912,9 @@ def merge(work: str, out_prefix: str) -> Dict[str, Any]:
     sets = sorted({tuple(p.get("sets") or []) for p in parts.values()})
     notes = []
     if len(sets) > 1:
-        notes.append(f"parts ran with different --set overrides {[list(s) for s in sets]}")
+        notes.append("parts ran with different --set overrides: " + "; ".join(
+            f"day{d}/{o}: " + (" ".join(f"--set {v}" for v in parts[d, o].get("sets") or []) or "none")
+            for d, o in sorted(parts)))
     if len(sizes) > 1:
         notes.append(f"parts ran with different row counts {sizes}: compare within one size only")
     missing = [f"day {d} {o}" for d in DAYS for o in OPTIMIZERS if (d, o) not in parts]
