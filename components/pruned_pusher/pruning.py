@@ -203,6 +203,10 @@ def prune_vocabulary(lines: Sequence[bytes], tables: Dict[str, np.ndarray],
         oov_rows[field] = len(kept) + 1 if oov_kept else 0
         keep_line[lines_of] = value_kept if (field in relative or not oov_kept) else True
         global_to_row[lines_of] = compact
+    if len(lines) and not keep_line.any():
+        # TF cannot build a lookup table from an empty file; one line at the zero row scores as it
+        # would unseen (its row is zero, and so is its OOV row, or its rows are relative to it).
+        keep_line[0] = True
     return PrunedVocabulary(keep_line, global_to_row[keep_line], kept_rows, oov_rows)
 
 

@@ -423,3 +423,12 @@ def test_pruned_vocabulary_gives_every_id_the_trained_vector(oov_zero, relative)
         assert pruned.get_layer(f"embedding_{field}").embeddings.shape[0] == 1 + int(np.any(tables[field] != 0, 1).sum())
     np.testing.assert_allclose(pruned(new_ids).numpy(), model(old_ids).numpy(), atol=1e-7)
     assert report.id_map_bytes == 0 and report.compacted_tables == 2
+
+
+def test_a_vocabulary_of_zero_rows_keeps_one_line():
+    """Every row zero: one line stays (TF cannot build a lookup table from an empty file), at the
+    zero row, where it scores as it would unseen."""
+    lines = [b"C1\x1fa", b"C1\x1fb"]
+    pruned = pruning.prune_vocabulary(lines, {"C1": np.zeros([3, 4], np.float32)})
+    assert pruned.keep_line.tolist() == [True, False] and pruned.global_to_row.tolist() == [0]
+    assert pruned.oov_rows == {"C1": 0} and pruned.kept_rows["C1"].tolist() == []
