@@ -251,7 +251,8 @@ def run_child(kind: str, opts, log_path: str, extra: Sequence[str] = ()) -> Dict
         why = f"timed out after {opts.timeout_s:g}s" if code is None else f"exited with {code}"
         raise RuntimeError(f"{kind} child {why}; see {log_path}" + (f": {tail}" if tail else ""))
     result.update({"wall_s": round(finished - started, 2), "started": started, "finished": finished,
-                   "peak_rss_bytes": max((rss for _, rss in sampler.samples), default=None),
+                   "peak_rss_bytes": max([rss for _, rss in sampler.samples] + [result.get("self_peak_rss_bytes") or 0])
+                   or None,
                    "samples": sampler.samples})
     return result
 
@@ -550,6 +551,10 @@ def child_main(opts) -> int:
         result = {"error": f"{type(e).__name__}: " + ((str(e).strip().splitlines() or [""])[-1])[:500]}
         _write_json(opts.result, result)
         return 1
+    # The child's own high-water mark: a child that ends within one sampling interval is sampled
+    # at most once, maybe before it has loaded anything.
+    import resource
+    result["self_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     _write_json(opts.result, result)
     return 0
 

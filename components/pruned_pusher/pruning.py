@@ -189,7 +189,7 @@ def prune_vocabulary(lines: Sequence[bytes], tables: Dict[str, np.ndarray],
     global_to_row = np.zeros(len(lines), np.int64)
     kept_rows: Dict[str, np.ndarray] = {}
     oov_rows: Dict[str, int] = {}
-    for field in sorted(set(fields)):
+    for field in sorted(tables):  # a field may have no line (no value at the frequency threshold)
         lines_of = np.flatnonzero(field_of == field)  # the field's values, row = position
         table = tables[field]
         nonzero = np.any(table != 0, axis=1)
@@ -270,6 +270,15 @@ def _vocabulary_saving(lines: Sequence[bytes], pruned: PrunedVocabulary, tables:
     return line_bytes + 8 * int(dropped.sum()) + row_bytes
 
 
+def _fed_by(layer: keras.layers.Layer, source: keras.layers.Layer) -> bool:
+    """Whether `layer`'s input comes straight from `source` (a vocabulary field's table from FieldRows)."""
+    for node in layer._inbound_nodes:  # pylint: disable=protected-access
+        inbound = node.inbound_layers
+        if any(l is source for l in (inbound if isinstance(inbound, (list, tuple)) else [inbound])):
+            return True
+    return False
+
+
 def prune_model(model: keras.Model, prune: bool = True, min_compact_bytes: int = MIN_COMPACT_BYTES,
                 vocabulary: Optional[Sequence[bytes]] = None) -> Tuple[keras.Model, PruningReport]:
     """A copy of `model` whose ``embedding_<field>`` tables keep only their non-zero rows.
@@ -296,10 +305,8 @@ def prune_model(model: keras.Model, prune: bool = True, min_compact_bytes: int =
     field_rows = [layer for layer in model.layers if isinstance(layer, FieldRows)]
     pruned_vocabulary = None
     if prune and vocabulary is not None and len(field_rows) == 1:
-        from components.preprocessing import FIELD_SEPARATOR
-        sep = FIELD_SEPARATOR.encode()
-        vocabulary_tables = {f: embeddings[f].embeddings.numpy() for f in
-                             sorted({line.split(sep, 1)[0].decode() for line in vocabulary}) if f in embeddings}
+        vocabulary_tables = {f: layer.embeddings.numpy() for f, layer in embeddings.items()
+                             if _fed_by(layer, field_rows[0])}
         from components.models import RelativeEmbedding
         relative = {f for f in vocabulary_tables if isinstance(embeddings[f], RelativeEmbedding)}
         candidate = prune_vocabulary(vocabulary, vocabulary_tables, relative)

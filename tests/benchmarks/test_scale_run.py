@@ -247,7 +247,8 @@ def test_one_day_end_to_end_then_merge(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     merged = json.load(open(out + ".json"))
     assert merged["days"]["day1"]["group_adam"]["run_id"] == part["run_id"]
-    assert merged["command"] == f"python -m benchmarks.scale_run --rows {ROWS}"
+    assert merged["command"] == f"python -m benchmarks.scale_run --rows {ROWS}" + "".join(
+        f" --set {value}" for value in TINY[1:8:2])
     assert len(merged["missing"]) == 5 and "day 1 adam" in merged["missing"]
     targets = _targets(merged)
     assert targets["parity"]["met"] is None  # days 2 and 3 are missing

@@ -432,3 +432,24 @@ def test_a_vocabulary_of_zero_rows_keeps_one_line():
     pruned = pruning.prune_vocabulary(lines, {"C1": np.zeros([3, 4], np.float32)})
     assert pruned.keep_line.tolist() == [True, False] and pruned.global_to_row.tolist() == [0]
     assert pruned.oov_rows == {"C1": 0} and pruned.kept_rows["C1"].tolist() == []
+
+
+def test_a_field_without_vocabulary_lines_is_pruned_with_the_vocabulary():
+    """A vocabulary field with no value at the frequency threshold has no line, only its OOV row:
+    its table still follows FieldRows' -1 for unseen values (it used to stay a plain Embedding and
+    fail on -1)."""
+    from components import models
+    lines = [b"C1\x1fa", b"C1\x1fb"]
+    model = models.build_model("dnn", [], ["C1", "C2"], {"C1": 3, "C2": 1}, embedding_dim=4, hidden_units=(3,),
+                               global_to_row=np.array([0, 1]), oov_rows={"C1": 2, "C2": 0})
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=[3, 4]).astype(np.float32)
+    table[1:] = 0.0  # "b" and the OOV row
+    model.get_layer("embedding_C1").set_weights([table])
+    model.get_layer("embedding_C2").set_weights([rng.normal(size=[1, 4]).astype(np.float32)])
+    pruned, report = pruning.prune_model(model, min_compact_bytes=0, vocabulary=lines)
+    assert isinstance(pruned.get_layer("embedding_C2"), pruning.VocabularyEmbedding)
+    old = {"C1": tf.constant([0, 1, -1], tf.int64), "C2": tf.constant([-1, -1, -1], tf.int64)}
+    assert report.vocabulary.keep_line.tolist() == [True, False]
+    new = {"C1": tf.constant([0, -1, -1], tf.int64), "C2": old["C2"]}
+    np.testing.assert_allclose(pruned(new).numpy(), model(old).numpy(), atol=1e-7)
