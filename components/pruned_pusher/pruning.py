@@ -410,8 +410,13 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
             lines = f.read().split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
-    pruned, report = prune_model(load_trained_model(trained_model_dir), prune=prune,
-                                 min_compact_bytes=min_compact_bytes, vocabulary=lines)
+    trained = load_trained_model(trained_model_dir)
+    if hasattr(trained, "tft_layer"):
+        # The trained model's own Transform layer (revived with it, with the full vocabulary as its
+        # asset): the clone would keep it and the export would store that vocabulary beside the
+        # pruned one. The signatures below attach the export's own Transform layer.
+        delattr(trained, "tft_layer")
+    pruned, report = prune_model(trained, prune=prune, min_compact_bytes=min_compact_bytes, vocabulary=lines)
     with tempfile.TemporaryDirectory(prefix="pruned-transform-") as scratch:
         if report.vocabulary is not None:
             # The export's Transform graph: the trained one with only the kept vocabulary lines (the

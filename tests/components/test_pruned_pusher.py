@@ -148,6 +148,7 @@ def test_push_writes_a_pruned_version_with_the_measured_properties(trained, push
     trained_lines = vocabulary(os.path.join(trained["model_uri"], "Format-Serving"))
     assert props["vocabulary_lines"] == len(trained_lines)
     pushed_lines = vocabulary(version_dir)
+    assert os.listdir(os.path.join(version_dir, "assets")) == ["categorical"]  # not the trained one as well
     assert props["vocabulary_lines_kept"] == len(pushed_lines) <= len(trained_lines)
     assert pushed_lines == [line for line in trained_lines if line in set(pushed_lines)]  # same order
     # ... and the SavedModel by more: the Trainer's SavedModel here also holds Group Adam's slots.
