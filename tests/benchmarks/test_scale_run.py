@@ -112,7 +112,31 @@ def test_merge_reports_missed_targets_and_what_is_not_measured(tmp_path):
     assert targets["warm_start_steps"]["met"] is None and targets["day3_size_growth"]["met"] is None
     assert targets["group_adam_row_sparsity"]["met"] is False  # day 1 already misses it
     assert result["missing"] == ["day 2 group_adam", "day 2 adam", "day 3 group_adam", "day 3 adam"]
-    assert "NOT MEASURED" in (tmp_path / "out.txt").read_text()
+    # Each target says how each day fared: day 1 measured, the others not run.
+    assert targets["parity"]["by_day"] == {"day1": True, "day2": None, "day3": None}
+    assert targets["group_adam_row_sparsity"]["by_day"]["day1"] is False
+    text = (tmp_path / "out.txt").read_text()
+    assert "NOT MEASURED" in text
+    assert "[NOT MEASURED] parity <= 1e-06 (pruned vs trained model, Group Adam) (day1 met, day2 -, day3 -)" in text
+
+
+def test_warm_day_that_never_reaches_day_one_auc_fails(tmp_path):
+    parts = [_part(d, o) for d in scale_run.DAYS for o in scale_run.OPTIMIZERS]
+    parts[2] = _part(2, "group_adam", quality__val_auc_by_epoch=[0.79, 0.791, 0.792, 0.793])
+    _write_parts(tmp_path / "work", parts)
+    target = _targets(scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out")))["warm_start_steps"]
+    assert target["by_day"] == {"day2": False, "day3": True} and target["met"] is False
+
+
+def test_serving_model_memory_is_rss_above_the_idle_process(tmp_path):
+    part = _part(1, "group_adam")
+    part["serving"]["pruned"]["rss_idle_bytes"] = 250e6
+    _write_parts(tmp_path / "work", [part])
+    result = scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))
+    row = result["summary"]["day1/group_adam"]
+    assert row["pruned_model_rss_bytes"] == 50e6 and row["unpruned_model_rss_bytes"] is None
+    assert _targets(result)["serving_rss"]["values"]["day1"]["pruned_model"] == 50e6
+    assert "model MB" in (tmp_path / "out.txt").read_text()
 
 
 def test_merge_of_a_smaller_size_names_it_in_the_command(tmp_path):
@@ -130,6 +154,12 @@ def test_merge_names_the_set_overrides_in_the_command(tmp_path):
     result = scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))
     assert result["command"] == "python -m benchmarks.scale_run"
     assert any("different --set overrides" in note for note in result["notes"])
+    # What every part shares goes into the command; the note names only the rest.
+    _write_parts(tmp_path / "work", [_part(1, "adam", sets=sets + ["trainer.epochs=2"])])
+    result = scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))
+    assert result["command"] == "python -m benchmarks.scale_run --set trainer.batch_size=1024"
+    note = next(n for n in result["notes"] if "different --set overrides" in n)
+    assert "day1/adam: --set trainer.epochs=2" in note and "day1/group_adam: none" in note
 
 
 def test_steps_to_reach_and_kept_epoch():
