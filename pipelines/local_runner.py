@@ -1,9 +1,12 @@
 """Run the pipeline locally: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from components.dataset_spec import DatasetSpec, load_spec
 from pipelines import generator, summary as run_summary
@@ -32,6 +35,35 @@ def check_data_root(path: str) -> None:
                 handle.read(1)
         except OSError as e:
             raise DataError(f"--data {path}: cannot read {f}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def run_scratch(output_dir: str) -> Iterator[str]:
+    """Temporary files of one local run under ``<output_dir>/.scratch/``, removed when it ends.
+
+    TFX builds a 49 MB ``tfx_ephemeral`` sdist into a new temp folder for every Beam component it
+    runs (to ship itself to remote workers; the DirectRunner's workers never read it) and leaves it
+    there, as Beam leaves its pipeline temp folders: ~200 MB of /tmp per run, forever, on a machine
+    that retrains on a schedule. The run's process and its Beam worker processes (TMPDIR) write
+    them here instead.
+    """
+    path = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=_mkdirs(os.path.join(output_dir, ".scratch")))
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = path, path
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _mkdirs(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 # Generated data is one file per daily span; a run reads the newest one (data.span_window 1).
@@ -122,8 +154,9 @@ def run(config: PipelineConfig, score_rows: int = 0) -> Dict[str, Any]:
     try:
         input_bytes = sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(data_root) for n in names)
         result["beam_pipeline_args"] = beam_pipeline_args(config, input_bytes)
-        tfx.orchestration.LocalDagRunner().run(
-            create_pipeline(config, data_root, spec, input_bytes=input_bytes))
+        with run_scratch(config.output_dir):
+            tfx.orchestration.LocalDagRunner().run(
+                create_pipeline(config, data_root, spec, input_bytes=input_bytes))
         result["status"] = "succeeded"
     except Exception as e:  # noqa: BLE001 -- reported in the summary and as the CLI's one-line error
         result["status"] = "failed"

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.e2e
 ROWS = 3000
 
 
-def run_cli(*args, timeout=900):
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_USE_LEGACY_KERAS="1")
+def run_cli(*args, timeout=900, **env_vars):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_USE_LEGACY_KERAS="1", **env_vars)
     return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -26,11 +26,23 @@ def run_cli(*args, timeout=900):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    proc = run_cli("run", "--rows", str(ROWS), "--output", str(out), "--epochs", "2", "--score-rows", "3")
+    tmpdir = tmp_path_factory.mktemp("demo-tmpdir")  # what the run leaves in the machine's temp folder
+    proc = run_cli("run", "--rows", str(ROWS), "--output", str(out), "--epochs", "2", "--score-rows", "3",
+                   TMPDIR=str(tmpdir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "summary.json") as f:
         summary = json.load(f)
+    proc.tmpdir = tmpdir
     return out, summary, proc
+
+
+def test_run_leaves_no_temporary_files(demo_run):
+    # TFX's per-Beam-component tfx_ephemeral sdist (49 MB) and Beam's pipeline temp folders went to
+    # the temp folder and stayed there: the run now writes them under <output>/.scratch and removes them.
+    out, _, proc = demo_run
+    left = [os.path.relpath(os.path.join(r, n), proc.tmpdir) for r, ds, fs in os.walk(proc.tmpdir) for n in ds + fs]
+    assert not [p for p in left if "tfx_ephemeral" in p or "beam-pipeline-temp" in p], left[:20]
+    assert os.listdir(out / ".scratch") == []
 
 
 def _artifacts(out):

@@ -39,3 +39,21 @@ def test_generated_data_is_the_next_span_once_a_model_was_pushed(tmp_path):
     prepare_data(_config(tmp_path, rows=200))
     assert _files(data_dir) == ["clicks-00000.tsv"]
     assert sum(1 for _ in open(os.path.join(data_dir, "clicks-00000.tsv"))) == 200
+
+
+def test_run_scratch_is_the_temp_folder_of_the_run_and_its_subprocesses_then_goes(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipelines.local_runner import run_scratch
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "outer"))
+    before = tempfile.tempdir
+    with run_scratch(str(tmp_path / "out")) as scratch:
+        assert os.path.dirname(scratch) == str(tmp_path / "out" / ".scratch")
+        assert os.path.dirname(tempfile.mkdtemp()) == scratch
+        child = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.mkdtemp())"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert os.path.dirname(child) == scratch  # Beam's worker processes inherit it
+    assert not os.path.exists(scratch) and os.listdir(tmp_path / "out" / ".scratch") == []
+    assert os.environ["TMPDIR"] == str(tmp_path / "outer") and tempfile.tempdir == before
