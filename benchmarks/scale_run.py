@@ -29,13 +29,17 @@ Measured per invocation:
 * in serving, for the pushed (pruned) version and the unpruned export each, served by
   `serving/local_server/` in a fresh process: process start-up, load time (version published ->
   AVAILABLE), RSS after load and after the requests and peak (VmHWM), p50/p99 latency of
-  ``serving_default`` requests of real eval rows at batch 1 and 64 over gRPC and REST (one client,
-  sequential requests with the client's request validation, after warm-up requests).
+  ``serving_default`` requests of real eval rows at batch 1 and 64 over gRPC and REST (sequential
+  requests with the client's request validation, after warm-up requests; both models are served at
+  once and take turns request by request, so that a shared machine's load falls on both alike).
+  ``--day N --optimizer X --remeasure-serving`` measures a finished day's two models again.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import glob
 import json
 import os
 import platform
@@ -409,15 +413,12 @@ def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
     return {"p50_ms": round(float(np.percentile(array, 50)), 3), "p99_ms": round(float(np.percentile(array, 99)), 3)}
 
 
-def serve_and_measure(version_dir: str, examples: Sequence[bytes], requests: int, work_dir: str,
-                      batches: Sequence[int] = (1, 64)) -> Dict[str, Any]:
-    """Serve `version_dir` in a fresh `serving.local_server` process and measure it (see the module doc)."""
+def start_serving(version_dir: str, work_dir: str) -> Tuple[Any, Dict[str, Any]]:
+    """A fresh `serving.local_server` process serving `version_dir`: (the process, its start-up, load
+    time and RSS before and after the load)."""
     import requests as http
 
     from components.serving_check.check import ServingProcess
-    from serving.grpc_client import GrpcClient
-    from serving.rest_client import RestClient
-    from serving.retry import NO_RETRY
 
     base = os.path.join(work_dir, "base")
     os.makedirs(os.path.join(base, MODEL_NAME), exist_ok=True)
@@ -454,29 +455,65 @@ def serve_and_measure(version_dir: str, examples: Sequence[bytes], requests: int
             time.sleep(0.05)
         out["load_s"] = round(time.monotonic() - published, 3)
         out["rss_loaded_bytes"] = (_proc_kib(server.proc.pid, "VmRSS") or 0) * 1024
-        cells: Dict[str, Any] = {}
-        with RestClient(server.rest_url, MODEL_NAME, timeout_s=60, retry=NO_RETRY) as rest, \
-                GrpcClient(server.grpc_target, MODEL_NAME, timeout_s=60, retry=NO_RETRY) as grpc_client:
-            for protocol, client in (("grpc", grpc_client), ("rest", rest)):
-                for batch in batches:
-                    windows = [list(examples[(i * batch) % len(examples):][:batch]) for i in range(requests)]
-                    windows = [w if len(w) == batch else list(examples[:batch]) for w in windows]
-                    for w in windows[:max(5, requests // 10)]:  # warm-up: connection, first calls
-                        client.predict_examples(w)
-                    latencies = []
-                    for w in windows:  # with the client's request validation, as in production
-                        t0 = time.perf_counter()
-                        answer = client.predict_examples(w)
-                        latencies.append(time.perf_counter() - t0)
-                        if len(answer) != len(w):
-                            raise RuntimeError(f"{protocol} batch {batch}: {len(answer)} answers to {len(w)} rows")
-                    cells[f"{protocol}/batch{batch}"] = dict(_percentiles(latencies), requests=len(latencies),
-                                                            batch=len(windows[0]))
-        out["latency"] = cells
-        out["rss_bytes"] = (_proc_kib(server.proc.pid, "VmRSS") or 0) * 1024
-        out["peak_rss_bytes"] = (_proc_kib(server.proc.pid, "VmHWM") or 0) * 1024
-    finally:
+    except BaseException:
         server.stop()
+        raise
+    return server, out
+
+
+def interleaved_latency(clients: Dict[str, Any], examples: Sequence[bytes], requests: int,
+                        batch: int) -> Dict[str, Dict[str, Any]]:
+    """p50/p99 of `requests` timed requests of `batch` rows to each client, taking turns request by
+    request (the order flips every round), so that the machine's load drifts over both alike."""
+    windows = [list(examples[(i * batch) % len(examples):][:batch]) for i in range(requests)]
+    windows = [w if len(w) == batch else list(examples[:batch]) for w in windows]
+    for client in clients.values():
+        for w in windows[:max(5, requests // 10)]:  # warm-up: connection, first calls
+            client.predict_examples(w)
+    latencies: Dict[str, List[float]] = {label: [] for label in clients}
+    labels = list(clients)
+    for i, w in enumerate(windows):
+        for label in labels if i % 2 == 0 else labels[::-1]:
+            t0 = time.perf_counter()  # with the client's request validation, as in production
+            answer = clients[label].predict_examples(w)
+            latencies[label].append(time.perf_counter() - t0)
+            if len(answer) != len(w):
+                raise RuntimeError(f"{label} batch {batch}: {len(answer)} answers to {len(w)} rows")
+    return {label: dict(_percentiles(values), requests=len(values), batch=batch)
+            for label, values in latencies.items()}
+
+
+def serve_and_measure(version_dirs: Dict[str, str], examples: Sequence[bytes], requests: int, work_dir: str,
+                      batches: Sequence[int] = (1, 64)) -> Dict[str, Dict[str, Any]]:
+    """Serve each of `version_dirs` ({label: SavedModel folder}) in a fresh `serving.local_server`
+    process (started and loaded one after the other), then time them side by side (see the module doc)."""
+    from serving.grpc_client import GrpcClient
+    from serving.rest_client import RestClient
+    from serving.retry import NO_RETRY
+
+    servers: Dict[str, Any] = {}
+    out: Dict[str, Dict[str, Any]] = {}
+    try:
+        for label, version_dir in version_dirs.items():
+            servers[label], out[label] = start_serving(version_dir, os.path.join(work_dir, label))
+            out[label]["latency"] = {}
+        with contextlib.ExitStack() as stack:
+            for protocol in ("grpc", "rest"):
+                clients = {}
+                for label, server in servers.items():
+                    client = (GrpcClient(server.grpc_target, MODEL_NAME, timeout_s=60, retry=NO_RETRY)
+                              if protocol == "grpc" else
+                              RestClient(server.rest_url, MODEL_NAME, timeout_s=60, retry=NO_RETRY))
+                    clients[label] = stack.enter_context(client)
+                for batch in batches:
+                    for label, cell in interleaved_latency(clients, examples, requests, batch).items():
+                        out[label]["latency"][f"{protocol}/batch{batch}"] = cell
+        for label, server in servers.items():
+            out[label]["rss_bytes"] = (_proc_kib(server.proc.pid, "VmRSS") or 0) * 1024
+            out[label]["peak_rss_bytes"] = (_proc_kib(server.proc.pid, "VmHWM") or 0) * 1024
+    finally:
+        for server in servers.values():
+            server.stop()
     return out
 
 
@@ -488,11 +525,10 @@ def child_serving(opts) -> Dict[str, Any]:
     examples = _eval_examples(inputs["examples_uri"], 64 * 16)
     if not examples:
         raise RuntimeError(f"no eval examples under {inputs['examples_uri']}")
-    out: Dict[str, Any] = {"examples": len(examples)}
-    for label in ("pruned", "unpruned"):
-        if inputs.get(label):
-            with tempfile.TemporaryDirectory(prefix=f"scale-serve-{label}-") as tmp:
-                out[label] = serve_and_measure(inputs[label], examples, opts.serving_requests, tmp)
+    version_dirs = {label: inputs[label] for label in ("pruned", "unpruned") if inputs.get(label)}
+    with tempfile.TemporaryDirectory(prefix="scale-serve-") as tmp:
+        out: Dict[str, Any] = serve_and_measure(version_dirs, examples, opts.serving_requests, tmp)
+    out["examples"] = len(examples)
     return out
 
 
@@ -694,19 +730,49 @@ def run_invocation(opts) -> Dict[str, Any]:
             part["stages"]["unpruned_export"] = _stage(exported)
             part["unpruned"] = {k: exported[k] for k in ("dir", "saved_model_bytes", "embedding_bytes",
                                                          "embedding_rows", "export_s", "warmup_requests")}
-    if part["push"]["pushed"] and examples_uri:
-        print(f"day {day} {optimizer}: serving", flush=True)
-        targets = {"examples_uri": examples_uri, "pruned": part["push"]["path"],
-                   "unpruned": (part.get("unpruned") or {}).get("dir")}
-        served = run_child("serving", opts, os.path.join(logs, f"serving-day-{day}-{optimizer}.log"),
-                           ["--child-args", json.dumps(targets)])
-        if served.get("error"):
-            part["serving"] = {"error": served["error"]}
-        else:
-            part["stages"]["serving_measurement"] = _stage(served)
-            part["serving"] = {k: served[k] for k in ("pruned", "unpruned", "examples") if k in served}
+    part["examples_uri"] = examples_uri
+    measure_serving(opts, part)
     part["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     _write_json(part_path(work, day, optimizer), part)
+    return part
+
+
+def measure_serving(opts, part: Dict[str, Any]) -> None:
+    """The pushed (pruned) model and the unpruned export of `part`, served and timed side by side."""
+    if not (part.get("push") or {}).get("pushed") or not part.get("examples_uri"):
+        return
+    day, optimizer = part["day"], part["optimizer"]
+    print(f"day {day} {optimizer}: serving", flush=True)
+    targets = {"examples_uri": part["examples_uri"], "pruned": part["push"]["path"],
+               "unpruned": (part.get("unpruned") or {}).get("dir")}
+    served = run_child("serving", opts, os.path.join(opts.work, "logs", f"serving-day-{day}-{optimizer}.log"),
+                       ["--child-args", json.dumps(targets)])
+    if served.get("error"):
+        part["serving"] = {"error": served["error"]}
+    else:
+        part["stages"]["serving_measurement"] = _stage(served)
+        part["serving"] = {k: served[k] for k in ("pruned", "unpruned", "examples") if k in served}
+        part["serving"]["measured"] = datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def remeasure_serving(opts) -> Dict[str, Any]:
+    """Serve a finished (day, optimizer)'s two models again and update its part."""
+    path = part_path(opts.work, opts.day, opts.optimizer)
+    part = _read_json(path)
+    if not part:
+        raise SystemExit(f"error: no part for day {opts.day} {opts.optimizer} under {opts.work}: run the day first")
+    if not part.get("examples_uri"):  # a part written before it was recorded: that run's ExampleGen output
+        started, finished = (datetime.datetime.fromisoformat(part[k]).timestamp() for k in ("started", "finished"))
+        written = [p for p in glob.glob(os.path.join(output_dir(opts.work, opts.optimizer), "pipeline_root",
+                                                     "ClickLogExampleGen", "examples", "*"))
+                   if started <= os.path.getmtime(p) <= finished]
+        part["examples_uri"] = written[0] if len(written) == 1 else None
+    missing = [p for p in ((part.get("push") or {}).get("path"), (part.get("unpruned") or {}).get("dir"),
+                           part.get("examples_uri")) if not p or not os.path.exists(p)]
+    if missing:
+        raise SystemExit(f"error: day {opts.day} {opts.optimizer}: {missing[0]} is gone: rerun the day")
+    measure_serving(opts, part)
+    _write_json(path, part)
     return part
 
 
@@ -928,7 +994,6 @@ def merge(work: str, out_prefix: str) -> Dict[str, Any]:
             part = _read_json(part_path(work, day, optimizer))
             if part is not None:
                 parts[day, optimizer] = part
-    import glob
     checks = {}  # rows -> check: those beside the output, then the work folder's
     for path in sorted(glob.glob(vocabulary_result_path(out_prefix, "*"))) + \
             sorted(glob.glob(vocabulary_part_path(work, "*"))):
@@ -1068,6 +1133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sample-s", type=float, default=0.5, help="RSS sampling interval")
     parser.add_argument("--timeout-s", type=float, default=4 * 3600, help="limit of each child process")
     parser.add_argument("--redo", action="store_true", help="without --day: rerun days that have a part")
+    parser.add_argument("--remeasure-serving", action="store_true",
+                        help="with --day and --optimizer: serve and time that finished day's models again")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -1092,6 +1159,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if (opts.day is None) != (opts.optimizer is None):
         parser.error("--day and --optimizer go together")
+    if opts.remeasure_serving:
+        if opts.day is None:
+            parser.error("--remeasure-serving needs --day and --optimizer")
+        part = remeasure_serving(opts)
+        print(json.dumps({label: {k: (part.get("serving") or {}).get(label, {}).get(k) for k in ("load_s", "rss_bytes")}
+                          for label in ("pruned", "unpruned")}))
+        return 0 if "error" not in (part.get("serving") or {}) else 1
     if opts.day is not None:
         part = run_invocation(opts)
         q = part.get("quality") or {}

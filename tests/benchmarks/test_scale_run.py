@@ -162,6 +162,39 @@ def test_merge_names_the_set_overrides_in_the_command(tmp_path):
     assert "day1/adam: --set trainer.epochs=2" in note and "day1/group_adam: none" in note
 
 
+def test_interleaved_latency_takes_turns_and_flips_the_order():
+    calls = []
+
+    class Recorder:  # stands in for the network: what is timed here is the order of the requests
+        def __init__(self, label):
+            self.label = label
+
+        def predict_examples(self, rows):
+            calls.append(self.label)
+            return [0.5] * len(rows)
+
+    cells = scale_run.interleaved_latency({"pruned": Recorder("pruned"), "unpruned": Recorder("unpruned")},
+                                          [b"x"] * 10, requests=20, batch=4)
+    warmup = 2 * 5
+    assert calls[:warmup] == ["pruned"] * 5 + ["unpruned"] * 5
+    timed = calls[warmup:]
+    assert timed[:4] == ["pruned", "unpruned", "unpruned", "pruned"] and len(timed) == 40
+    assert all(cell["requests"] == 20 and cell["batch"] == 4 for cell in cells.values())
+    assert all(0 <= cell["p50_ms"] <= cell["p99_ms"] for cell in cells.values())
+
+
+def test_remeasure_serving_needs_a_finished_day_and_its_models(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        scale_run.main(["--day", "1", "--optimizer", "group_adam", "--remeasure-serving", "--work", str(tmp_path)])
+    assert "run the day first" in str(e.value)
+    part = _part(1, "group_adam", examples_uri=str(tmp_path))
+    part["push"]["path"] = str(tmp_path / "gone")
+    _write_parts(tmp_path, [part])
+    with pytest.raises(SystemExit) as e:
+        scale_run.main(["--day", "1", "--optimizer", "group_adam", "--remeasure-serving", "--work", str(tmp_path)])
+    assert "gone is gone: rerun the day" in str(e.value)
+
+
 def test_steps_to_reach_and_kept_epoch():
     q = {"val_auc_by_epoch": [0.7, 0.72, 0.71], "steps": 300, "epochs": 3, "best_epoch": 2}
     assert scale_run.kept_epoch_auc(q) == 0.72
@@ -272,6 +305,17 @@ def test_one_day_end_to_end_then_merge(tmp_path):
         assert set(served["latency"]) == {"grpc/batch1", "grpc/batch64", "rest/batch1", "rest/batch64"}
         for cell in served["latency"].values():
             assert 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["requests"] == 20
+
+    # The two models served again (side by side, requests taking turns): the part's serving is new.
+    proc = _cli("--day", "1", "--optimizer", "group_adam", "--remeasure-serving", "--work", work,
+                "--serving-requests", "10")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = json.load(open(scale_run.part_path(work, 1, "group_adam")))
+    assert again["serving"]["measured"] >= part["serving"]["measured"]
+    for label in ("pruned", "unpruned"):
+        assert {c["requests"] for c in again["serving"][label]["latency"].values()} == {10}
+        assert again["serving"][label]["load_s"] > 0
+    assert again["quality"] == part["quality"] and again["push"] == part["push"]
 
     proc = _cli("--merge", "--work", work, "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
