@@ -1129,7 +1129,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", help="pipeline config YAML (pipelines/config.py keys)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="pipeline config override, e.g. trainer.epochs=2 (repeatable)")
-    parser.add_argument("--serving-requests", type=int, default=500, help="timed requests per latency cell")
+    parser.add_argument("--serving-requests", type=int, default=2000,
+                        help="timed requests per model and latency cell (p99 = the 20th slowest of 2000)")
     parser.add_argument("--sample-s", type=float, default=0.5, help="RSS sampling interval")
     parser.add_argument("--timeout-s", type=float, default=4 * 3600, help="limit of each child process")
     parser.add_argument("--redo", action="store_true", help="without --day: rerun days that have a part")
