@@ -822,11 +822,14 @@ def machine() -> Dict[str, Any]:
 # merge: parts -> one output with the targets
 # ------------------------------------------------------------------------------------------------
 def steps_to_reach(quality: Dict[str, Any], target_auc: Optional[float]) -> Optional[float]:
-    """Training steps until the per-epoch eval AUC first reaches `target_auc` (None if it never does)."""
+    """Training steps until the per-epoch eval AUC first reaches `target_auc` (None if it never does).
+
+    `steps` are the kept model's: with early stopping the Trainer restores the best epoch's weights and
+    optimizer state, step counter included, so they are `best_epoch` epochs' worth, not `epochs`'."""
     aucs, steps, epochs = quality.get("val_auc_by_epoch"), quality.get("steps"), quality.get("epochs")
     if not aucs or not steps or not epochs or target_auc is None:
         return None
-    per_epoch = steps / epochs
+    per_epoch = steps / (quality.get("best_epoch") or epochs)
     for i, auc in enumerate(aucs):
         if auc >= target_auc:
             return round((i + 1) * per_epoch, 1)

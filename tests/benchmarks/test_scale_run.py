@@ -196,10 +196,12 @@ def test_remeasure_serving_needs_a_finished_day_and_its_models(tmp_path):
 
 
 def test_steps_to_reach_and_kept_epoch():
-    q = {"val_auc_by_epoch": [0.7, 0.72, 0.71], "steps": 300, "epochs": 3, "best_epoch": 2}
+    # 3 epochs run, the 2nd kept: the Trainer's steps are the kept model's (2 epochs of 100).
+    q = {"val_auc_by_epoch": [0.7, 0.72, 0.71], "steps": 200, "epochs": 3, "best_epoch": 2}
     assert scale_run.kept_epoch_auc(q) == 0.72
-    assert scale_run.steps_to_reach(q, 0.72) == 200
+    assert scale_run.steps_to_reach(q, 0.72) == 200 and scale_run.steps_to_reach(q, 0.7) == 100
     assert scale_run.steps_to_reach(q, 0.73) is None
+    assert scale_run.steps_to_reach({"val_auc_by_epoch": [0.7, 0.72], "steps": 200, "epochs": 2}, 0.7) == 100
     assert scale_run.kept_epoch_auc({"val_auc_by_epoch": [0.6, 0.65]}) == 0.65  # no early stopping: the last
 
 
