@@ -47,7 +47,12 @@ def run_scratch(output_dir: str) -> Iterator[str]:
     that retrains on a schedule. The run's process and its Beam worker processes (TMPDIR) write
     them here instead.
     """
-    path = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=_mkdirs(os.path.join(output_dir, ".scratch")))
+    root = _mkdirs(os.path.join(output_dir, ".scratch"))
+    for name in os.listdir(root):  # left by a run that was killed
+        pid = name.split("-")[1] if name.startswith("run-") and name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root)
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = path, path
     try:
@@ -64,6 +69,16 @@ def run_scratch(output_dir: str) -> Iterator[str]:
 def _mkdirs(path: str) -> str:
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # Generated data is one file per daily span; a run reads the newest one (data.span_window 1).

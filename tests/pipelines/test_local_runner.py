@@ -57,3 +57,18 @@ def test_run_scratch_is_the_temp_folder_of_the_run_and_its_subprocesses_then_goe
         assert os.path.dirname(child) == scratch  # Beam's worker processes inherit it
     assert not os.path.exists(scratch) and os.listdir(tmp_path / "out" / ".scratch") == []
     assert os.environ["TMPDIR"] == str(tmp_path / "outer") and tempfile.tempdir == before
+
+
+def test_run_scratch_removes_what_a_killed_run_left_and_keeps_a_running_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from pipelines.local_runner import run_scratch
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    scratch = tmp_path / "out" / ".scratch"
+    (scratch / f"run-{dead}-abc" / "build").mkdir(parents=True)
+    (scratch / f"run-{os.getppid()}-def").mkdir()  # a live process's run
+    with run_scratch(str(tmp_path / "out")):
+        pass
+    assert sorted(os.listdir(scratch)) == [f"run-{os.getppid()}-def"]
