@@ -2,13 +2,14 @@
 
 Group Adam leaves whole embedding rows at exactly zero. The pruned export keeps only the other rows:
 each ``embedding_<field>`` layer becomes a `CompactEmbedding` that holds the kept rows in a compact
-table and maps a row id to its compact row through a `tf.lookup.StaticHashTable` (kept row -> compact
-row, any other row -> -1 -> a zero vector, which is exactly what the unpruned table returns for a
-zero row). Everything else (FieldRows, the dense layers, the Transform layer, the three signatures)
-is the trained model's own: the Keras model inside the Model artifact is loaded, re-wired with
+table and maps a row id to its compact row through an int32 variable (kept row -> its compact row,
+any other row -> 0, the compact table's zero row: exactly what the unpruned table returns for a
+zero row). Vocabulary fields lose the dropped values' vocabulary lines as well (`prune_vocabulary`).
+Everything else (FieldRows, the dense layers, the Transform layer, the three signatures) is the
+trained model's own: the Keras model inside the Model artifact is loaded, re-wired with
 ``clone_model`` (every layer but the embeddings is reused as is, weights included) and exported with
 the trainer's own signature code (``components.export_signatures``). Only standard TF ops
-(HashTableV2/LookupTableFindV2, GatherV2, SelectV2), so stock TF Serving loads it.
+(GatherV2, SelectV2, and Transform's own vocabulary lookup), so stock TF Serving loads it.
 
 Steps, each a function so the Pusher and the tests share them:
 ``load_trained_model`` -> ``prune_model`` -> ``export_pruned`` -> ``parity_max_abs_error`` ->
@@ -94,8 +95,8 @@ class CompactEmbedding(keras.layers.Layer):
         return tf.gather(self.embeddings, tf.gather(self.compact_row, ids))
 
     def get_config(self):
-        # Not the kept ids themselves: tf.saved_model.save stores every Keras layer's config as JSON
-        # in saved_model.pb, where a list of row ids would cost ~10 bytes per kept row (they are in
+        # Not the kept ids themselves: the export stores every Keras layer's config as JSON (in
+        # keras_metadata.pb), where a list of row ids would cost ~10 bytes per kept row (they are in
         # the `kept_rows` variable already). The pushed model is served, not rebuilt from configs.
         return dict(super().get_config(), kept=len(self._kept), output_dim=self.output_dim,
                     input_dim=self.input_dim)
@@ -428,10 +429,14 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
             with open(os.path.join(copy, relative), "wb") as f:
                 f.write(b"".join(line + b"\n" for line in kept))
             tft_output = tft.TFTransformOutput(copy)
-        # tf.saved_model.save, not Keras' model.save: TF Serving needs only the signatures, not
-        # keras_metadata.pb (the pushed model is not reloaded as a Keras model), and no optimizer
-        # state is saved (the trained model's Group Adam slots are 3x its tables).
-        tf.saved_model.save(pruned, export_dir, signatures=export_signatures.signatures(pruned, tft_output, spec))
+        # Without traces: by default every Keras layer's call functions are saved beside the
+        # signatures (198 functions instead of 20 for a 26-field DNN) and a server loading the
+        # SavedModel revives them all: at 1.3M embedding rows that was 0.55 MB more saved_model.pb
+        # and ~50 MB more memory per loaded version (benchmarks/scale_run.py). The pushed model is
+        # served, never revived as Keras, so its signatures are all it needs; no optimizer state
+        # (the trained model's Group Adam slots are 3x its tables).
+        pruned.save(export_dir, save_format="tf", include_optimizer=False, save_traces=False,
+                    signatures=export_signatures.signatures(pruned, tft_output, spec))
     return report
 
 

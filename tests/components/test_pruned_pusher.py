@@ -160,7 +160,7 @@ def test_push_writes_a_pruned_version_with_the_measured_properties(trained, push
 
 
 def test_saved_model_shrinks_by_the_dropped_rows_against_the_same_export_unpruned(trained, pushed, tmp_path):
-    # Like for like: the same export (tf.saved_model.save, same signatures, no optimizer state) with
+    # Like for like: the same export (same signatures, no layer traces, no optimizer state) with
     # the full tables and vocabulary. The served model is smaller by the zero rows, the dropped
     # vocabulary lines and their 8-byte entries of the global id map.
     artifact = pushed["artifact"]
@@ -179,9 +179,10 @@ def test_saved_model_shrinks_by_the_dropped_rows_against_the_same_export_unprune
     dropped = set(vocabulary(unpruned)) - set(vocabulary(version_dir))
     assert len(dropped) == dropped_lines
     assert assets(unpruned) - assets(version_dir) == sum(len(line) + 1 for line in dropped)
-    # The lookups' ops in saved_model.pb: a fixed cost per compacted table, whatever its rows.
-    graph_growth = (os.path.getsize(os.path.join(version_dir, "saved_model.pb"))
-                    - os.path.getsize(os.path.join(unpruned, "saved_model.pb")))
+    # The lookups' ops and the layers' configs: a fixed cost per compacted table, whatever its rows.
+    graph = lambda d: sum(os.path.getsize(os.path.join(d, name))  # noqa: E731
+                          for name in ("saved_model.pb", "keras_metadata.pb"))
+    graph_growth = graph(version_dir) - graph(unpruned)
     assert abs(graph_growth) < pruning.MIN_COMPACT_BYTES * props["compacted_tables"], graph_growth
     whole = pruning.dir_size(unpruned) - props["size_after_bytes"]
     expected = removed + 8 * dropped_lines + assets(unpruned) - assets(version_dir) - graph_growth
@@ -202,13 +203,34 @@ def test_pushed_model_keeps_the_three_signatures_and_scores_like_the_trained_mod
     # The pruned graph really holds compact tables: the non-zero rows (plus one zero row) of each
     # compacted table.
     def table_rows(loaded):
-        return {v.name.split("/")[0][len("embedding_"):]: int(v.shape[0]) for v in loaded.variables
+        # The serving signature's variables (the pushed model is saved without Keras' attributes).
+        return {v.name.split("/")[0][len("embedding_"):]: int(v.shape[0])
+                for v in loaded.signatures["serving_default"].variables
                 if v.name.startswith("embedding_C") and v.name.endswith("/embeddings:0") and v.shape.rank == 2}
     props = pushed["artifact"].mlmd_artifact.custom_properties
     tables = trained["sparsity"]["tables"]
     assert table_rows(before) == {f: t["rows"] for f, t in tables.items()}
     assert props["compacted_tables"].int_value == len(tables) == 8
     assert table_rows(after) == {f: t["rows"] - t["zero_rows"] + 1 for f, t in tables.items()}
+
+
+def test_pushed_model_holds_the_signatures_and_no_layer_traces(trained, pushed):
+    # Every function a server revives costs it memory (~50 MB per version at 1.3M rows): the pushed
+    # SavedModel holds the signatures' functions, not each Keras layer's call traces as the Trainer's.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    def functions(saved_model_dir):
+        saved_model = saved_model_pb2.SavedModel()
+        with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+            saved_model.ParseFromString(f.read())
+        return [f.signature.name for f in saved_model.meta_graphs[0].graph_def.library.function]
+
+    version_dir = pushed["artifact"].get_string_custom_property("pushed_destination")
+    trained_functions = functions(os.path.join(trained["model_uri"], "Format-Serving"))
+    pushed_functions = functions(version_dir)
+    assert any("layer_call" in name for name in trained_functions)
+    assert not [name for name in pushed_functions if "layer_call" in name]
+    assert len(pushed_functions) < len(trained_functions) / 3
 
 
 def test_warmup_records_are_prediction_logs_the_signature_accepts(trained, pushed):
@@ -246,7 +268,8 @@ def test_parity_failure_names_the_measured_error(trained, pushed, tmp_path):
     version_dir = pushed["artifact"].get_string_custom_property("pushed_destination")
     trained_dir = os.path.join(trained["model_uri"], "Format-Serving")
     off = tf.saved_model.load(version_dir)
-    table = next(v for v in off.variables if v.name.endswith("/embeddings:0") and v.shape[0] > 0)
+    table = next(v for v in off.signatures["serving_default"].variables
+                 if v.name.endswith("/embeddings:0") and v.shape[0] > 0)
     table.assign(table + 0.5)
     off_dir = str(tmp_path / "off")
     tf.saved_model.save(off, off_dir, signatures=dict(off.signatures))
