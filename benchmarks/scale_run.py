@@ -32,7 +32,11 @@ Measured per invocation:
   ``serving_default`` requests of real eval rows at batch 1 and 64 over gRPC and REST (sequential
   requests with the client's request validation, after warm-up requests; both models are served at
   once and take turns request by request, so that a shared machine's load falls on both alike).
-  ``--day N --optimizer X --remeasure-serving`` measures a finished day's two models again.
+  ``--day N --optimizer X --remeasure-serving`` measures a finished day's two models again;
+  ``--day N --optimizer X --repush`` first pushes that day's trained model again with the Pusher's
+  current code (`pruning.prune_and_push`, into ``<work>/<optimizer>/repush/day-N/``, so the daily
+  serving directory and the warm starts are untouched) and redoes its unpruned export: the part's push
+  figures become the re-push's (the pipeline's own push is kept as ``push_as_run``).
 """
 from __future__ import annotations
 
@@ -393,6 +397,48 @@ def child_export(opts) -> Dict[str, Any]:
             "embedding_rows": report.rows, "export_s": round(export_s, 2), "warmup_requests": warmups}
 
 
+def repush_dir(work: str, day: int, optimizer: str) -> str:
+    return os.path.join(output_dir(work, optimizer), "repush", f"day-{day}")
+
+
+def _push_record(push: Dict[str, Any]) -> Dict[str, Any]:
+    """The part's push figures from the pipeline summary's push section (the Pusher's properties)."""
+    return {"pushed": bool(push.get("pushed")), "version": push.get("version"), "path": push.get("path"),
+            "pruned_bytes": push.get("size_after_bytes", push.get("size_bytes")),
+            "trained_model_bytes": push.get("size_before_bytes"),
+            "embedding_bytes_before": push.get("embedding_bytes_before"),
+            "embedding_bytes_after": push.get("embedding_bytes_after"),
+            "id_map_bytes": push.get("id_map_bytes"), "compacted_tables": push.get("compacted_tables"),
+            "vocabulary_lines": push.get("vocabulary_lines"),
+            "vocabulary_lines_kept": push.get("vocabulary_lines_kept"),
+            "parity_max_abs_error": push.get("parity_max_abs_error"),
+            "warmup_requests": push.get("warmup_requests"), "warm_start_bytes": push.get("warm_start_bytes"),
+            "reason": push.get("reason")}
+
+
+def child_repush(opts) -> Dict[str, Any]:
+    """The day's trained model through the Pusher's own prune-and-push, as the code is now."""
+    from serving.quiet import quiet_process
+    quiet_process(False)
+    from components import push_defaults
+    from components.pruned_pusher import pruning
+    inputs = json.loads(opts.child_args)
+    base = repush_dir(opts.work, opts.day, opts.optimizer)
+    shutil.rmtree(base, ignore_errors=True)
+    examples = _eval_examples(inputs["examples_uri"],
+                              max(push_defaults.PARITY_EXAMPLES, push_defaults.WARMUP_REQUESTS))
+    started = time.time()
+    result = pruning.prune_and_push(inputs["trained_model_dir"], inputs["transform_graph_uri"], examples, base)
+    report = result.report
+    return {"push_s": round(time.time() - started, 2), "push": _push_record({
+        "pushed": True, "version": str(result.version), "path": result.path,
+        "size_after_bytes": result.size_after_bytes, "size_before_bytes": result.size_before_bytes,
+        "embedding_bytes_before": report.embedding_bytes_before, "embedding_bytes_after": report.embedding_bytes_after,
+        "id_map_bytes": report.id_map_bytes, "compacted_tables": report.compacted_tables,
+        "vocabulary_lines": report.vocabulary_lines, "vocabulary_lines_kept": report.vocabulary_lines_kept,
+        "parity_max_abs_error": result.parity_max_abs_error, "warmup_requests": result.warmup_requests})}
+
+
 # -- child: serving ------------------------------------------------------------------------------------
 def _proc_kib(pid: int, key: str) -> Optional[int]:
     try:
@@ -577,7 +623,7 @@ def child_vocabulary(opts) -> Dict[str, Any]:
 
 
 CHILDREN = {"generate": child_generate, "pipeline": child_pipeline, "export": child_export,
-            "serving": child_serving, "vocabulary": child_vocabulary}
+            "repush": child_repush, "serving": child_serving, "vocabulary": child_vocabulary}
 
 
 def child_main(opts) -> int:
@@ -700,41 +746,39 @@ def run_invocation(opts) -> Dict[str, Any]:
                                 "peak_rss_bytes": peak_between(pipe["samples"], window["start"], window["end"]),
                                 "state": window["state"]}
     part["quality"] = _quality(summary, report["bayes_auc"])
-    push = summary.get("push") or {}
-    part["push"] = {"pushed": bool(push.get("pushed")), "version": push.get("version"), "path": push.get("path"),
-                    "pruned_bytes": push.get("size_after_bytes", push.get("size_bytes")),
-                    "trained_model_bytes": push.get("size_before_bytes"),
-                    "embedding_bytes_before": push.get("embedding_bytes_before"),
-                    "embedding_bytes_after": push.get("embedding_bytes_after"),
-                    "id_map_bytes": push.get("id_map_bytes"), "compacted_tables": push.get("compacted_tables"),
-                    "vocabulary_lines": push.get("vocabulary_lines"),
-                    "vocabulary_lines_kept": push.get("vocabulary_lines_kept"),
-                    "parity_max_abs_error": push.get("parity_max_abs_error"),
-                    "warmup_requests": push.get("warmup_requests"), "warm_start_bytes": push.get("warm_start_bytes"),
-                    "reason": push.get("reason")}
+    part["push"] = _push_record(summary.get("push") or {})
     check = ((summary.get("gates") or {}).get("serving_check") or {}).get("measured")
     if check:
         part["serving_check"] = check
     training = summary.get("training") or {}
-    examples_uri = (summary.get("ingestion") or {}).get("examples_uri")
-    if training.get("model_uri") and pipe.get("transform_graph_uri") and examples_uri:
-        print(f"day {day} {optimizer}: unpruned export", flush=True)
-        exported = run_child("export", opts, os.path.join(logs, f"export-day-{day}-{optimizer}.log"), [
-            "--child-args", json.dumps({"trained_model_dir": os.path.join(training["model_uri"], "Format-Serving"),
-                                        "transform_graph_uri": pipe["transform_graph_uri"],
-                                        "examples_uri": examples_uri,
-                                        "warmup_requests": push.get("warmup_requests") or 0})])
-        if exported.get("error"):
-            part["unpruned"] = {"error": exported["error"]}
-        else:
-            part["stages"]["unpruned_export"] = _stage(exported)
-            part["unpruned"] = {k: exported[k] for k in ("dir", "saved_model_bytes", "embedding_bytes",
-                                                         "embedding_rows", "export_s", "warmup_requests")}
-    part["examples_uri"] = examples_uri
+    part["examples_uri"] = (summary.get("ingestion") or {}).get("examples_uri")
+    part["trained_model_dir"] = (os.path.join(training["model_uri"], "Format-Serving")
+                                 if training.get("model_uri") else None)
+    part["transform_graph_uri"] = pipe.get("transform_graph_uri")
+    unpruned_export(opts, part)
     measure_serving(opts, part)
     part["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     _write_json(part_path(work, day, optimizer), part)
     return part
+
+
+def unpruned_export(opts, part: Dict[str, Any]) -> None:
+    """The like-for-like unpruned export of `part`'s trained model (a child process)."""
+    if not (part.get("trained_model_dir") and part.get("transform_graph_uri") and part.get("examples_uri")):
+        return
+    day, optimizer = part["day"], part["optimizer"]
+    print(f"day {day} {optimizer}: unpruned export", flush=True)
+    exported = run_child("export", opts, os.path.join(opts.work, "logs", f"export-day-{day}-{optimizer}.log"), [
+        "--child-args", json.dumps({"trained_model_dir": part["trained_model_dir"],
+                                    "transform_graph_uri": part["transform_graph_uri"],
+                                    "examples_uri": part["examples_uri"],
+                                    "warmup_requests": (part.get("push") or {}).get("warmup_requests") or 0})])
+    if exported.get("error"):
+        part["unpruned"] = {"error": exported["error"]}
+    else:
+        part["stages"]["unpruned_export"] = _stage(exported)
+        part["unpruned"] = {k: exported[k] for k in ("dir", "saved_model_bytes", "embedding_bytes",
+                                                     "embedding_rows", "export_s", "warmup_requests")}
 
 
 def measure_serving(opts, part: Dict[str, Any]) -> None:
@@ -755,22 +799,68 @@ def measure_serving(opts, part: Dict[str, Any]) -> None:
         part["serving"]["measured"] = datetime.datetime.now().isoformat(timespec="seconds")
 
 
-def remeasure_serving(opts) -> Dict[str, Any]:
-    """Serve a finished (day, optimizer)'s two models again and update its part."""
+def _written_during(part: Dict[str, Any], work: str, component: str, output: str) -> Optional[str]:
+    """The artifact folder `component` wrote to `output` during `part`'s run (for parts written before
+    the benchmark recorded it): the one whose mtime falls between the part's start and finish."""
+    if not (part.get("started") and part.get("finished")):
+        return None
+    started, finished = (datetime.datetime.fromisoformat(part[k]).timestamp() for k in ("started", "finished"))
+    written = [p for p in glob.glob(os.path.join(output_dir(work, part["optimizer"]), "pipeline_root",
+                                                 component, output, "*"))
+               if started <= os.path.getmtime(p) <= finished]
+    return written[0] if len(written) == 1 else None
+
+
+_RECORDED_LATER = {"examples_uri": ("ClickLogExampleGen", "examples", ""),
+                   "trained_model_dir": ("Trainer", "model", "Format-Serving"),
+                   "transform_graph_uri": ("Transform", "transform_graph", "")}
+
+
+def finished_part(opts) -> Tuple[str, Dict[str, Any]]:
+    """A finished (day, optimizer)'s part and its path, with the folders it names filled in."""
     path = part_path(opts.work, opts.day, opts.optimizer)
     part = _read_json(path)
     if not part:
         raise SystemExit(f"error: no part for day {opts.day} {opts.optimizer} under {opts.work}: run the day first")
-    if not part.get("examples_uri"):  # a part written before it was recorded: that run's ExampleGen output
-        started, finished = (datetime.datetime.fromisoformat(part[k]).timestamp() for k in ("started", "finished"))
-        written = [p for p in glob.glob(os.path.join(output_dir(opts.work, opts.optimizer), "pipeline_root",
-                                                     "ClickLogExampleGen", "examples", "*"))
-                   if started <= os.path.getmtime(p) <= finished]
-        part["examples_uri"] = written[0] if len(written) == 1 else None
-    missing = [p for p in ((part.get("push") or {}).get("path"), (part.get("unpruned") or {}).get("dir"),
-                           part.get("examples_uri")) if not p or not os.path.exists(p)]
+    for key, (component, output, inside) in _RECORDED_LATER.items():
+        if not part.get(key):
+            found = _written_during(part, opts.work, component, output)
+            part[key] = os.path.join(found, inside) if found and inside else found
+    return path, part
+
+
+def _missing(paths: Sequence[Optional[str]]) -> Optional[str]:
+    return next((p or "(not recorded)" for p in paths if not p or not os.path.exists(p)), None)
+
+
+def remeasure_serving(opts) -> Dict[str, Any]:
+    """Serve a finished (day, optimizer)'s two models again and update its part."""
+    path, part = finished_part(opts)
+    missing = _missing([(part.get("push") or {}).get("path"), (part.get("unpruned") or {}).get("dir"),
+                        part.get("examples_uri")])
     if missing:
-        raise SystemExit(f"error: day {opts.day} {opts.optimizer}: {missing[0]} is gone: rerun the day")
+        raise SystemExit(f"error: day {opts.day} {opts.optimizer}: {missing} is gone: rerun the day")
+    measure_serving(opts, part)
+    _write_json(path, part)
+    return part
+
+
+def repush(opts) -> Dict[str, Any]:
+    """Push a finished (day, optimizer)'s trained model again with the current code, redo its
+    unpruned export, serve both again; update its part (see the module doc)."""
+    path, part = finished_part(opts)
+    missing = _missing([part.get("trained_model_dir"), part.get("transform_graph_uri"), part.get("examples_uri")])
+    if missing:
+        raise SystemExit(f"error: day {opts.day} {opts.optimizer}: {missing} is gone: rerun the day")
+    print(f"day {opts.day} {opts.optimizer}: re-push", flush=True)
+    pushed = run_child("repush", opts, os.path.join(opts.work, "logs", f"repush-day-{opts.day}-{opts.optimizer}.log"),
+                       ["--child-args", json.dumps({k: part[k] for k in _RECORDED_LATER})])
+    if pushed.get("error"):
+        raise SystemExit(f"error: day {opts.day} {opts.optimizer}: re-push: {pushed['error']}")
+    part.setdefault("push_as_run", part.get("push"))
+    part["push"] = dict(pushed["push"], repushed=datetime.datetime.now().isoformat(timespec="seconds"))
+    part["stages"]["repush"] = _stage(pushed)
+    unpruned_export(opts, part)
     measure_serving(opts, part)
     _write_json(path, part)
     return part
@@ -1015,6 +1105,10 @@ def merge(work: str, out_prefix: str) -> Dict[str, Any]:
             for d, o in sorted(parts)))
     if len(sizes) > 1:
         notes.append(f"parts ran with different row counts {sizes}: compare within one size only")
+    repushed = [f"day{d}/{o}" for d, o in sorted(parts) if (parts[d, o].get("push") or {}).get("repushed")]
+    if repushed:
+        notes.append("pushed and unpruned models of " + ", ".join(repushed) + " re-made from the day's trained model "
+                     "by --repush with the Pusher's code as it is now (the pipeline's push: push_as_run in the JSON)")
     missing = [f"day {d} {o}" for d in DAYS for o in OPTIMIZERS if (d, o) not in parts]
     if missing:
         notes.append("not run yet: " + ", ".join(missing) + " (python -m benchmarks.scale_run --day N --optimizer X)")
@@ -1139,6 +1233,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--redo", action="store_true", help="without --day: rerun days that have a part")
     parser.add_argument("--remeasure-serving", action="store_true",
                         help="with --day and --optimizer: serve and time that finished day's models again")
+    parser.add_argument("--repush", action="store_true",
+                        help="with --day and --optimizer: push that finished day's trained model again with the "
+                             "current Pusher code (into <work>/<optimizer>/repush/), redo its unpruned export, "
+                             "serve both again")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -1163,10 +1261,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if (opts.day is None) != (opts.optimizer is None):
         parser.error("--day and --optimizer go together")
-    if opts.remeasure_serving:
+    if opts.remeasure_serving or opts.repush:
         if opts.day is None:
-            parser.error("--remeasure-serving needs --day and --optimizer")
-        part = remeasure_serving(opts)
+            parser.error(f"{'--repush' if opts.repush else '--remeasure-serving'} needs --day and --optimizer")
+        part = repush(opts) if opts.repush else remeasure_serving(opts)
         print(json.dumps({label: {k: (part.get("serving") or {}).get(label, {}).get(k) for k in ("load_s", "rss_bytes")}
                           for label in ("pruned", "unpruned")}))
         return 0 if "error" not in (part.get("serving") or {}) else 1

@@ -195,6 +195,29 @@ def test_remeasure_serving_needs_a_finished_day_and_its_models(tmp_path):
     assert "gone is gone: rerun the day" in str(e.value)
 
 
+def test_merge_notes_the_repushed_parts(tmp_path):
+    repushed = _part(1, "group_adam")
+    repushed["push"]["repushed"] = "2026-12-01T04:00:00"
+    _write_parts(tmp_path / "work", [repushed, _part(1, "adam")])
+    notes = scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))["notes"]
+    assert [n for n in notes if "--repush" in n and "day1/group_adam" in n and "day1/adam" not in n]
+    assert "--repush" in (tmp_path / "out.txt").read_text()
+
+
+def test_repush_needs_a_finished_day_and_its_trained_model(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        scale_run.main(["--day", "2", "--optimizer", "adam", "--repush", "--work", str(tmp_path)])
+    assert "run the day first" in str(e.value)
+    part = _part(2, "adam", examples_uri=str(tmp_path), transform_graph_uri=str(tmp_path),
+                 trained_model_dir=str(tmp_path / "model-gone"))
+    _write_parts(tmp_path, [part])
+    with pytest.raises(SystemExit) as e:
+        scale_run.main(["--day", "2", "--optimizer", "adam", "--repush", "--work", str(tmp_path)])
+    assert "model-gone is gone: rerun the day" in str(e.value)
+    with pytest.raises(SystemExit):
+        scale_run.main(["--repush", "--work", str(tmp_path)])  # needs --day and --optimizer
+
+
 def test_steps_to_reach_and_kept_epoch():
     # 3 epochs run, the 2nd kept: the Trainer's steps are the kept model's (2 epochs of 100).
     q = {"val_auc_by_epoch": [0.7, 0.72, 0.71], "steps": 200, "epochs": 3, "best_epoch": 2}
@@ -318,6 +341,24 @@ def test_one_day_end_to_end_then_merge(tmp_path):
         assert {c["requests"] for c in again["serving"][label]["latency"].values()} == {10}
         assert again["serving"][label]["load_s"] > 0
     assert again["quality"] == part["quality"] and again["push"] == part["push"]
+
+    # Pushed again by the Pusher's current code into a folder of its own, unpruned export redone, both
+    # served again; the pipeline's own push is kept.
+    proc = _cli("--day", "1", "--optimizer", "group_adam", "--repush", "--work", work, "--serving-requests", "5")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    repushed = json.load(open(scale_run.part_path(work, 1, "group_adam")))
+    assert repushed["push_as_run"] == part["push"]
+    new_push = repushed["push"]
+    assert new_push["repushed"] and new_push["path"].startswith(scale_run.repush_dir(work, 1, "group_adam"))
+    assert os.path.isfile(os.path.join(new_push["path"], "saved_model.pb"))
+    assert new_push["pruned_bytes"] > 0 and new_push["parity_max_abs_error"] <= 1e-6
+    assert new_push["embedding_bytes_before"] == part["push"]["embedding_bytes_before"]
+    assert os.path.isdir(part["push"]["path"])  # the day's serving directory is untouched
+    assert repushed["stages"]["repush"]["wall_s"] > 0
+    assert {c["requests"] for c in repushed["serving"]["pruned"]["latency"].values()} == {5}
+    assert repushed["serving"]["pruned"]["version_dir"] == new_push["path"]
+    assert repushed["trained_model_dir"].endswith("Format-Serving")
+    _write_parts(tmp_path / "work", [part])  # the rest of the test: the pipeline's own push
 
     proc = _cli("--merge", "--work", work, "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
