@@ -26,6 +26,16 @@ Stages:
 
 Beam modes: DirectRunner ``in_memory`` (one worker) and ``multi_processing`` with one worker per
 core (``--workers``, default: the CPU count).
+
+The vocabulary's pre-filter (``components/frequent_values.py``) against TF Transform's plain
+vocabulary, on an existing ExampleGen output (e.g. a ``benchmarks/scale_run.py`` day)::
+
+    python -m benchmarks.ingest_bench --examples-dir output/scale_run/group_adam/pipeline_root/ClickLogExampleGen/examples/57 \
+        --vocabulary plain prefiltered --modes multi_processing --out benchmarks/results/ingest_vocabulary
+
+runs the Transform stage once per variant (``transform_plain``: every token counted by
+``tft.vocabulary``, as before the pre-filter) and reports each with the vocabulary it wrote, which
+must be the same file.
 """
 from __future__ import annotations
 
@@ -94,7 +104,8 @@ class _Clock:
                 "cpu_s": round(time.process_time() - self._cpu + children, 2)}
 
 
-def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int) -> Dict:
+def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, plain_vocabulary: bool = False) -> Dict:
+    import hashlib
     import json as json_
 
     import tensorflow as tf
@@ -118,6 +129,9 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int) -
         artifacts[key] = kind()
         artifacts[key].uri = uri
     artifacts["examples"].split_names = '["train", "eval"]'
+    if plain_vocabulary:  # TF Transform's vocabulary over every token: the baseline of the pre-filter
+        from components import frequent_values
+        frequent_values.frequent_tokens = lambda tokens, threshold: tokens
     executor = fast_transform.Executor(BaseBeamExecutor.Context(
         beam_pipeline_args=beam_args(mode, workers), tmp_dir=os.path.join(out_dir, ".tmp"), unique_id="bench"))
     clock = _Clock()
@@ -131,6 +145,12 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int) -
     files = tf.io.gfile.glob(os.path.join(out_dir, "transformed", "Split-*", "*"))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(65536)
     result["rows"] = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
+    import tensorflow_transform as tft
+    from components.preprocessing import VOCABULARY_NAME
+    with open(tft.TFTransformOutput(os.path.join(out_dir, "graph")).vocabulary_file_by_name(VOCABULARY_NAME), "rb") as f:
+        vocabulary = f.read()
+    result["vocabulary_lines"] = vocabulary.count(b"\n")
+    result["vocabulary_sha256"] = hashlib.sha256(vocabulary).hexdigest()
     return result
 
 
@@ -166,7 +186,7 @@ def child_main(args) -> None:
     elif args.stage == "parse_floor":
         result = _child_parse_floor(args.data)
     else:
-        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers)
+        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.plain_vocabulary)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -203,13 +223,15 @@ def _mode_rank(mode: str) -> int:
 
 
 def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float,
-              out_dir: Optional[str] = None) -> Dict:
+              out_dir: Optional[str] = None, plain_vocabulary: bool = False) -> Dict:
     import psutil
 
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
            "--workers", str(workers), "--data", data, "--examples", examples]
     if out_dir:
         cmd += ["--out-dir", out_dir]
+    if plain_vocabulary:
+        cmd += ["--plain-vocabulary"]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -246,7 +268,7 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
         tail = (err or out).strip().splitlines()[-3:]
         return {"stage": stage, "mode": mode, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(line[len("RESULT "):])
-    result.update({"stage": stage, "mode": mode,
+    result.update({"stage": stage + ("_plain" if plain_vocabulary else ""), "mode": mode,
                    "workers": {"in_memory": 1, PARSE_FLOOR_MODE: os.cpu_count()}.get(mode, workers),
                    "rows_per_s": round(result["rows"] / result["seconds"], 1),
                    "seconds": round(result["seconds"], 2), "process_wall_s": round(wall, 2),
@@ -267,24 +289,37 @@ def generate_data(root: str, rows: int, files: int) -> str:
 
 
 def format_table(runs: List[Dict]) -> str:
-    lines = [f"{'rows':>9} {'stage':<11} {'mode':<17} {'workers':>7} {'seconds':>8} {'rows/s':>9} {'CPU s':>7}"
+    width = max([11] + [len(r["stage"]) for r in runs])
+    lines = [f"{'rows':>9} {'stage':<{width}} {'mode':<17} {'workers':>7} {'seconds':>8} {'rows/s':>9} {'CPU s':>7}"
              f" {'peak MiB':>9}  {'1-min load start->end':>21}"]
     for r in runs:
         if "error" in r:
-            lines.append(f"{r.get('size', ''):>9} {r['stage']:<11} {r['mode']:<17} ERROR {r['error']}")
+            lines.append(f"{r.get('size', ''):>9} {r['stage']:<{width}} {r['mode']:<17} ERROR {r['error']}")
             continue
         cpu = f"{r['cpu_s']:>7.1f}" if r.get("cpu_s") is not None else f"{'':>7}"
-        lines.append(f"{r['size']:>9} {r['stage']:<11} {r['mode']:<17} {r['workers']:>7} {r['seconds']:>8.1f} "
+        lines.append(f"{r['size']:>9} {r['stage']:<{width}} {r['mode']:<17} {r['workers']:>7} {r['seconds']:>8.1f} "
                      f"{r['rows_per_s']:>9.0f} {cpu} {r['peak_rss_mib']:>9.0f}"
-                     + (f"  {r['load_average'][0]:>10.2f} -> {r['load_average'][1]:<7.2f}" if "load_average" in r else ""))
+                     + (f"  {r['load_average'][0]:>10.2f} -> {r['load_average'][1]:<7.2f}" if "load_average" in r else "")
+                     + (f"  vocabulary {r['vocabulary_lines']:,} lines, sha256 {r['vocabulary_sha256'][:12]}"
+                        if r.get("vocabulary_sha256") else ""))
     return "\n".join(lines)
 
 
 def format_summary(runs: List[Dict]) -> str:
     """Per size and mode: ExampleGen + Transform against the parse floor and the figures before
-    issue #18; per size: multi-processing against in-memory."""
+    issue #18; per size: multi-processing against in-memory; the pre-filtered vocabulary against the
+    plain one."""
     lines = []
     by_key = {(r["size"], r["stage"], r["mode"]): r for r in runs if "error" not in r}
+    for (size, stage, mode), plain in sorted(by_key.items()):
+        filtered = by_key.get((size, "transform", mode)) if stage == "transform_plain" else None
+        if filtered:
+            same = filtered.get("vocabulary_sha256") == plain.get("vocabulary_sha256")
+            lines.append(f"{size:>9} {mode:<17} Transform, pre-filtered vocabulary vs plain: "
+                         f"{plain['seconds'] / filtered['seconds']:.2f}x faster ({plain['seconds']:.0f} -> "
+                         f"{filtered['seconds']:.0f} s), peak {plain['peak_rss_mib'] / 1024:.1f} -> "
+                         f"{filtered['peak_rss_mib'] / 1024:.1f} GiB; "
+                         + ("the same vocabulary file" if same else "DIFFERENT VOCABULARY FILES"))
     for size in sorted({r["size"] for r in runs if "size" in r}):
         floor = by_key.get((size, "parse_floor", PARSE_FLOOR_MODE))
         for mode in MODES:
@@ -327,7 +362,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--stage", choices=("examplegen", "transform", "parse_floor"), help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=_MODE_ORDER, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--examples-dir", help="an existing ExampleGen output: run only the Transform stage on it")
+    parser.add_argument("--vocabulary", nargs="+", default=["prefiltered"], choices=("prefiltered", "plain"),
+                        help="Transform variants: the pipeline's pre-filtered vocabulary, TF Transform's plain one")
     parser.add_argument("--examples", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-vocabulary", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -349,7 +388,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(format_table([r]).splitlines()[-1], flush=True)
         return r
 
-    for size in args.rows:
+    if args.examples_dir:
+        for variant in args.vocabulary:
+            for mode in args.modes:
+                out_dir = os.path.join(workdir, f"transform-{variant}-{mode}")
+                r = run_child("transform", mode, args.workers, "-", os.path.abspath(args.examples_dir), args.timeout,
+                              out_dir, plain_vocabulary=variant == "plain")
+                record(r, r.get("rows", 0))
+                shutil.rmtree(out_dir, ignore_errors=True)
+    for size in [] if args.examples_dir else args.rows:
         t = time.perf_counter()
         data = generate_data(workdir, size, args.files)
         print(f"[{size}] generated {args.files} files in {time.perf_counter() - t:.0f} s", flush=True)

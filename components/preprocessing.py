@@ -22,6 +22,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components import frequent_values
 from components.dataset_spec import DatasetSpec
 
 LABEL_KEY = "label"
@@ -71,14 +72,17 @@ def transform_features(inputs, spec: DatasetSpec):
     if fields:
         tokens = tf.stack([tf.constant(f + FIELD_SEPARATOR) + _dense(inputs[f], MISSING_TOKEN) for f in fields],
                           axis=1)
+        # The vocabulary counts only the tokens that can reach the threshold (components.
+        # frequent_values: exact, the same vocabulary and ids), not the long tail of rare values.
+        counted = (frequent_values.frequent_tokens(tokens, spec.frequency_threshold)
+                   if spec.frequency_threshold > 1 else tokens)
         # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
         # counts each batch's distinct tokens in the graph (unique_with_counts) and hands Beam one
         # (token, count) pair per distinct token and batch; without weights it hands Beam every
         # token of every row, one element each (26 per Criteo row: most of Transform's time).
-        ids = tft.compute_and_apply_vocabulary(tokens, default_value=-1,
-                                               frequency_threshold=spec.frequency_threshold,
-                                               vocab_filename=VOCABULARY_NAME,
-                                               weights=tf.ones_like(tokens, dtype=tf.float32))
+        vocabulary = tft.vocabulary(counted, frequency_threshold=spec.frequency_threshold,
+                                    vocab_filename=VOCABULARY_NAME, weights=tf.ones_like(counted, dtype=tf.float32))
+        ids = tft.apply_vocabulary(tokens, vocabulary, default_value=-1)
         for j, name in enumerate(fields):
             outputs[name] = ids[:, j]
     outputs[LABEL_KEY] = tf.cast(_dense(inputs[spec.label], tf.constant(0, tf.int64)), tf.int64)

@@ -120,24 +120,31 @@ def test_quantile_buckets_when_asked(shared_data):
     assert spread >= 6  # fields that are mostly empty (I12) fall into one bucket; most do not
 
 
-def test_unit_weighted_vocabulary_equals_the_unweighted_one(shared_data):
-    """The vocabulary counts batch-wise in the graph (unit weights, issue #18); the vocabulary file
-    and every transformed feature are what the unweighted analyzer gave."""
+@pytest.mark.parametrize("fingerprint_buckets", [None, 7], ids=["farmhash64", "7-fingerprints-all-colliding"])
+def test_vocabulary_equals_the_plain_unweighted_one_over_all_tokens(shared_data, fingerprint_buckets, monkeypatch):
+    """The vocabulary counts only the tokens whose fingerprint reaches the threshold, batch-wise in
+    the graph (unit weights, issue #18): the vocabulary file and every transformed feature are what
+    TF Transform's plain unweighted vocabulary over every token gives -- also when fingerprints
+    collide all the time (7 of them), which lets rare tokens through to be counted exactly."""
     from unittest import mock
 
     import tensorflow_transform as tft
-    from components import preprocessing
+    from components import frequent_values, preprocessing
 
     spec = load_spec("criteo")
     serialized = _examples(spec, os.path.join(shared_data, SAMPLES["criteo"]), limit=2500)
+    if fingerprint_buckets:
+        monkeypatch.setattr(frequent_values, "FINGERPRINT_BUCKETS", fingerprint_buckets)
+        monkeypatch.setattr(frequent_values, "_SENTINEL", fingerprint_buckets)
     features, out_dir = _transform(spec, serialized)
-    original = preprocessing.tft.compute_and_apply_vocabulary
+    original = preprocessing.tft.vocabulary
 
     def unweighted(x, weights=None, **kwargs):
         assert weights is not None
         return original(x, **kwargs)
 
-    with mock.patch.object(preprocessing.tft, "compute_and_apply_vocabulary", unweighted):
+    with mock.patch.object(preprocessing.frequent_values, "frequent_tokens", lambda tokens, threshold: tokens), \
+            mock.patch.object(preprocessing.tft, "vocabulary", unweighted):
         reference, reference_dir = _transform(spec, serialized)
     # Ids exactly; floats (log1p of the same ints) to float32 round-off, which depends on the CPU's
     # kernels (the two runs may take scalar or vectorised paths).
@@ -154,3 +161,8 @@ def test_unit_weighted_vocabulary_equals_the_unweighted_one(shared_data):
             return f.read()
 
     assert vocabulary(out_dir) == vocabulary(reference_dir) and len(vocabulary(out_dir)) > 100
+    # The transform graph that serves does not carry the analysis-only fingerprint set.
+    saved = tft.TFTransformOutput(out_dir).transform_savedmodel_dir
+    with open(os.path.join(saved, "saved_model.pb"), "rb") as f:
+        graph = f.read()
+    assert b"frequent_fingerprints" not in graph and b"SearchSorted" not in graph
