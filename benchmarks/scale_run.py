@@ -556,7 +556,9 @@ def serve_and_measure(version_dirs: Dict[str, str], examples: Sequence[bytes], r
                         out[label]["latency"][f"{protocol}/batch{batch}"] = cell
         for label, server in servers.items():
             out[label]["rss_bytes"] = (_proc_kib(server.proc.pid, "VmRSS") or 0) * 1024
-            out[label]["peak_rss_bytes"] = (_proc_kib(server.proc.pid, "VmHWM") or 0) * 1024
+            # The kernel updates the high-water mark lazily: it can trail the RSS just read.
+            out[label]["peak_rss_bytes"] = max((_proc_kib(server.proc.pid, "VmHWM") or 0) * 1024,
+                                               out[label]["rss_bytes"])
     finally:
         for server in servers.values():
             server.stop()
