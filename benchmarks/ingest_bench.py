@@ -33,8 +33,8 @@ vocabulary, on an existing ExampleGen output (e.g. a ``benchmarks/scale_run.py``
     python -m benchmarks.ingest_bench --examples-dir output/scale_run/group_adam/pipeline_root/ClickLogExampleGen/examples/57 \
         --vocabulary plain prefiltered --modes multi_processing --out benchmarks/results/ingest_vocabulary
 
-runs the Transform stage once per variant (``transform_plain``: every token counted by
-``tft.vocabulary``, as before the pre-filter) and reports each with the vocabulary it wrote, which
+runs the Transform stage once per variant (``transform``: the spec's default ``vocabulary_prefilter:
+false``, every token counted by ``tft.vocabulary``; ``transform_prefiltered``: ``true``) and reports each with the vocabulary it wrote, which
 must be the same file.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ class _Clock:
                 "cpu_s": round(time.process_time() - self._cpu + children, 2)}
 
 
-def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, plain_vocabulary: bool = False) -> Dict:
+def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, vocabulary_prefilter: bool = False) -> Dict:
     import hashlib
     import json as json_
 
@@ -116,7 +116,8 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, p
     from components.dataset_spec import load_spec
     from components.schema import schema_text
 
-    spec = load_spec("criteo")
+    import dataclasses
+    spec = dataclasses.replace(load_spec("criteo"), vocabulary_prefilter=vocabulary_prefilter)
     os.makedirs(os.path.join(out_dir, "schema"), exist_ok=True)
     with open(os.path.join(out_dir, "schema", "schema.pbtxt"), "w") as f:
         f.write(schema_text(spec))
@@ -129,9 +130,6 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, p
         artifacts[key] = kind()
         artifacts[key].uri = uri
     artifacts["examples"].split_names = '["train", "eval"]'
-    if plain_vocabulary:  # TF Transform's vocabulary over every token: the baseline of the pre-filter
-        from components import frequent_values
-        frequent_values.frequent_tokens = lambda tokens, threshold: tokens
     executor = fast_transform.Executor(BaseBeamExecutor.Context(
         beam_pipeline_args=beam_args(mode, workers), tmp_dir=os.path.join(out_dir, ".tmp"), unique_id="bench"))
     clock = _Clock()
@@ -186,7 +184,7 @@ def child_main(args) -> None:
     elif args.stage == "parse_floor":
         result = _child_parse_floor(args.data)
     else:
-        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.plain_vocabulary)
+        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.vocabulary_prefilter)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -210,7 +208,7 @@ def _tree_rss(proc) -> int:
 
 
 _MODE_ORDER = (PARSE_FLOOR_MODE,) + MODES
-_STAGE_ORDER = ("parse_floor", "examplegen", "transform", "both")
+_STAGE_ORDER = ("parse_floor", "examplegen", "transform", "transform_prefiltered", "both")
 # The committed figures before issue #18 (benchmarks/results/ingest.json at commit cf6da16; Transform
 # then was tft_beam's AnalyzeAndTransformDataset alone, rows counted and not written: less work
 # than the Transform executor measured now), for the speed-up column.
@@ -223,15 +221,15 @@ def _mode_rank(mode: str) -> int:
 
 
 def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float,
-              out_dir: Optional[str] = None, plain_vocabulary: bool = False) -> Dict:
+              out_dir: Optional[str] = None, vocabulary_prefilter: bool = False) -> Dict:
     import psutil
 
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
            "--workers", str(workers), "--data", data, "--examples", examples]
     if out_dir:
         cmd += ["--out-dir", out_dir]
-    if plain_vocabulary:
-        cmd += ["--plain-vocabulary"]
+    if vocabulary_prefilter:
+        cmd += ["--vocabulary-prefilter"]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -268,7 +266,7 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
         tail = (err or out).strip().splitlines()[-3:]
         return {"stage": stage, "mode": mode, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(line[len("RESULT "):])
-    result.update({"stage": stage + ("_plain" if plain_vocabulary else ""), "mode": mode,
+    result.update({"stage": stage + ("_prefiltered" if vocabulary_prefilter else ""), "mode": mode,
                    "workers": {"in_memory": 1, PARSE_FLOOR_MODE: os.cpu_count()}.get(mode, workers),
                    "rows_per_s": round(result["rows"] / result["seconds"], 1),
                    "seconds": round(result["seconds"], 2), "process_wall_s": round(wall, 2),
@@ -311,9 +309,9 @@ def format_summary(runs: List[Dict]) -> str:
     plain one."""
     lines = []
     by_key = {(r["size"], r["stage"], r["mode"]): r for r in runs if "error" not in r}
-    for (size, stage, mode), plain in sorted(by_key.items()):
-        filtered = by_key.get((size, "transform", mode)) if stage == "transform_plain" else None
-        if filtered:
+    for (size, stage, mode), filtered in sorted(by_key.items()):
+        plain = by_key.get((size, "transform", mode)) if stage == "transform_prefiltered" else None
+        if plain:
             same = filtered.get("vocabulary_sha256") == plain.get("vocabulary_sha256")
             lines.append(f"{size:>9} {mode:<17} Transform, pre-filtered vocabulary vs plain: "
                          f"{plain['seconds'] / filtered['seconds']:.2f}x faster ({plain['seconds']:.0f} -> "
@@ -363,10 +361,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--mode", choices=_MODE_ORDER, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--examples-dir", help="an existing ExampleGen output: run only the Transform stage on it")
-    parser.add_argument("--vocabulary", nargs="+", default=["prefiltered"], choices=("prefiltered", "plain"),
-                        help="Transform variants: the pipeline's pre-filtered vocabulary, TF Transform's plain one")
+    parser.add_argument("--vocabulary", nargs="+", default=["plain"], choices=("plain", "prefiltered"),
+                        help="with --examples-dir, Transform variants: TF Transform's plain vocabulary (the "
+                             "default), the experimental pre-filtered one (the spec's vocabulary_prefilter)")
     parser.add_argument("--examples", help=argparse.SUPPRESS)
-    parser.add_argument("--plain-vocabulary", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--vocabulary-prefilter", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -393,7 +392,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             for mode in args.modes:
                 out_dir = os.path.join(workdir, f"transform-{variant}-{mode}")
                 r = run_child("transform", mode, args.workers, "-", os.path.abspath(args.examples_dir), args.timeout,
-                              out_dir, plain_vocabulary=variant == "plain")
+                              out_dir, vocabulary_prefilter=variant == "prefiltered")
                 record(r, r.get("rows", 0))
                 shutil.rmtree(out_dir, ignore_errors=True)
     for size in [] if args.examples_dir else args.rows:

@@ -75,7 +75,7 @@ def transform_features(inputs, spec: DatasetSpec):
         # The vocabulary counts only the tokens that can reach the threshold (components.
         # frequent_values: exact, the same vocabulary and ids), not the long tail of rare values.
         counted = (frequent_values.frequent_tokens(tokens, spec.frequency_threshold)
-                   if spec.frequency_threshold > 1 else tokens)
+                   if spec.vocabulary_prefilter and spec.frequency_threshold > 1 else tokens)
         # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
         # counts each batch's distinct tokens in the graph (unique_with_counts) and hands Beam one
         # (token, count) pair per distinct token and batch; without weights it hands Beam every

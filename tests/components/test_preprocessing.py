@@ -34,6 +34,16 @@ def _examples(spec, path, limit=3000):
     return out
 
 
+def _tokens(spec, serialized):
+    """The vocabulary's ``<field>\\x1f<value>`` tokens of every row, as preprocessing_fn makes them."""
+    import tensorflow as tf
+    for s in serialized:
+        ex = tf.train.Example.FromString(s)
+        for f in vocab_fields(spec):
+            v = ex.features.feature[f].bytes_list.value
+            yield f.encode() + b"\x1f" + (v[0] if v else b"__MISSING__")
+
+
 def _transform(spec, serialized):
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
@@ -131,21 +141,30 @@ def test_vocabulary_equals_the_plain_unweighted_one_over_all_tokens(shared_data,
     import tensorflow_transform as tft
     from components import frequent_values, preprocessing
 
-    spec = load_spec("criteo")
+    spec = dataclasses.replace(load_spec("criteo"), vocabulary_prefilter=True)
     serialized = _examples(spec, os.path.join(shared_data, SAMPLES["criteo"]), limit=2500)
     if fingerprint_buckets:
         monkeypatch.setattr(frequent_values, "FINGERPRINT_BUCKETS", fingerprint_buckets)
         monkeypatch.setattr(frequent_values, "_SENTINEL", fingerprint_buckets)
+    kept = []  # fingerprints let through, per analysis (Beam runs in this process)
+    count = frequent_values.FingerprintCountsFn.extract_output
+
+    def counting(self, acc):
+        out = count(self, acc)
+        kept.append(len(out) - 1)  # less the sentinel
+        return out
+
+    monkeypatch.setattr(frequent_values.FingerprintCountsFn, "extract_output", counting)
     features, out_dir = _transform(spec, serialized)
+    prefiltered = list(kept)
     original = preprocessing.tft.vocabulary
 
     def unweighted(x, weights=None, **kwargs):
         assert weights is not None
         return original(x, **kwargs)
 
-    with mock.patch.object(preprocessing.frequent_values, "frequent_tokens", lambda tokens, threshold: tokens), \
-            mock.patch.object(preprocessing.tft, "vocabulary", unweighted):
-        reference, reference_dir = _transform(spec, serialized)
+    with mock.patch.object(preprocessing.tft, "vocabulary", unweighted):
+        reference, reference_dir = _transform(dataclasses.replace(spec, vocabulary_prefilter=False), serialized)
     # Ids exactly; floats (log1p of the same ints) to float32 round-off, which depends on the CPU's
     # kernels (the two runs may take scalar or vectorised paths).
     assert sorted(features) == sorted(reference)
@@ -162,7 +181,15 @@ def test_vocabulary_equals_the_plain_unweighted_one_over_all_tokens(shared_data,
 
     assert vocabulary(out_dir) == vocabulary(reference_dir) and len(vocabulary(out_dir)) > 100
     # The transform graph that serves does not carry the analysis-only fingerprint set.
-    saved = tft.TFTransformOutput(out_dir).transform_savedmodel_dir
-    with open(os.path.join(saved, "saved_model.pb"), "rb") as f:
-        graph = f.read()
-    assert b"frequent_fingerprints" not in graph and b"SearchSorted" not in graph
+    for path in (out_dir, reference_dir):
+        with open(os.path.join(tft.TFTransformOutput(path).transform_savedmodel_dir, "saved_model.pb"), "rb") as f:
+            assert b"frequent_fingerprints" not in f.read()
+    # The pre-filter ran once, and only for the first transform; without collisions it let through
+    # fewer fingerprints than there are distinct tokens (the rare ones stayed out of the vocabulary's count).
+    lines = vocabulary(out_dir).count(b"\n")
+    assert len(prefiltered) == 1 and kept == prefiltered
+    distinct = len({t for t in _tokens(spec, serialized)})
+    if fingerprint_buckets:
+        assert prefiltered[0] <= fingerprint_buckets < lines
+    else:
+        assert lines <= prefiltered[0] < distinct / 2, (lines, prefiltered, distinct)
