@@ -30,12 +30,13 @@ core (``--workers``, default: the CPU count).
 The vocabulary's pre-filter (``components/frequent_values.py``) against TF Transform's plain
 vocabulary, on an existing ExampleGen output (e.g. a ``benchmarks/scale_run.py`` day)::
 
-    python -m benchmarks.ingest_bench --examples-dir output/scale_run/group_adam/pipeline_root/ClickLogExampleGen/examples/57 \
+    python -m benchmarks.ingest_bench \
+        --examples-dir output/scale_run/group_adam/pipeline_root/ClickLogExampleGen/examples/57 \
         --vocabulary plain prefiltered --modes multi_processing --out benchmarks/results/ingest_vocabulary
 
 runs the Transform stage once per variant (``transform``: the spec's default ``vocabulary_prefilter:
-false``, every token counted by ``tft.vocabulary``; ``transform_prefiltered``: ``true``) and reports each with the vocabulary it wrote, which
-must be the same file.
+false``, every token counted by ``tft.vocabulary``; ``transform_prefiltered``: ``true``) and reports
+each with the vocabulary it wrote, which must be the same file.
 """
 from __future__ import annotations
 
@@ -104,19 +105,22 @@ class _Clock:
                 "cpu_s": round(time.process_time() - self._cpu + children, 2)}
 
 
-def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, vocabulary_prefilter: bool = False) -> Dict:
+def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
+                     vocabulary_prefilter: bool = False) -> Dict:
+    import dataclasses
     import hashlib
     import json as json_
 
     import tensorflow as tf
+    import tensorflow_transform as tft
     from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
     from tfx.types import standard_artifacts
 
     from components import fast_transform
     from components.dataset_spec import load_spec
+    from components.preprocessing import VOCABULARY_NAME
     from components.schema import schema_text
 
-    import dataclasses
     spec = dataclasses.replace(load_spec("criteo"), vocabulary_prefilter=vocabulary_prefilter)
     os.makedirs(os.path.join(out_dir, "schema"), exist_ok=True)
     with open(os.path.join(out_dir, "schema", "schema.pbtxt"), "w") as f:
@@ -143,8 +147,6 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int, v
     files = tf.io.gfile.glob(os.path.join(out_dir, "transformed", "Split-*", "*"))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(65536)
     result["rows"] = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
-    import tensorflow_transform as tft
-    from components.preprocessing import VOCABULARY_NAME
     with open(tft.TFTransformOutput(os.path.join(out_dir, "graph")).vocabulary_file_by_name(VOCABULARY_NAME), "rb") as f:
         vocabulary = f.read()
     result["vocabulary_lines"] = vocabulary.count(b"\n")

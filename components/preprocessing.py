@@ -72,8 +72,8 @@ def transform_features(inputs, spec: DatasetSpec):
     if fields:
         tokens = tf.stack([tf.constant(f + FIELD_SEPARATOR) + _dense(inputs[f], MISSING_TOKEN) for f in fields],
                           axis=1)
-        # The vocabulary counts only the tokens that can reach the threshold (components.
-        # frequent_values: exact, the same vocabulary and ids), not the long tail of rare values.
+        # Experimental (spec.vocabulary_prefilter, off): the vocabulary counts only the tokens that
+        # can reach the threshold, not the long tail of rare values (components/frequent_values.py).
         counted = (frequent_values.frequent_tokens(tokens, spec.frequency_threshold)
                    if spec.vocabulary_prefilter and spec.frequency_threshold > 1 else tokens)
         # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
