@@ -396,7 +396,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 r = run_child("transform", mode, args.workers, "-", os.path.abspath(args.examples_dir), args.timeout,
                               out_dir, vocabulary_prefilter=variant == "prefiltered")
                 record(r, r.get("rows", 0))
-                shutil.rmtree(out_dir, ignore_errors=True)
+                if not args.keep:
+                    shutil.rmtree(out_dir, ignore_errors=True)
     for size in [] if args.examples_dir else args.rows:
         t = time.perf_counter()
         data = generate_data(workdir, size, args.files)

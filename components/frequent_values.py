@@ -15,7 +15,8 @@ test_preprocessing.py compares it with the plain vocabulary; so does benchmarks/
 
 Experimental and off by default (the spec's ``vocabulary_prefilter``): the same vocabulary in every
 test and at 1M rows, but on a 10M-row day it lost 23% of the vocabulary's lines
-(benchmarks/results/ingest_vocabulary.txt), for a reason not found yet.
+(benchmarks/results/ingest_vocabulary.txt): the fingerprint counts are exact there too, the loss is
+in the second analysis phase (docs/ingestion.md), which also keeps the day in memory.
 """
 from __future__ import annotations
 
