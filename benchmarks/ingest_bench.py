@@ -27,16 +27,17 @@ Stages:
 Beam modes: DirectRunner ``in_memory`` (one worker) and ``multi_processing`` with one worker per
 core (``--workers``, default: the CPU count).
 
-The vocabulary's pre-filter (``components/frequent_values.py``) against TF Transform's plain
-vocabulary, on an existing ExampleGen output (e.g. a ``benchmarks/scale_run.py`` day)::
+The vocabulary's two counters (the spec's ``vocabulary_counter``: ``tft``, TF Transform's
+``tft.vocabulary``; ``numpy``, ``components/frequent_values.py``), on an existing ExampleGen output
+(e.g. a ``benchmarks/scale_run.py`` day)::
 
     python -m benchmarks.ingest_bench \
         --examples-dir output/scale_run/group_adam/pipeline_root/ClickLogExampleGen/examples/57 \
-        --vocabulary plain prefiltered --modes multi_processing --out benchmarks/results/ingest_vocabulary
+        --vocabulary tft numpy --modes multi_processing --out benchmarks/results/ingest_vocabulary
 
-runs the Transform stage once per variant (``transform``: the spec's default ``vocabulary_prefilter:
-false``, every token counted by ``tft.vocabulary``; ``transform_prefiltered``: ``true``) and reports
-each with the vocabulary it wrote, which must be the same file.
+runs the Transform stage once per counter (stage ``transform``: the spec's default counter;
+``transform_<counter>``: the other one) and reports each with the vocabulary it wrote, which must be
+the same file. ``--vocabulary`` works with generated data (``--rows``) too.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ import tempfile
 import threading
 import time
 from typing import Dict, List, Optional
+
+from components.dataset_spec import VOCABULARY_COUNTERS, load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("in_memory", "multi_processing")
@@ -106,7 +109,7 @@ class _Clock:
 
 
 def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
-                     vocabulary_prefilter: bool = False) -> Dict:
+                     vocabulary_counter: Optional[str] = None) -> Dict:
     import dataclasses
     import hashlib
     import json as json_
@@ -121,7 +124,8 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
     from components.preprocessing import VOCABULARY_NAME
     from components.schema import schema_text
 
-    spec = dataclasses.replace(load_spec("criteo"), vocabulary_prefilter=vocabulary_prefilter)
+    spec = load_spec("criteo")
+    spec = dataclasses.replace(spec, vocabulary_counter=vocabulary_counter or spec.vocabulary_counter)
     os.makedirs(os.path.join(out_dir, "schema"), exist_ok=True)
     with open(os.path.join(out_dir, "schema", "schema.pbtxt"), "w") as f:
         f.write(schema_text(spec))
@@ -186,7 +190,7 @@ def child_main(args) -> None:
     elif args.stage == "parse_floor":
         result = _child_parse_floor(args.data)
     else:
-        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.vocabulary_prefilter)
+        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.vocabulary_counter)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -210,7 +214,7 @@ def _tree_rss(proc) -> int:
 
 
 _MODE_ORDER = (PARSE_FLOOR_MODE,) + MODES
-_STAGE_ORDER = ("parse_floor", "examplegen", "transform", "transform_prefiltered", "both")
+_STAGE_ORDER = ("parse_floor", "examplegen", "transform", "transform_tft", "transform_numpy", "both")
 # The committed figures before issue #18 (benchmarks/results/ingest.json at commit cf6da16; Transform
 # then was tft_beam's AnalyzeAndTransformDataset alone, rows counted and not written: less work
 # than the Transform executor measured now), for the speed-up column.
@@ -218,20 +222,24 @@ BEFORE_ISSUE_18 = {(100000, "in_memory"): 490.0, (100000, "multi_processing"): 3
                    (1000000, "in_memory"): 1873.0, (1000000, "multi_processing"): 2554.0}
 
 
+def _default_counter() -> str:
+    return load_spec("criteo").vocabulary_counter
+
+
 def _mode_rank(mode: str) -> int:
     return _MODE_ORDER.index(mode) if mode in _MODE_ORDER else len(_MODE_ORDER)
 
 
 def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float,
-              out_dir: Optional[str] = None, vocabulary_prefilter: bool = False) -> Dict:
+              out_dir: Optional[str] = None, vocabulary_counter: Optional[str] = None) -> Dict:
     import psutil
 
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
            "--workers", str(workers), "--data", data, "--examples", examples]
     if out_dir:
         cmd += ["--out-dir", out_dir]
-    if vocabulary_prefilter:
-        cmd += ["--vocabulary-prefilter"]
+    if vocabulary_counter:
+        cmd += ["--vocabulary-counter", vocabulary_counter]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -268,7 +276,8 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
         tail = (err or out).strip().splitlines()[-3:]
         return {"stage": stage, "mode": mode, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(line[len("RESULT "):])
-    result.update({"stage": stage + ("_prefiltered" if vocabulary_prefilter else ""), "mode": mode,
+    variant = f"_{vocabulary_counter}" if vocabulary_counter not in (None, _default_counter()) else ""
+    result.update({"stage": stage + variant, "mode": mode,
                    "workers": {"in_memory": 1, PARSE_FLOOR_MODE: os.cpu_count()}.get(mode, workers),
                    "rows_per_s": round(result["rows"] / result["seconds"], 1),
                    "seconds": round(result["seconds"], 2), "process_wall_s": round(wall, 2),
@@ -307,16 +316,16 @@ def format_table(runs: List[Dict]) -> str:
 
 def format_summary(runs: List[Dict]) -> str:
     """Per size and mode: ExampleGen + Transform against the parse floor and the figures before
-    issue #18; per size: multi-processing against in-memory; the pre-filtered vocabulary against the
-    plain one."""
+    issue #18; per size: multi-processing against in-memory; Transform with the other vocabulary
+    counter against the default one."""
     lines = []
     by_key = {(r["size"], r["stage"], r["mode"]): r for r in runs if "error" not in r}
     for (size, stage, mode), filtered in sorted(by_key.items()):
-        plain = by_key.get((size, "transform", mode)) if stage == "transform_prefiltered" else None
+        plain = by_key.get((size, "transform", mode)) if stage.startswith("transform_") else None
         if plain:
             same = filtered.get("vocabulary_sha256") == plain.get("vocabulary_sha256")
-            lines.append(f"{size:>9} {mode:<17} Transform, pre-filtered vocabulary vs plain: "
-                         f"{plain['seconds'] / filtered['seconds']:.2f}x faster ({plain['seconds']:.0f} -> "
+            lines.append(f"{size:>9} {mode:<17} Transform, vocabulary counter {stage[len('transform_'):]} vs the "
+                         f"default: {plain['seconds'] / filtered['seconds']:.2f}x faster ({plain['seconds']:.0f} -> "
                          f"{filtered['seconds']:.0f} s), peak {plain['peak_rss_mib'] / 1024:.1f} -> "
                          f"{filtered['peak_rss_mib'] / 1024:.1f} GiB; "
                          + ("the same vocabulary file" if same else "DIFFERENT VOCABULARY FILES"))
@@ -363,11 +372,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--mode", choices=_MODE_ORDER, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--examples-dir", help="an existing ExampleGen output: run only the Transform stage on it")
-    parser.add_argument("--vocabulary", nargs="+", default=["plain"], choices=("plain", "prefiltered"),
-                        help="with --examples-dir, Transform variants: TF Transform's plain vocabulary (the "
-                             "default), the experimental pre-filtered one (the spec's vocabulary_prefilter)")
+    parser.add_argument("--vocabulary", nargs="+", default=None, choices=VOCABULARY_COUNTERS,
+                        help="Transform once per vocabulary counter (the spec's vocabulary_counter; default: "
+                             "the spec's default only)")
     parser.add_argument("--examples", help=argparse.SUPPRESS)
-    parser.add_argument("--vocabulary-prefilter", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--vocabulary-counter", choices=VOCABULARY_COUNTERS, help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -389,12 +398,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(format_table([r]).splitlines()[-1], flush=True)
         return r
 
+    counters = args.vocabulary or [_default_counter()]
     if args.examples_dir:
-        for variant in args.vocabulary:
+        for variant in counters:
             for mode in args.modes:
                 out_dir = os.path.join(workdir, f"transform-{variant}-{mode}")
                 r = run_child("transform", mode, args.workers, "-", os.path.abspath(args.examples_dir), args.timeout,
-                              out_dir, vocabulary_prefilter=variant == "prefiltered")
+                              out_dir, vocabulary_counter=variant)
                 record(r, r.get("rows", 0))
                 if not args.keep:
                     shutil.rmtree(out_dir, ignore_errors=True)
@@ -409,10 +419,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             r = record(run_child("examplegen", mode, args.workers, data, examples, args.timeout), size)
             if args.transform and "error" not in r and (
                     args.transform_max_rows is None or size <= args.transform_max_rows):
-                out_dir = os.path.join(workdir, f"transform-{size}-{mode}")
-                record(run_child("transform", mode, args.workers, data, examples, args.timeout, out_dir), size)
-                if not args.keep:
-                    shutil.rmtree(out_dir, ignore_errors=True)
+                for variant in counters:
+                    out_dir = os.path.join(workdir, f"transform-{size}-{mode}-{variant}")
+                    record(run_child("transform", mode, args.workers, data, examples, args.timeout, out_dir,
+                                     vocabulary_counter=variant), size)
+                    if not args.keep:
+                        shutil.rmtree(out_dir, ignore_errors=True)
             if not args.keep:
                 shutil.rmtree(examples, ignore_errors=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),

@@ -55,6 +55,9 @@ class Column:
                 or k in ("name", "kind")}
 
 
+VOCABULARY_COUNTERS = ("tft", "numpy")
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -67,11 +70,9 @@ class DatasetSpec:
     # > 0: Transform also gives each int field quantile-bucket ids (`<field>_bucket`, one analyzer
     # pass for all fields), embedded like a categorical field.
     quantile_buckets: int = 0
-    # Experimental, off: Transform counts only the tokens whose fingerprint reaches
-    # frequency_threshold (one more analysis pass; components/frequent_values.py). The same
-    # vocabulary in every test and at 1M rows, but a 10M-row day lost 23% of its vocabulary
-    # (docs/ingestion.md): not for use until that is found.
-    vocabulary_prefilter: bool = False
+    # Who counts the categorical vocabulary: "tft" (tft.vocabulary, a Beam key per distinct token)
+    # or "numpy" (components/frequent_values.py: columnar counts in one combiner). The same file.
+    vocabulary_counter: str = "tft"
     max_line_bytes: int = 1 << 16
 
     # -- derived views ---------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class DatasetSpec:
             "frequency_threshold": self.frequency_threshold,
             "num_oov_buckets": self.num_oov_buckets,
             "quantile_buckets": self.quantile_buckets,
-            "vocabulary_prefilter": self.vocabulary_prefilter,
+            "vocabulary_counter": self.vocabulary_counter,
             "max_line_bytes": self.max_line_bytes,
             "columns": [c.to_dict() for c in self.columns],
         }
@@ -167,8 +168,9 @@ class DatasetSpec:
         max_line_bytes = d.get("max_line_bytes", 1 << 16)
         if not isinstance(max_line_bytes, int) or max_line_bytes <= 0:
             raise SpecError(f"{source}: max_line_bytes must be a positive integer, got {max_line_bytes!r}")
-        if not isinstance(d.get("vocabulary_prefilter", False), bool):
-            raise SpecError(f"{source}: vocabulary_prefilter must be true or false, got {d['vocabulary_prefilter']!r}")
+        if d.get("vocabulary_counter", "tft") not in VOCABULARY_COUNTERS:
+            raise SpecError(f"{source}: vocabulary_counter must be one of {', '.join(VOCABULARY_COUNTERS)}, "
+                            f"got {d['vocabulary_counter']!r}")
         kwargs = {k: v for k, v in d.items() if k != "columns"}
         kwargs.setdefault("name", os.path.splitext(os.path.basename(source))[0])
         return cls(columns=tuple(columns), **kwargs)

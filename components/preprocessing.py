@@ -72,16 +72,15 @@ def transform_features(inputs, spec: DatasetSpec):
     if fields:
         tokens = tf.stack([tf.constant(f + FIELD_SEPARATOR) + _dense(inputs[f], MISSING_TOKEN) for f in fields],
                           axis=1)
-        # Experimental (spec.vocabulary_prefilter, off): the vocabulary counts only the tokens that
-        # can reach the threshold, not the long tail of rare values (components/frequent_values.py).
-        counted = (frequent_values.frequent_tokens(tokens, spec.frequency_threshold)
-                   if spec.vocabulary_prefilter and spec.frequency_threshold > 1 else tokens)
-        # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
-        # counts each batch's distinct tokens in the graph (unique_with_counts) and hands Beam one
-        # (token, count) pair per distinct token and batch; without weights it hands Beam every
-        # token of every row, one element each (26 per Criteo row: most of Transform's time).
-        vocabulary = tft.vocabulary(counted, frequency_threshold=spec.frequency_threshold,
-                                    vocab_filename=VOCABULARY_NAME, weights=tf.ones_like(counted, dtype=tf.float32))
+        if spec.vocabulary_counter == "numpy":
+            vocabulary = frequent_values.vocabulary(tokens, spec.frequency_threshold, VOCABULARY_NAME)
+        else:
+            # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
+            # counts each batch's distinct tokens in the graph (unique_with_counts) and hands Beam
+            # one (token, count) pair per distinct token and batch; without weights it hands Beam
+            # every token of every row, one element each (26 per Criteo row).
+            vocabulary = tft.vocabulary(tokens, frequency_threshold=spec.frequency_threshold,
+                                        vocab_filename=VOCABULARY_NAME, weights=tf.ones_like(tokens, dtype=tf.float32))
         ids = tft.apply_vocabulary(tokens, vocabulary, default_value=-1)
         for j, name in enumerate(fields):
             outputs[name] = ids[:, j]

@@ -1,5 +1,5 @@
-"""The fingerprint counter behind the vocabulary's pre-filter (components/frequent_values.py); its
-exactness inside TF Transform is tested in test_preprocessing.py."""
+"""The numpy vocabulary counter (components/frequent_values.py); its equality with tft.vocabulary
+inside TF Transform is tested in test_preprocessing.py."""
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -7,31 +7,39 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that
 
 from components import frequent_values
-from components.frequent_values import FingerprintCountsFn, FrequentFingerprints
+from components.frequent_values import TokenCounts, TokenCountsFn
 
 
 def _reference(batches, threshold):
-    keys = np.concatenate([k for k, _ in batches])
-    counts = np.concatenate([c for _, c in batches])
+    """tft.vocabulary's order: count descending, then token descending."""
     totals = {}
-    for k, c in zip(keys.tolist(), counts.tolist()):
-        totals[k] = totals.get(k, 0) + c
-    return sorted(k for k, c in totals.items() if c >= threshold) + [frequent_values._SENTINEL]
+    for _, tokens, counts in batches:
+        for t, c in zip(tokens.tolist(), counts.tolist()):
+            totals[t] = totals.get(t, 0) + c
+    lines = [t for c, t in sorted(((c, t) for t, c in totals.items() if c >= threshold), reverse=True)]
+    return lines or [frequent_values.EMPTY_VOCABULARY_LINE]
 
 
-def _batches(seed, n_batches=40):
+def _batches(seed, n_batches=40, fingerprint_buckets=None):
+    """Batches of distinct tokens with counts, as the graph hands them over; with
+    `fingerprint_buckets` the fingerprints collide."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_batches):
-        keys = np.unique(rng.zipf(1.3, size=300) + rng.integers(-2**40, 2**40) * (rng.random() < 0.1))
-        out.append((keys.astype(np.int64), rng.integers(1, 4, size=len(keys)).astype(np.int64)))
+        ids = np.unique(rng.zipf(1.3, size=300) + rng.integers(0, 2 ** 40) * (rng.random() < 0.1))
+        tokens = np.array([b"C%d\x1f%x" % (i % 3, i) for i in ids.tolist()], dtype=object)
+        keys = frequent_values.fingerprints(tf.constant(tokens)).numpy()
+        if fingerprint_buckets:
+            keys = keys % fingerprint_buckets
+        out.append((keys, tokens, rng.integers(1, 4, size=len(ids)).astype(np.int64)))
     return out
 
 
+@pytest.mark.parametrize("fingerprint_buckets", [None, 5], ids=["farmhash64", "5-fingerprints"])
 @pytest.mark.parametrize("min_pending", [1, 50, 1 << 22], ids=["merge-every-batch", "merge-often", "merge-at-end"])
-def test_counts_across_batches_and_accumulators(min_pending):
-    fn = FingerprintCountsFn(threshold=10, min_pending=min_pending)
-    batches = _batches(0)
+def test_counts_across_batches_and_accumulators(min_pending, fingerprint_buckets):
+    fn = TokenCountsFn(threshold=10, min_pending=min_pending)
+    batches = _batches(0, fingerprint_buckets=fingerprint_buckets)
     # Three accumulators, as Beam's combiner lifting makes them, merged (one of them compacted first).
     accumulators = []
     for part in (batches[:10], batches[10:25], batches[25:]):
@@ -41,30 +49,59 @@ def test_counts_across_batches_and_accumulators(min_pending):
         accumulators.append(acc)
     accumulators[1] = fn.compact(accumulators[1])
     got = fn.extract_output(fn.merge_accumulators(accumulators))
-    assert got.dtype == np.int64
     want = _reference(batches, 10)
-    assert got.tolist() == want and 5 < len(want) < 1000
+    assert got == want and 5 < len(want) < 1000
+    # Every count tied with another is ordered by token, descending, as tft.vocabulary orders it.
+    assert len(set(want)) == len(want)
 
 
-def test_no_input_gives_only_the_sentinel():
-    fn = FingerprintCountsFn(threshold=2)
-    assert fn.extract_output(fn.create_accumulator()).tolist() == [frequent_values._SENTINEL]
+def test_merge_sums_equal_tokens_and_keeps_colliding_ones_apart():
+    import pyarrow as pa
+
+    part = TokenCounts(np.array([7, 7, 3, 7]), pa.array([b"a", b"b", b"c", b"a"], pa.large_binary()),
+                       np.array([1, 2, 3, 4]))
+    merged = TokenCounts.merge([part, TokenCounts.empty(), part])
+    got = sorted(zip(merged.keys.tolist(), merged.tokens.to_pylist(), merged.counts.tolist()))
+    assert got == [(3, b"c", 6), (7, b"a", 10), (7, b"b", 4)]
+    assert np.all(np.diff(merged.keys) >= 0)
 
 
-def test_beam_transform_outputs_one_sorted_array():
+def test_no_token_over_the_threshold_gives_tft_vocabularys_dummy_line():
+    fn = TokenCountsFn(threshold=2)
+    assert fn.extract_output(fn.create_accumulator()) == [frequent_values.EMPTY_VOCABULARY_LINE]
+
+
+def test_accumulator_survives_pickling_between_workers():
+    import pickle
+
+    fn = TokenCountsFn(threshold=3)
+    batches = _batches(2, n_batches=5)
+    acc = fn.create_accumulator()
+    for batch in batches:
+        acc = fn.add_input(acc, batch)
+    acc = pickle.loads(pickle.dumps(fn.compact(acc)))
+    assert fn.extract_output(acc) == _reference(batches, 3)
+
+
+def test_beam_transform_writes_one_vocabulary_file(tmp_path):
     batches = _batches(1)
+    analyzer = frequent_values.WriteVocabulary(threshold=5, vocab_filename="categorical")
+    analyzer.base_temp_dir = str(tmp_path)
     with beam.Pipeline() as p:
-        out = p | beam.Create(batches) | FrequentFingerprints(threshold=5)
+        out = p | beam.Create(batches) | analyzer
 
         def check(elements):
             assert len(elements) == 1
-            assert elements[0].tolist() == _reference(batches, 5)
+            path = elements[0].item().decode()
+            assert path.startswith(str(tmp_path)) and path.endswith("/categorical")
+            with open(path, "rb") as f:
+                assert f.read() == b"".join(line + b"\n" for line in _reference(batches, 5))
         assert_that(out, check)
 
 
-def test_fingerprints_are_below_the_sentinel_and_stable():
+def test_fingerprints_are_stable():
     tokens = tf.constant([b"C1\x1fabc", b"C2\x1fabc", b"", b"C1\x1fabc"])
     keys = frequent_values.fingerprints(tokens).numpy()
-    assert keys.dtype == np.int64 and np.all((keys >= 0) & (keys < frequent_values._SENTINEL))
+    assert keys.dtype == np.int64 and np.all(keys >= 0)
     assert keys[0] == keys[3] != keys[1]
     assert keys.tolist() == frequent_values.fingerprints(tokens).numpy().tolist()

@@ -131,32 +131,30 @@ def test_quantile_buckets_when_asked(shared_data):
 
 
 @pytest.mark.parametrize("fingerprint_buckets", [None, 7], ids=["farmhash64", "7-fingerprints-all-colliding"])
-def test_vocabulary_equals_the_plain_unweighted_one_over_all_tokens(shared_data, fingerprint_buckets, monkeypatch):
-    """The vocabulary counts only the tokens whose fingerprint reaches the threshold, batch-wise in
-    the graph (unit weights, issue #18): the vocabulary file and every transformed feature are what
-    TF Transform's plain unweighted vocabulary over every token gives -- also when fingerprints
-    collide all the time (7 of them), which lets rare tokens through to be counted exactly."""
+def test_numpy_counted_vocabulary_equals_the_plain_unweighted_one(shared_data, fingerprint_buckets, monkeypatch):
+    """`vocabulary_counter: numpy` (components/frequent_values.py, issue #18) writes the vocabulary
+    file of TF Transform's plain unweighted vocabulary over every token, and every transformed
+    feature is the same -- also when fingerprints collide all the time (7 of them), so that tokens
+    are told apart by their bytes."""
     from unittest import mock
 
     import tensorflow_transform as tft
     from components import frequent_values, preprocessing
 
-    spec = dataclasses.replace(load_spec("criteo"), vocabulary_prefilter=True)
+    spec = dataclasses.replace(load_spec("criteo"), vocabulary_counter="numpy")
     serialized = _examples(spec, os.path.join(shared_data, SAMPLES["criteo"]), limit=2500)
     if fingerprint_buckets:
         monkeypatch.setattr(frequent_values, "FINGERPRINT_BUCKETS", fingerprint_buckets)
-        monkeypatch.setattr(frequent_values, "_SENTINEL", fingerprint_buckets)
-    kept = []  # fingerprints let through, per analysis (Beam runs in this process)
-    count = frequent_values.FingerprintCountsFn.extract_output
+    merges = []
+    merge = frequent_values.TokenCounts.merge.__func__
 
-    def counting(self, acc):
-        out = count(self, acc)
-        kept.append(len(out) - 1)  # less the sentinel
+    def counting(cls, parts):
+        out = merge(cls, parts)
+        merges.append((sum(len(p) for p in parts), len(out), len(set(out.keys.tolist()))))
         return out
 
-    monkeypatch.setattr(frequent_values.FingerprintCountsFn, "extract_output", counting)
+    monkeypatch.setattr(frequent_values.TokenCounts, "merge", classmethod(counting))
     features, out_dir = _transform(spec, serialized)
-    prefiltered = list(kept)
     original = preprocessing.tft.vocabulary
 
     def unweighted(x, weights=None, **kwargs):
@@ -164,7 +162,7 @@ def test_vocabulary_equals_the_plain_unweighted_one_over_all_tokens(shared_data,
         return original(x, **kwargs)
 
     with mock.patch.object(preprocessing.tft, "vocabulary", unweighted):
-        reference, reference_dir = _transform(dataclasses.replace(spec, vocabulary_prefilter=False), serialized)
+        reference, reference_dir = _transform(dataclasses.replace(spec, vocabulary_counter="tft"), serialized)
     # Ids exactly; floats (log1p of the same ints) to float32 round-off, which depends on the CPU's
     # kernels (the two runs may take scalar or vectorised paths).
     assert sorted(features) == sorted(reference)
@@ -179,17 +177,10 @@ def test_vocabulary_equals_the_plain_unweighted_one_over_all_tokens(shared_data,
         with open(tft.TFTransformOutput(path).vocabulary_file_by_name(preprocessing.VOCABULARY_NAME), "rb") as f:
             return f.read()
 
-    assert vocabulary(out_dir) == vocabulary(reference_dir) and len(vocabulary(out_dir)) > 100
-    # The transform graph that serves does not carry the analysis-only fingerprint set.
-    for path in (out_dir, reference_dir):
-        with open(os.path.join(tft.TFTransformOutput(path).transform_savedmodel_dir, "saved_model.pb"), "rb") as f:
-            assert b"frequent_fingerprints" not in f.read()
-    # The pre-filter ran once, and only for the first transform; without collisions it let through
-    # fewer fingerprints than there are distinct tokens (the rare ones stayed out of the vocabulary's count).
-    lines = vocabulary(out_dir).count(b"\n")
-    assert len(prefiltered) == 1 and kept == prefiltered
-    distinct = len({t for t in _tokens(spec, serialized)})
-    if fingerprint_buckets:
-        assert prefiltered[0] <= fingerprint_buckets < lines
-    else:
-        assert lines <= prefiltered[0] < distinct / 2, (lines, prefiltered, distinct)
+    assert vocabulary(out_dir) == vocabulary(reference_dir) and vocabulary(out_dir).count(b"\n") > 100
+    # The numpy counter did the counting: every distinct token once in its output, and with 7
+    # fingerprints thousands of distinct tokens shared them.
+    assert merges
+    entries, distinct, keys = merges[-1]
+    assert distinct == len({t for t in _tokens(spec, serialized)})
+    assert (keys <= fingerprint_buckets < distinct) if fingerprint_buckets else keys == distinct
