@@ -277,6 +277,8 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
         return {"stage": stage, "mode": mode, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     result = json.loads(line[len("RESULT "):])
     variant = f"_{vocabulary_counter}" if vocabulary_counter not in (None, _default_counter()) else ""
+    if stage == "transform":
+        result["vocabulary_counter"] = vocabulary_counter or _default_counter()
     result.update({"stage": stage + variant, "mode": mode,
                    "workers": {"in_memory": 1, PARSE_FLOOR_MODE: os.cpu_count()}.get(mode, workers),
                    "rows_per_s": round(result["rows"] / result["seconds"], 1),
@@ -316,18 +318,19 @@ def format_table(runs: List[Dict]) -> str:
 
 def format_summary(runs: List[Dict]) -> str:
     """Per size and mode: ExampleGen + Transform against the parse floor and the figures before
-    issue #18; per size: multi-processing against in-memory; Transform with the other vocabulary
-    counter against the default one."""
+    issue #18; per size: multi-processing against in-memory; Transform with the default vocabulary
+    counter against the other one."""
     lines = []
     by_key = {(r["size"], r["stage"], r["mode"]): r for r in runs if "error" not in r}
-    for (size, stage, mode), filtered in sorted(by_key.items()):
-        plain = by_key.get((size, "transform", mode)) if stage.startswith("transform_") else None
-        if plain:
-            same = filtered.get("vocabulary_sha256") == plain.get("vocabulary_sha256")
-            lines.append(f"{size:>9} {mode:<17} Transform, vocabulary counter {stage[len('transform_'):]} vs the "
-                         f"default: {plain['seconds'] / filtered['seconds']:.2f}x faster ({plain['seconds']:.0f} -> "
-                         f"{filtered['seconds']:.0f} s), peak {plain['peak_rss_mib'] / 1024:.1f} -> "
-                         f"{filtered['peak_rss_mib'] / 1024:.1f} GiB; "
+    for (size, stage, mode), other in sorted(by_key.items()):
+        default = by_key.get((size, "transform", mode)) if stage.startswith("transform_") else None
+        if default:
+            same = other.get("vocabulary_sha256") == default.get("vocabulary_sha256")
+            name = default.get("vocabulary_counter", "default")
+            lines.append(f"{size:>9} {mode:<17} Transform, vocabulary counter {name} vs "
+                         f"{stage[len('transform_'):]}: {other['seconds'] / default['seconds']:.2f}x faster "
+                         f"({other['seconds']:.0f} -> {default['seconds']:.0f} s), peak "
+                         f"{other['peak_rss_mib'] / 1024:.1f} -> {default['peak_rss_mib'] / 1024:.1f} GiB; "
                          + ("the same vocabulary file" if same else "DIFFERENT VOCABULARY FILES"))
     for size in sorted({r["size"] for r in runs if "size" in r}):
         floor = by_key.get((size, "parse_floor", PARSE_FLOOR_MODE))

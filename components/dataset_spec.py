@@ -55,7 +55,7 @@ class Column:
                 or k in ("name", "kind")}
 
 
-VOCABULARY_COUNTERS = ("tft", "numpy")
+VOCABULARY_COUNTERS = ("numpy", "tft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +70,10 @@ class DatasetSpec:
     # > 0: Transform also gives each int field quantile-bucket ids (`<field>_bucket`, one analyzer
     # pass for all fields), embedded like a categorical field.
     quantile_buckets: int = 0
-    # Who counts the categorical vocabulary: "tft" (tft.vocabulary, a Beam key per distinct token)
-    # or "numpy" (components/frequent_values.py: columnar counts in one combiner). The same file.
-    vocabulary_counter: str = "tft"
+    # Who counts the categorical vocabulary: "numpy" (components/frequent_values.py, columnar counts
+    # in one combiner) or "tft" (tft.vocabulary, one Beam key per distinct token: 2-3x slower on a
+    # long tail, docs/ingestion.md). Both write the same file.
+    vocabulary_counter: str = "numpy"
     max_line_bytes: int = 1 << 16
 
     # -- derived views ---------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class DatasetSpec:
         max_line_bytes = d.get("max_line_bytes", 1 << 16)
         if not isinstance(max_line_bytes, int) or max_line_bytes <= 0:
             raise SpecError(f"{source}: max_line_bytes must be a positive integer, got {max_line_bytes!r}")
-        if d.get("vocabulary_counter", "tft") not in VOCABULARY_COUNTERS:
+        if d.get("vocabulary_counter", cls.vocabulary_counter) not in VOCABULARY_COUNTERS:
             raise SpecError(f"{source}: vocabulary_counter must be one of {', '.join(VOCABULARY_COUNTERS)}, "
                             f"got {d['vocabulary_counter']!r}")
         kwargs = {k: v for k, v in d.items() if k != "columns"}

@@ -4,8 +4,9 @@
   gives). ExampleGen counts the clipped negatives per field.
 * Categorical ``vocab`` fields: one vocabulary over all of them, of ``<field>\x1f<value>`` tokens
   with the spec's frequency threshold, so every id is exactly one (field, value) pair and a single
-  analyzer pass serves every field instead of one analyzer per field; unit weights make TFT count
-  each batch's distinct tokens in the graph (the vocabulary is the same as unweighted). Values
+  analyzer pass serves every field instead of one analyzer per field. It is counted by the spec's
+  ``vocabulary_counter``: ``numpy`` (`components.frequent_values`) or ``tft.vocabulary``; the same
+  file either way, each batch's distinct tokens counted in the graph. Values
   under the threshold and unseen values get -1; the model maps ids to per-field embedding rows
   (`components.vocabulary.FieldRows`), -1 to the field's OOV row. Missing values are the explicit
   token ``__MISSING__`` so they get their own id when frequent.

@@ -21,4 +21,4 @@ def test_unknown_vocabulary_counter_is_a_one_line_error(value):
     d["vocabulary_counter"] = value
     with pytest.raises(SpecError) as e:
         DatasetSpec.from_dict(d, source="my.yaml")
-    assert str(e.value).startswith("my.yaml: vocabulary_counter must be one of tft, numpy") and "\n" not in str(e.value)
+    assert str(e.value).startswith("my.yaml: vocabulary_counter must be one of numpy, tft") and "\n" not in str(e.value)
