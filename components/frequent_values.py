@@ -23,23 +23,31 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import List, Tuple
+from typing import List
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
 
 # tf.strings.to_hash_bucket_fast(x, FINGERPRINT_BUCKETS): FarmHash64 of the token modulo this.
 FINGERPRINT_BUCKETS = 2 ** 63 - 1
 # What tft.vocabulary writes when no token reaches the threshold (its lookup tables need a line).
-EMPTY_VOCABULARY_LINE = b"49d0cd50-04bb-48c0-bc6f-5b575dce351a"
+EMPTY_VOCABULARY_LINE = tft.analyzers.get_empy_vocabulary_dummy_value(tf.string)[1]
 _TOKENS = pa.large_binary()
 
 
 def fingerprints(tokens: tf.Tensor) -> tf.Tensor:
     return tf.strings.to_hash_bucket_fast(tokens, FINGERPRINT_BUCKETS)
+
+
+def _equal_to_previous(keys: np.ndarray, tokens: pa.Array):
+    """Per entry after the first: whether its key, and whether its token, equal the entry before."""
+    return keys[1:] == keys[:-1], pc.equal(tokens.slice(1), tokens.slice(0, len(tokens) - 1)).to_numpy(
+        zero_copy_only=False)
 
 
 class TokenCounts:
@@ -73,8 +81,7 @@ class TokenCounts:
         order = np.argsort(keys)
         keys, counts = keys[order], counts[order]
         tokens = tokens.take(pa.array(order))
-        same_key = keys[1:] == keys[:-1]
-        same_token = pc.equal(tokens.slice(1), tokens.slice(0, len(tokens) - 1)).to_numpy(zero_copy_only=False)
+        same_key, same_token = _equal_to_previous(keys, tokens)
         if np.any(same_key & ~same_token):
             # A fingerprint collision (~n^2 / 2^64 for n distinct tokens): sort by the bytes as well
             # so that each token's entries are adjacent.
@@ -82,8 +89,7 @@ class TokenCounts:
                                     sort_keys=[("k", "ascending"), ("t", "ascending")]).to_numpy()
             keys, counts = keys[order], counts[order]
             tokens = tokens.take(pa.array(order))
-            same_key = keys[1:] == keys[:-1]
-            same_token = pc.equal(tokens.slice(1), tokens.slice(0, len(tokens) - 1)).to_numpy(zero_copy_only=False)
+            same_key, same_token = _equal_to_previous(keys, tokens)
         starts = np.flatnonzero(np.concatenate([[True], ~(same_key & same_token)]))
         return cls(keys[starts], tokens.take(pa.array(starts)), np.add.reduceat(counts, starts))
 
@@ -138,13 +144,7 @@ def _write_lines(lines: List[bytes], path: str) -> np.ndarray:
     return np.array(path.encode())
 
 
-def _analyzer_base():
-    import tensorflow_transform.beam as tft_beam
-
-    return tft_beam.experimental.PTransformAnalyzer
-
-
-class WriteVocabulary(_analyzer_base()):
+class WriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
     """TF Transform analyzer body: batches of (fingerprints, tokens, counts) -> one element, the path
     of the vocabulary file written under the analysis's temp dir as `vocab_filename`."""
 
@@ -164,8 +164,6 @@ def vocabulary(tokens: tf.Tensor, frequency_threshold: int, vocab_filename: str)
     """``tft.vocabulary(tokens, frequency_threshold=..., vocab_filename=...)`` for string `tokens` of
     any shape, counted by `TokenCountsFn`: the path of the same vocabulary file, for
     ``tft.apply_vocabulary``."""
-    import tensorflow_transform as tft
-
     flat = tf.reshape(tokens, [-1])
     # What tft.vocabulary leaves out of a text vocabulary: empty tokens and tokens with \n or \r.
     regex = tft.analyzers.get_vocab_newline_characters_regex(tf.string, "text")
