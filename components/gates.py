@@ -4,7 +4,8 @@ Open-source Kubeflow Pipelines v2 cannot run TFX Resolver nodes, so `LatestPushe
 newest version under the serving base directory itself (the same way under LocalDagRunner and KFP)
 and hands it on as a Model artifact: the Evaluator's baseline, flagged `found=0` when there is none.
 `BaselineEvaluator` is TFX's Evaluator that treats a `found=0` baseline as no baseline (TFX then
-ignores the change thresholds). `SparsityGate` reads the trained embedding tables (TFMA cannot see
+ignores the change thresholds) and decodes only the features TFMA reads (label, slices): the models
+get the serialized examples, and unbatching every raw feature of every example was a third of its time. `SparsityGate` reads the trained embedding tables (TFMA cannot see
 weights) and makes the one decision the Pusher follows: blessed only if the Evaluator blessed the
 model and its embedding-row sparsity reaches the minimum. Its report (JSON) gives every measured
 value, its threshold and the verdict.
@@ -12,7 +13,8 @@ value, its threshold and the verdict.
 # No `from __future__ import annotations`: TFX parses the component signatures' real types.
 import json
 import os
-from typing import Any, Dict, Optional
+import tempfile
+from typing import Any, Dict, Optional, Set
 
 import tensorflow as tf
 from tfx.components.evaluator import executor as evaluator_executor
@@ -20,7 +22,8 @@ from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.components.base import executor_spec
-from tfx.types import artifact, standard_artifacts
+from tfx.types import artifact, standard_artifacts, standard_component_specs
+from tfx.utils import io_utils, proto_utils
 
 from serving import model_versions
 
@@ -48,16 +51,76 @@ def LatestPushedModel(model_base: Parameter[str], model: OutputArtifact[standard
         model.set_string_custom_property("source_version", os.path.basename(latest))
 
 
+def evaluated_features(eval_config) -> Optional[Set[str]]:
+    """The example features TFMA reads for `eval_config` (labels, weights, slices); None when it
+    cannot be told (SQL slices), in which case every feature must be decoded."""
+    names: Set[str] = set()
+    for spec in eval_config.model_specs:
+        for key in ("label_key", "example_weight_key", "prediction_key"):
+            if getattr(spec, key):
+                names.add(getattr(spec, key))
+        for keys in (spec.label_keys, spec.example_weight_keys, spec.prediction_keys):
+            names.update(keys.values())
+    slices = list(eval_config.slicing_specs)
+    for cross in eval_config.cross_slicing_specs:
+        slices += [cross.baseline_spec, *cross.slicing_specs]
+    for spec in slices:
+        if spec.slice_keys_sql:
+            return None
+        names.update(spec.feature_keys)
+        names.update(spec.feature_values.keys())
+    return names
+
+
+def reduced_schema(schema, names: Set[str]):
+    """`schema` with only the features in `names`; None if one of them is not in it."""
+    kept = [f for f in schema.feature if f.name in names]
+    if {f.name for f in kept} != names:
+        return None
+    reduced = type(schema)()
+    reduced.CopyFrom(schema)
+    del reduced.feature[:]
+    reduced.feature.extend(kept)
+    del reduced.sparse_feature[:]
+    del reduced.weighted_feature[:]
+    return reduced
+
+
 class _BaselineEvaluatorExecutor(evaluator_executor.Executor):
     def Do(self, input_dict, output_dict, exec_properties):
         baseline = input_dict.get("baseline_model") or []
         if baseline and not baseline[0].get_int_custom_property("found"):
             input_dict = {k: v for k, v in input_dict.items() if k != "baseline_model"}
-        return super().Do(input_dict, output_dict, exec_properties)
+        schema_key = standard_component_specs.SCHEMA_KEY
+        with tempfile.TemporaryDirectory() as tmp:
+            if input_dict.get(schema_key):
+                input_dict = dict(input_dict, **{schema_key: [self._evaluated_schema(input_dict[schema_key][0],
+                                                                                      exec_properties, tmp)]})
+            return super().Do(input_dict, output_dict, exec_properties)
+
+    @staticmethod
+    def _evaluated_schema(schema_artifact, exec_properties, tmp: str):
+        """A Schema artifact in `tmp` with the features TFMA reads, or `schema_artifact` itself."""
+        import tensorflow_model_analysis as tfma
+        config_json = exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY)
+        if not config_json:
+            return schema_artifact
+        eval_config = tfma.EvalConfig()
+        proto_utils.json_to_proto(config_json, eval_config)
+        schema = io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schema_artifact.uri))
+        names = evaluated_features(eval_config)
+        reduced = reduced_schema(schema, names) if names is not None else None
+        if reduced is None:
+            return schema_artifact
+        artifact_in_tmp = standard_artifacts.Schema()
+        artifact_in_tmp.uri = tmp
+        io_utils.write_pbtxt_file(os.path.join(tmp, "schema.pbtxt"), reduced)
+        return artifact_in_tmp
 
 
 class BaselineEvaluator(Evaluator):
-    """TFX's Evaluator; a LatestPushedModel baseline with found=0 counts as no baseline."""
+    """TFX's Evaluator; a LatestPushedModel baseline with found=0 counts as no baseline, and a
+    `schema` narrows the decoded features to those TFMA reads."""
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(_BaselineEvaluatorExecutor)
 
 

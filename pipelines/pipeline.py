@@ -138,6 +138,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_pushed.outputs["model"],
+        schema=schema_gen.outputs["schema"],
         eval_config=eval_config(config, spec),
     ).with_id("Evaluator")
     sparsity_gate = SparsityGate(
