@@ -4,6 +4,7 @@ Group Adam against a tf_keras Adam baseline, measured per stage, per day and in 
     python -m benchmarks.scale_run                                # every (day, optimizer) not done yet, then --merge
     python -m benchmarks.scale_run --day 2 --optimizer group_adam  # one resumable invocation
     python -m benchmarks.scale_run --merge                        # parts -> benchmarks/results/scale_run.{json,txt}
+    python -m benchmarks.scale_run --merge --import-parts benchmarks/results/scale_run.json  # + parts not rerun
     python -m benchmarks.scale_run --vocabulary 1000000           # vocabulary rows of one day, counted vs expected
 
 Data: `pipelines.generator`'s ``criteo-scale`` preset, day N = span N (one truth; the tails drift from
@@ -126,6 +127,23 @@ def _read_json(path: str) -> Optional[Any]:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def import_parts(work: str, merged_path: str) -> List[str]:
+    """The parts of an earlier merged output (``--out``'s JSON) that `work` has no part of, written into
+    `work`'s parts with ``imported_from``: so that days rerun in a new `work` merge with those not rerun."""
+    merged = _read_json(merged_path)
+    if merged is None or "days" not in merged:
+        raise SystemExit(f"{merged_path}: not a merged scale_run output")
+    imported = []
+    for day_name, by_optimizer in sorted(merged["days"].items()):
+        for optimizer, part in sorted(by_optimizer.items()):
+            path = part_path(work, part["day"], optimizer)
+            if os.path.exists(path):
+                continue
+            _write_json(path, dict(part, imported_from=os.path.relpath(merged_path, REPO)))
+            imported.append(f"{day_name}/{optimizer}")
+    return imported
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1111,6 +1129,12 @@ def merge(work: str, out_prefix: str) -> Dict[str, Any]:
     if repushed:
         notes.append("pushed and unpruned models of " + ", ".join(repushed) + " re-made from the day's trained model "
                      "by --repush with the Pusher's code as it is now (the pipeline's push: push_as_run in the JSON)")
+    imported = {}
+    for (d, o), part in sorted(parts.items()):
+        if part.get("imported_from"):
+            imported.setdefault(part["imported_from"], []).append(f"day{d}/{o} (run {str(part.get('started'))[:10]})")
+    for source, names in imported.items():
+        notes.append(f"imported from {source}, not rerun with the others: " + ", ".join(names))
     missing = [f"day {d} {o}" for d in DAYS for o in OPTIMIZERS if (d, o) not in parts]
     if missing:
         notes.append("not run yet: " + ", ".join(missing) + " (python -m benchmarks.scale_run --day N --optimizer X)")
@@ -1219,6 +1243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--day", type=int, choices=DAYS, help="run one day (with --optimizer)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS)
     parser.add_argument("--merge", action="store_true", help="merge the parts under --work into --out")
+    parser.add_argument("--import-parts", metavar="MERGED_JSON",
+                        help="with --merge: first copy the parts of an earlier merged output that --work lacks")
     parser.add_argument("--vocabulary", type=int, metavar="ROWS",
                         help="generate one day of ROWS rows and count its vocabulary rows against the expectation")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows a day (default {DEFAULT_ROWS:,})")
@@ -1257,7 +1283,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "expected": part["expected"]["total"], "expected_at_10m": part["expected_at_10m"]["total"]},
                          indent=1))
         return 0
+    if opts.import_parts and not opts.merge:
+        parser.error("--import-parts goes with --merge")
     if opts.merge:
+        if opts.import_parts:
+            print("imported: " + (", ".join(import_parts(opts.work, os.path.abspath(opts.import_parts))) or "none"))
         merge(opts.work, opts.out)
         print(open(opts.out + ".txt", encoding="utf-8").read())
         return 0

@@ -5,10 +5,11 @@ newest version under the serving base directory itself (the same way under Local
 and hands it on as a Model artifact: the Evaluator's baseline, flagged `found=0` when there is none.
 `BaselineEvaluator` is TFX's Evaluator that treats a `found=0` baseline as no baseline (TFX then
 ignores the change thresholds) and decodes only the features TFMA reads (label, slices): the models
-get the serialized examples, and unbatching every raw feature of every example was a third of its time. `SparsityGate` reads the trained embedding tables (TFMA cannot see
-weights) and makes the one decision the Pusher follows: blessed only if the Evaluator blessed the
-model and its embedding-row sparsity reaches the minimum. Its report (JSON) gives every measured
-value, its threshold and the verdict.
+get the serialized examples, and unbatching every raw feature of every example was a third of its
+time. `SparsityGate` reads the trained embedding tables (TFMA cannot see weights) and makes the one
+decision the Pusher follows: blessed only if the Evaluator blessed the model and its embedding-row
+sparsity reaches the minimum. Its report (JSON) gives every measured value, its threshold and the
+verdict.
 """
 # No `from __future__ import annotations`: TFX parses the component signatures' real types.
 import json
@@ -81,8 +82,11 @@ def reduced_schema(schema, names: Set[str]):
     reduced.CopyFrom(schema)
     del reduced.feature[:]
     reduced.feature.extend(kept)
+    # Composite features and custom tensor representations may name features that are gone; the
+    # kept ones get TFXIO's default representation.
     del reduced.sparse_feature[:]
     del reduced.weighted_feature[:]
+    reduced.ClearField("tensor_representation_group")
     return reduced
 
 

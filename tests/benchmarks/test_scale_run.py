@@ -204,6 +204,27 @@ def test_merge_notes_the_repushed_parts(tmp_path):
     assert "--repush" in (tmp_path / "out.txt").read_text()
 
 
+def test_merge_imports_the_parts_a_new_work_folder_lacks_and_notes_them(tmp_path):
+    earlier = [_part(d, o) for d in scale_run.DAYS for o in scale_run.OPTIMIZERS]
+    for part in earlier:
+        part["started"], part["pipeline"]["wall_s"] = "2026-11-30T22:12:36", 1900.0
+    _write_parts(tmp_path / "earlier", earlier)
+    scale_run.merge(str(tmp_path / "earlier"), str(tmp_path / "earlier_out"))
+    rerun = _part(1, "adam", pipeline={"wall_s": 1500.0})
+    _write_parts(tmp_path / "work", [rerun])
+    scale_run.main(["--merge", "--import-parts", str(tmp_path / "earlier_out.json"), "--work", str(tmp_path / "work"),
+                    "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert not result["missing"]
+    assert result["days"]["day1"]["adam"]["pipeline"]["wall_s"] == 1500.0  # the rerun part wins
+    assert "imported_from" not in result["days"]["day1"]["adam"]
+    assert result["days"]["day2"]["adam"]["imported_from"].endswith("earlier_out.json")
+    [note] = [n for n in result["notes"] if n.startswith("imported from")]
+    assert "day1/group_adam (run 2026-11-30)" in note and "day1/adam" not in note
+    with pytest.raises(SystemExit):
+        scale_run.main(["--import-parts", str(tmp_path / "earlier_out.json"), "--work", str(tmp_path / "work")])
+
+
 def test_repush_needs_a_finished_day_and_its_trained_model(tmp_path):
     with pytest.raises(SystemExit) as e:
         scale_run.main(["--day", "2", "--optimizer", "adam", "--repush", "--work", str(tmp_path)])

@@ -88,7 +88,10 @@ def test_evaluated_features_are_labels_and_slices():
 
 def test_reduced_schema_keeps_only_named_features_and_refuses_missing_ones():
     schema = _schema("label", "score", "C1", "C2")
-    assert [f.name for f in reduced_schema(schema, {"label", "C1"}).feature] == ["label", "C1"]
+    schema.tensor_representation_group[""].tensor_representation["C2"].varlen_sparse_tensor.column_name = "C2"
+    reduced = reduced_schema(schema, {"label", "C1"})
+    assert [f.name for f in reduced.feature] == ["label", "C1"]
+    assert not reduced.tensor_representation_group  # it named C2, which is gone
     assert [f.name for f in schema.feature] == ["label", "score", "C1", "C2"]
     assert reduced_schema(schema, {"label", "C9"}) is None
 

@@ -1,0 +1,145 @@
+"""The Evaluator's cost: TFX's Evaluator executor as the pipeline runs it (`components.gates.
+BaselineEvaluator`, the pipeline's `eval_config`), with its schema narrowed to the features TFMA reads
+(label, slice fields) against no schema (every raw feature decoded and unbatched), on real eval files.
+
+    python -m benchmarks.evaluator_bench \
+        --examples output/scale_run/adam/pipeline_root/ClickLogExampleGen/examples/1 \
+        --model output/scale_run/adam/serving/ctr/<version> \
+        --schema output/scale_run/adam/pipeline_root/SchemaGen/schema/3/schema.pbtxt \
+        --files 1 --out benchmarks/results/evaluator
+
+Each case is one `Do()` in this process (DirectRunner in memory, one worker), timed without process
+and TensorFlow start-up; cases alternate (narrowed, full, narrowed, full, ...) so that a shared
+machine's load falls on both alike. ``models``: 1 = the candidate alone (a first run), 2 = candidate
+and baseline (every scheduled retrain after the first: the same model as both here). The metrics of
+the narrowed and full runs must be identical, value for value.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+CASES = ("narrowed", "full")
+
+
+def _examples_artifact(examples_dir: str, files: int, tmp: str):
+    """An Examples artifact whose eval split holds the first `files` files of `examples_dir`'s."""
+    from tfx.types import standard_artifacts
+    paths = sorted(glob.glob(os.path.join(examples_dir, "Split-eval", "*")))[:files]
+    if not paths:
+        raise SystemExit(f"{examples_dir}: no Split-eval files")
+    split = os.path.join(tmp, "examples", "Split-eval")
+    os.makedirs(split)
+    for path in paths:
+        os.symlink(os.path.abspath(path), os.path.join(split, os.path.basename(path)))
+    artifact = standard_artifacts.Examples()
+    artifact.uri = os.path.dirname(split)
+    artifact.split_names = '["eval"]'
+    return artifact
+
+
+def _model_artifact(saved_model: str, tmp: str, name: str, baseline: bool = False):
+    from tfx.types import standard_artifacts
+    artifact = standard_artifacts.Model()
+    artifact.uri = os.path.join(tmp, name)
+    os.makedirs(artifact.uri)
+    os.symlink(os.path.abspath(saved_model), os.path.join(artifact.uri, "Format-Serving"))
+    if baseline:
+        artifact.set_int_custom_property("found", 1)
+    return artifact
+
+
+def evaluate(case: str, models: int, examples, saved_model: str, schema_file: str, tmp: str) -> Dict:
+    """One Evaluator run: wall seconds and its metrics ({slice/metric/model: value})."""
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+    import tensorflow_model_analysis as tfma
+    from components.dataset_spec import load_spec
+    from components.gates import _BaselineEvaluatorExecutor
+    from pipelines.config import PipelineConfig
+    from pipelines.pipeline import eval_config
+    run = tempfile.mkdtemp(dir=tmp, prefix=f"{case}-{models}-")
+    inputs = {"examples": [examples], "model": [_model_artifact(saved_model, run, "model")]}
+    if models == 2:
+        inputs["baseline_model"] = [_model_artifact(saved_model, run, "baseline", baseline=True)]
+    if case == "narrowed":
+        schema = standard_artifacts.Schema()
+        schema.uri = os.path.join(run, "schema")
+        os.makedirs(schema.uri)
+        shutil.copy(schema_file, os.path.join(schema.uri, "schema.pbtxt"))
+        inputs["schema"] = [schema]
+    evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
+    evaluation.uri, blessing.uri = os.path.join(run, "evaluation"), os.path.join(run, "blessing")
+    config = eval_config(PipelineConfig(), load_spec("criteo"))
+    start = time.perf_counter()
+    _BaselineEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]},
+                                    {"eval_config": proto_utils.proto_to_json(config)})
+    wall = time.perf_counter() - start
+    metrics = {}
+    for sliced in tfma.load_metrics(evaluation.uri):
+        slice_name = " ".join(str(sliced.slice_key).split()) or "overall"
+        for kv in sliced.metric_keys_and_values:
+            key = f"{slice_name}/{kv.key.name}/{kv.key.model_name}{'/diff' if kv.key.is_diff else ''}"
+            metrics[key] = kv.value.double_value.value
+    return {"case": case, "models": models, "wall_s": round(wall, 2), "metrics": metrics}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", required=True, help="an ExampleGen Examples artifact folder")
+    parser.add_argument("--model", required=True, help="a pushed SavedModel (serving_default over tf.Examples)")
+    parser.add_argument("--schema", required=True, help="the pipeline's schema.pbtxt (SchemaGen)")
+    parser.add_argument("--files", type=int, default=1, help="eval files to read")
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "evaluator"))
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        examples = _examples_artifact(args.examples, args.files, tmp)
+        for models in args.models:
+            for _ in range(args.repeats):
+                for case in CASES:
+                    runs.append(evaluate(case, models, examples, args.model, args.schema, tmp))
+                    print(f"{case:9s} models={models}  {runs[-1]['wall_s']:7.1f} s", flush=True)
+        rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+    summary = []
+    for models in args.models:
+        walls = {case: [r["wall_s"] for r in runs if r["models"] == models and r["case"] == case] for case in CASES}
+        same = len({json.dumps(r["metrics"], sort_keys=True) for r in runs if r["models"] == models}) == 1
+        summary.append({"models": models, "narrowed_s": statistics.median(walls["narrowed"]),
+                        "full_s": statistics.median(walls["full"]), "metrics_identical": same,
+                        "speed_up": round(statistics.median(walls["full"]) / statistics.median(walls["narrowed"]), 2)})
+    report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator), schema narrowed vs none",
+              "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
+              "eval_files": args.files, "rows_evaluated": rows,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_before": round(load_before, 2),
+                          "load_average_after": round(os.getloadavg()[0], 2)},
+              "summary": summary, "runs": runs}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [report["benchmark"], f"{rows:,.0f} eval rows ({args.files} file(s) of {args.examples}); model "
+             f"{args.model}", f"executor Do() wall s, median of {args.repeats}, alternating; DirectRunner in "
+             f"memory; load average {report['machine']['load_average_before']} before, "
+             f"{report['machine']['load_average_after']} after", "",
+             "models  narrowed_s  full_s  speed-up  metrics identical"]
+    lines += [f"{s['models']:6d}  {s['narrowed_s']:10.1f}  {s['full_s']:6.1f}  {s['speed_up']:7.2f}x  "
+              f"{'yes' if s['metrics_identical'] else 'NO'}" for s in summary]
+    with open(args.out + ".txt", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
