@@ -165,5 +165,6 @@ def write_report(report: Dict, out: str) -> None:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+
 if __name__ == "__main__":
     main()

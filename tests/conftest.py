@@ -9,6 +9,21 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 
+def write_sigmoid_model(path: str, feature: str) -> None:
+    """A SavedModel whose serving_default takes serialized tf.Examples, as the pushed models do, and
+    returns sigmoid(`feature`) as the click probability."""
+    import tensorflow as tf
+
+    class Model(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            parsed = tf.io.parse_example(examples, {feature: tf.io.FixedLenFeature([1], tf.float32)})
+            return {"probability": tf.sigmoid(parsed[feature])}
+
+    model = Model()
+    tf.saved_model.save(model, path, signatures={"serving_default": model.serve})
+
+
 @pytest.fixture
 def shared_data():
     """Path of ../shared/data (real click-log samples); tests skip when it is absent."""

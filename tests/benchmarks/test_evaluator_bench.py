@@ -6,6 +6,7 @@ import os
 import pytest
 
 from benchmarks import evaluator_bench
+from tests.conftest import write_sigmoid_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "evaluator.json")
@@ -29,14 +30,7 @@ def _write_examples_and_model(tmp_path):
                            "C1": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"v%d" % (i % 5)]))}
                 w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
-    class Model(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-        def serve(self, examples):
-            parsed = tf.io.parse_example(examples, {"I1": tf.io.FixedLenFeature([1], tf.float32)})
-            return {"probability": tf.sigmoid(parsed["I1"])}
-
-    model = Model()
-    tf.saved_model.save(model, str(tmp_path / "model"), signatures={"serving_default": model.serve})
+    write_sigmoid_model(str(tmp_path / "model"), "I1")
     schema = schema_pb2.Schema()
     schema.feature.add(name="label", type=schema_pb2.INT)
     schema.feature.add(name="I1", type=schema_pb2.FLOAT)

@@ -2,6 +2,7 @@
 import os
 
 from components.gates import decide, evaluated_features, latest_version_dir, reduced_schema
+from tests.conftest import write_sigmoid_model
 
 SPARSITY = {"fraction": 0.6, "tables": {"C1": {"fraction": 0.9}, "C2": {"fraction": 0.1}}}
 
@@ -96,20 +97,6 @@ def test_reduced_schema_keeps_only_named_features_and_refuses_missing_ones():
     assert reduced_schema(schema, {"label", "C9"}) is None
 
 
-def _write_eval_model(path):
-    """A serving_default over serialized tf.Examples, as the pushed models have: sigmoid(score)."""
-    import tensorflow as tf
-
-    class Model(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-        def serve(self, examples):
-            parsed = tf.io.parse_example(examples, {"score": tf.io.FixedLenFeature([1], tf.float32)})
-            return {"probability": tf.sigmoid(parsed["score"])}
-
-    model = Model()
-    tf.saved_model.save(model, path, signatures={"serving_default": model.serve})
-
-
 def _evaluate(tmp_path, name, schema, eval_config):
     """TFX's Evaluator executor as the pipeline runs it (BaselineEvaluator), on the test's examples."""
     from tfx.types import standard_artifacts
@@ -155,7 +142,7 @@ def test_evaluator_with_reduced_schema_gives_the_same_metrics(tmp_path):
             if i % 4:  # a sometimes-missing feature, as in click logs
                 features["C2"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))
             w.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
-    _write_eval_model(str(tmp_path / "model" / "Format-Serving"))
+    write_sigmoid_model(str(tmp_path / "model" / "Format-Serving"), "score")
     eval_config = _eval_config(feature_keys=["C1"])
     full = _evaluate(tmp_path, "no_schema", None, eval_config)
     reduced = _evaluate(tmp_path, "schema", _schema("label", "score", "C1", "C2"), eval_config)
