@@ -193,62 +193,106 @@ def child_main(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def input_child_main(args) -> None:
-    """The Trainer's input pipeline alone: `components.training.input_dataset` (TFX's data accessor,
-    tfxio) over gzipped TFRecords of transformed examples (the 26 id + 13 float features + label of
-    the cells), examples/s of two passes read inside a tf.function as fit reads them."""
-    import statistics
-    import tempfile
-
+def _write_input_examples(split: str, examples: int, files: int):
+    """The cells' examples (26 ids + 13 floats + label) as Transform writes them: gzipped TFRecords
+    of tf.Examples in `files` shards under `split`; returns their schema."""
     import tensorflow as tf
     from tensorflow_transform.tf_metadata import schema_utils
-    from tfx.components.trainer import fn_args_utils
-    from tfx.components.util import tfxio_utils
-    from tfx.types import standard_artifacts
 
-    from components import training
-
-    examples = args.examples // args.batch_size * args.batch_size
     features, labels, _ = synthetic_data(examples, SIZES["1e4"])
     feature_spec = {f: tf.io.FixedLenFeature([], tf.float32) for f in INT_FIELDS}
     feature_spec.update({f: tf.io.FixedLenFeature([], tf.int64) for f in CAT_FIELDS + ["label"]})
-    schema = schema_utils.schema_from_feature_spec(feature_spec)
-    with tempfile.TemporaryDirectory() as root:
-        split = os.path.join(root, "Split-train")
-        os.makedirs(split)
-        options = tf.io.TFRecordOptions(compression_type="GZIP")
-        with tf.io.TFRecordWriter(os.path.join(split, "transformed_examples-00000-of-00001.gz"), options) as w:
-            for i in range(examples):
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    for shard in range(files):
+        path = os.path.join(split, f"transformed_examples-{shard:05d}-of-{files:05d}.gz")
+        with tf.io.TFRecordWriter(path, options) as w:
+            for i in range(shard, examples, files):
                 feature = {f: tf.train.Feature(float_list=tf.train.FloatList(value=[features[f][i]]))
                            for f in INT_FIELDS}
                 feature.update({f: tf.train.Feature(int64_list=tf.train.Int64List(value=[features[f][i]]))
                                 for f in CAT_FIELDS})
                 feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(labels[i])]))
                 w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return schema_utils.schema_from_feature_spec(feature_spec)
+
+
+def input_child_main(args) -> None:
+    """The Trainer's input pipeline alone: `components.training.input_dataset` against tfx_bsl's
+    reader (TFX's data accessor, what it used before) over the same gzipped TFRecords of transformed
+    examples, shuffled, batch --batch-size, with the same finiteness check; examples/s of passes
+    read inside a tf.function as fit reads them, the two readers alternating. The files: the
+    cells' examples (two shards, as Transform writes them), or --transform-output's train split
+    (an existing Transform output: its transformed_examples/<n>/Split-train and transform_graph/<n>
+    with the same <n> or the given ones) read for at most --input-batches batches per pass."""
+    import statistics
+    import tempfile
+
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    from tfx.components.trainer import fn_args_utils
+    from tfx.components.util import tfxio_utils
+    from tfx.types import standard_artifacts
+
+    from components import training
+
+    def accessor_for(root):
         artifact = standard_artifacts.Examples()
         artifact.uri = root
         artifact.split_names = '["train"]'
         # What TFX's Trainer hands run_fn as fn_args.data_accessor (fn_args_utils.get_data_accessor).
-        accessor = fn_args_utils.DataAccessor(
+        return fn_args_utils.DataAccessor(
             tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([artifact], []),
             record_batch_factory=None, data_view_decode_fn=None)
-        dataset = training.input_dataset([os.path.join(split, "*")], accessor, schema, args.batch_size,
-                                          seed=0, shuffle=True)
 
-        @tf.function
-        def read_all():
-            count = tf.constant(0, tf.int64)
-            for batch_features, batch_labels in dataset:
-                count += tf.size(batch_labels, out_type=tf.int64)
-            return count
+    with tempfile.TemporaryDirectory() as temp:
+        if args.transform_output:
+            examples_root, graph = args.transform_output
+            schema = tft.TFTransformOutput(graph).transformed_metadata.schema
+            split = os.path.join(examples_root, "Split-train")
+        else:
+            examples_root = temp
+            split = os.path.join(temp, "Split-train")
+            os.makedirs(split)
+            schema = _write_input_examples(split, args.examples // args.batch_size * args.batch_size, files=2)
+        accessor = accessor_for(examples_root)
+        pattern = [os.path.join(split, "*")]
 
-        rates = []
-        for _ in range(3):  # the first pass also traces
-            started = time.perf_counter()
-            count = int(read_all())
-            rates.append(count / (time.perf_counter() - started))
-    print("RESULT " + json.dumps({"examples": count, "passes_examples_per_s": [round(r, 1) for r in rates],
-                                  "examples_per_s": statistics.median(rates[1:])}), flush=True)
+        def tfx_bsl_reader():
+            return accessor.tf_dataset_factory(pattern, training.tfxio.TensorFlowDatasetOptions(
+                batch_size=args.batch_size, label_key=training.LABEL_KEY, num_epochs=1, shuffle=True,
+                shuffle_seed=0, drop_final_batch=False), schema).map(
+                    training.check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+        readers = {
+            "input_dataset": lambda: training.input_dataset(pattern, accessor, schema, args.batch_size, seed=0,
+                                                            shuffle=True),
+            "tfx_bsl_reader": tfx_bsl_reader,
+        }
+        limit = args.input_batches or -1
+
+        def read_all(dataset):
+            @tf.function
+            def count_examples():
+                count = tf.constant(0, tf.int64)
+                for _, batch_labels in dataset.take(limit):
+                    count += tf.size(batch_labels, out_type=tf.int64)
+                return count
+            return count_examples
+
+        passes = {name: [] for name in readers}
+        counts = {}
+        for turn in range(3):  # the first pass of each also traces
+            for name in (list(readers) if turn % 2 == 0 else list(readers)[::-1]):
+                read = read_all(readers[name]())
+                started = time.perf_counter()
+                counts[name] = int(read())
+                passes[name].append(counts[name] / (time.perf_counter() - started))
+    rates = {name: statistics.median(values[1:]) for name, values in passes.items()}
+    print("RESULT " + json.dumps({
+        "examples": counts["input_dataset"], "files": args.transform_output or "cells' examples, 2 shards",
+        "passes_examples_per_s": {name: [round(r, 1) for r in values] for name, values in passes.items()},
+        "examples_per_s": rates["input_dataset"], "tfx_bsl_reader_examples_per_s": rates["tfx_bsl_reader"],
+        "speedup_over_tfx_bsl_reader": rates["input_dataset"] / rates["tfx_bsl_reader"]}), flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,7 +326,9 @@ def run_cell(cell: Dict[str, str], steps: int, args, timeout_s: float) -> Dict:
 def run_input_pipeline(args) -> Dict:
     """The input-pipeline child's result (or its error), with the load around it."""
     cmd = [sys.executable, "-m", "benchmarks.trainer_bench", "--input-child", "--batch-size",
-           str(args.batch_size), "--examples", str(args.examples)]
+           str(args.batch_size), "--examples", str(args.examples), "--input-batches", str(args.input_batches)]
+    if args.transform_output:
+        cmd += ["--transform-output", *args.transform_output]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     out = {"load_average_before": round(os.getloadavg()[0], 2)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -294,6 +340,22 @@ def run_input_pipeline(args) -> Dict:
         out.update(json.loads(line[len("RESULT "):]))
     print(f"input pipeline: {out.get('examples_per_s', out.get('error'))}", flush=True)
     return out
+
+
+def format_input_pipeline(pipeline: Dict, batch_size: int) -> List[str]:
+    """The input pipeline's lines: both readers' examples/s and their ratio."""
+    if "examples_per_s" not in pipeline:
+        return [f"Trainer input pipeline alone: ERROR {pipeline['error']}"]
+    return [
+        f"Trainer input pipeline alone ({pipeline['files']}; {pipeline['examples']:,d} examples a pass, "
+        f"shuffled, batch {batch_size}, float features checked finite; median of 2 passes after a first, "
+        "the readers alternating):",
+        f"  components.training.input_dataset (files read in blocks of records)  "
+        f"{pipeline['examples_per_s']:>10.0f} examples/s",
+        f"  tfx_bsl's reader (TFX data accessor, records interleaved one by one)  "
+        f"{pipeline['tfx_bsl_reader_examples_per_s']:>10.0f} examples/s",
+        f"  input_dataset / tfx_bsl's reader: {pipeline['speedup_over_tfx_bsl_reader']:.2f}x",
+    ]
 
 
 # Issue #17's trainer targets: Group Adam / Adam examples/s at each size, DNN examples/s at 1e6 rows
@@ -422,11 +484,7 @@ def format_text(record: Dict) -> str:
             lines.append(f"  {key:<28}{value:>8.2f}")
     pipeline = record.get("input_pipeline")
     if pipeline:
-        lines += ["", "Trainer input pipeline alone (components.training.input_dataset: TFX data accessor over "
-                  "gzipped TFRecords of the cells' transformed examples, shuffled, batch "
-                  f"{record['batch_size']}; median of 2 passes after a first): "
-                  + (f"{pipeline['examples_per_s']:.0f} examples/s" if "examples_per_s" in pipeline
-                     else f"ERROR {pipeline['error']}")]
+        lines += [""] + format_input_pipeline(pipeline, record["batch_size"])
     if record.get("targets"):
         lines += ["", "targets:"] + [
             f"  {t['name']}: {t['value']:.2f} ({t['bound']}: {'met' if t['met'] else 'NOT met'})"
@@ -481,6 +539,29 @@ def format_comparison(labelled: Dict[str, List[Dict]], commands: List[str], note
     return "\n".join(lines) + "\n"
 
 
+def write_input_only(args, argv) -> None:
+    """--input-only: the input pipeline's record and text (trainer_input[_quick].json/.txt)."""
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    pipeline = run_input_pipeline(args)
+    record = {"benchmark": "trainer_bench --input-only",
+              "command": " ".join(["python -m benchmarks.trainer_bench"] + (argv if argv is not None else sys.argv[1:])),
+              "machine": {"cpus": os.cpu_count(), "machine": platform.machine(),
+                          "load_average_before": load_before,
+                          "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+              "batch_size": args.batch_size, "input_pipeline": pipeline}
+    text = "\n".join([f"Command: {record['command']}",
+                      f"{os.cpu_count()} CPUs ({platform.machine()}); 1-min load average {load_before[0]} before, "
+                      f"{record['machine']['load_average_after'][0]} after", ""]
+                     + format_input_pipeline(pipeline, args.batch_size)) + "\n"
+    print(text)
+    stem = "trainer_input" + ("_quick" if args.quick else "")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(args.out, stem + ".txt"), "w") as f:
+        f.write(text)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 warm-up + 4 timed steps")
@@ -504,6 +585,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-input", action="store_true", help="do not measure the input pipeline")
+    parser.add_argument("--input-only", action="store_true",
+                        help="only the input pipeline: writes <out>/trainer_input.json/.txt")
+    parser.add_argument("--transform-output", nargs=2, metavar=("EXAMPLES_DIR", "TRANSFORM_GRAPH_DIR"),
+                        help="measure the input pipeline on this Transform output's train split "
+                             "(EXAMPLES_DIR/Split-train) instead of the cells' examples")
+    parser.add_argument("--input-batches", type=int, default=0,
+                        help="at most this many batches per input-pipeline pass (0: all)")
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, help=argparse.SUPPRESS)
     parser.add_argument("--xla", choices=XLA, help=argparse.SUPPRESS)
@@ -531,6 +619,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     if args.quick:
         args.steps, args.steps_1e6, args.warmup_steps, args.epochs, args.examples = 4, 4, 2, 2, 2048
+    if args.input_only:
+        write_input_only(args, argv)
+        return
     steps_by_size = {"1e4": args.steps, "1e6": args.steps_1e6}
 
     patterns = [p.strip() for p in args.cells.split(",") if p.strip()]

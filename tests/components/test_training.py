@@ -75,3 +75,94 @@ def test_rows_relative_to_oov_builds_relative_tables_and_its_own_warm_start_kind
                                oov_rows={"C1": 2}, rows_relative_to_oov=True)
     assert isinstance(model.get_layer("embedding_C1"), models.RelativeEmbedding)
     assert type(model.get_layer("embedding_C2")).__name__ == "Embedding"  # not a vocabulary field
+
+
+def _write_transformed_examples(split_dir, files, rows_per_file):
+    """Gzipped TFRecords of transformed-looking tf.Examples (int ids, a float, the label); returns
+    their schema. The id C1 is unique per example, so examples can be matched across readers."""
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    feature_spec = {"C1": tf.io.FixedLenFeature([], tf.int64), "C2": tf.io.FixedLenFeature([], tf.int64),
+                    "I1": tf.io.FixedLenFeature([], tf.float32),
+                    training.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    for f in range(files):
+        path = split_dir / f"transformed_examples-{f:05d}-of-{files:05d}.gz"
+        with tf.io.TFRecordWriter(str(path), options) as writer:
+            for i in range(rows_per_file):
+                key = f * rows_per_file + i
+                feature = {"C1": tf.train.Feature(int64_list=tf.train.Int64List(value=[key])),
+                           "C2": tf.train.Feature(int64_list=tf.train.Int64List(value=[key % 7])),
+                           "I1": tf.train.Feature(float_list=tf.train.FloatList(value=[key * 0.5])),
+                           training.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[key % 2]))}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return schema_utils.schema_from_feature_spec(feature_spec)
+
+
+def _data_accessor(root):
+    """What TFX's Trainer hands run_fn as fn_args.data_accessor (fn_args_utils.get_data_accessor)."""
+    from tfx.components.trainer import fn_args_utils
+    from tfx.components.util import tfxio_utils
+    from tfx.types import standard_artifacts
+
+    artifact = standard_artifacts.Examples()
+    artifact.uri = str(root)
+    artifact.split_names = '["train"]'
+    return fn_args_utils.DataAccessor(
+        tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([artifact], []),
+        record_batch_factory=None, data_view_decode_fn=None)
+
+
+def _by_key(dataset):
+    """{C1: (features, label)} of every example of `dataset`, and the batch sizes."""
+    examples, sizes = {}, []
+    for features, label in dataset:
+        sizes.append(int(label.shape[0]))
+        columns = {name: value.numpy() for name, value in features.items()}
+        for row, key in enumerate(columns["C1"]):
+            examples[int(key)] = ({name: value[row] for name, value in columns.items()}, int(label[row]))
+    return examples, sizes
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_input_dataset_gives_the_examples_and_tensors_of_tfxs_data_accessor(tmp_path, shuffle):
+    split = tmp_path / "Split-train"
+    split.mkdir()
+    schema = _write_transformed_examples(split, files=3, rows_per_file=300)
+    pattern = [str(split / "*")]
+    accessor = _data_accessor(tmp_path)
+    # The Trainer's reader reads the files itself (tfx_bsl's reads them record by record).
+    unused = accessor._replace(tf_dataset_factory=None)
+    ours = training.input_dataset(pattern, unused, schema, batch_size=64, seed=3, shuffle=shuffle)
+    tfx_reader = accessor.tf_dataset_factory(pattern, training.tfxio.TensorFlowDatasetOptions(
+        batch_size=64, label_key=training.LABEL_KEY, num_epochs=1, shuffle=shuffle, shuffle_seed=3,
+        drop_final_batch=False), schema)
+
+    assert ours.element_spec == tfx_reader.element_spec
+    got, got_sizes = _by_key(ours)
+    expected, expected_sizes = _by_key(tfx_reader)
+    assert sorted(got) == list(range(900))
+    assert got.keys() == expected.keys()
+    for key, (features, label) in expected.items():
+        assert label == got[key][1]
+        for name, value in features.items():
+            assert value == got[key][0][name], (key, name)
+    assert got_sizes == expected_sizes == [64] * 14 + [4]  # the last, short batch kept
+    if shuffle:  # shuffled across files and within them, the same way for the same seed
+        first = [int(f["C1"][0]) for f, _ in training.input_dataset(pattern, accessor, schema, 64, 3, True)]
+        again = [int(f["C1"][0]) for f, _ in training.input_dataset(pattern, accessor, schema, 64, 3, True)]
+        assert first == again
+        assert first != sorted(first)
+
+
+def test_input_dataset_with_tensor_representations_reads_through_the_data_accessor(tmp_path):
+    split = tmp_path / "Split-train"
+    split.mkdir()
+    schema = _write_transformed_examples(split, files=1, rows_per_file=10)
+    schema.tensor_representation_group[""].tensor_representation["C1"].dense_tensor.column_name = "C1"
+    calls = []
+    accessor = _data_accessor(tmp_path)
+    factory = accessor.tf_dataset_factory
+    accessor = accessor._replace(tf_dataset_factory=lambda *args: calls.append(args) or factory(*args))
+    features, label = next(iter(training.input_dataset([str(split / "*")], accessor, schema, 4, 0, False)))
+    assert len(calls) == 1 and sorted(features) == ["C1", "C2", "I1"] and label.shape == (4,)
