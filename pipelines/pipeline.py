@@ -20,6 +20,7 @@ from tfx.utils import json_utils
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs
 from components.dataset_spec import DatasetSpec, load_spec
+from components.fast_statistics import StatisticsGen
 from components.fast_transform import Transform
 from components.pruned_pusher.component import PrunedPusher
 from components.gates import BaselineEvaluator, LatestPushedModel, SparsityGate
@@ -100,12 +101,14 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
                                      max_quarantine_records_per_reason=config.data.max_quarantine_records_per_reason,
                                      output_config=split_config(config),
                                      **ingestion_kwargs(config.data.input_pattern, per_run[runtime.SPAN_WINDOW]))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
-                                                  stats_options=statistics_options())
     # The curated schema of the dataset spec, not one inferred from today's data (which would
     # accept any drift); the node keeps the SchemaGen id.
     schema_gen = tfx.components.ImportSchemaGen(
         schema_file=schema_file or schema_file_for(spec, config.output_dir)).with_id("SchemaGen")
+    # tfx.components.StatisticsGen with bulk input (components/fast_statistics.py): the schema
+    # tells it the features' types for decoding; the statistics are computed without it.
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+                                   stats_options=statistics_options())
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
