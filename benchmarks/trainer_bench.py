@@ -216,6 +216,40 @@ def _write_input_examples(split: str, examples: int, files: int):
     return schema_utils.schema_from_feature_spec(feature_spec)
 
 
+def _fit_with_each_reader(args, readers) -> Dict:
+    """The Trainer's model for --transform-output (its vocabulary; the criteo spec, rows relative to
+    the OOV row, batch --batch-size) fitted --fit-steps steps per optimizer with each reader's batches
+    after a warm-up epoch of 20 steps: {optimizer: {reader: examples/s}}."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tf_keras as keras
+
+    from components import training
+    from components.dataset_spec import load_spec
+    from components.trainer_config import TrainerConfig
+    from components.vocabulary import FieldVocabulary
+
+    spec = load_spec("criteo")
+    vocabulary = FieldVocabulary(spec, tft.TFTransformOutput(args.transform_output[1]))
+    fits = {}
+    for optimizer in ("group_adam", "adam"):
+        fits[optimizer] = {}
+        for name, reader in readers.items():
+            config = TrainerConfig(optimizer=optimizer, batch_size=args.batch_size, rows_relative_to_oov=True)
+            keras.utils.set_random_seed(config.seed)
+            model = training.build_model(config, spec, vocabulary)
+            training.compile_model(model, config, jit_compile=False)
+            batches = reader().repeat()
+            model.fit(batches, steps_per_epoch=20, epochs=1, verbose=0)
+            started = time.perf_counter()
+            model.fit(batches, steps_per_epoch=args.fit_steps, epochs=1, verbose=0)
+            fits[optimizer][name] = args.fit_steps * args.batch_size / (time.perf_counter() - started)
+            print(f"fit {optimizer} {name}: {fits[optimizer][name]:.0f} examples/s", file=sys.stderr, flush=True)
+            del model
+            keras.backend.clear_session()
+    return fits
+
+
 def input_child_main(args) -> None:
     """The Trainer's input pipeline alone: `components.training.input_dataset` against tfx_bsl's
     reader (TFX's data accessor, what it used before) over the same gzipped TFRecords of transformed
@@ -287,9 +321,13 @@ def input_child_main(args) -> None:
                 started = time.perf_counter()
                 counts[name] = int(read())
                 passes[name].append(counts[name] / (time.perf_counter() - started))
+        fits = _fit_with_each_reader(args, readers) if args.fit_steps else None
     rates = {name: statistics.median(values[1:]) for name, values in passes.items()}
+    files = (f"Transform output {examples_root}, train split" if args.transform_output
+             else "the cells' examples in 2 gzipped shards")
     print("RESULT " + json.dumps({
-        "examples": counts["input_dataset"], "files": args.transform_output or "cells' examples, 2 shards",
+        "fits": fits,
+        "examples": counts["input_dataset"], "files": files,
         "passes_examples_per_s": {name: [round(r, 1) for r in values] for name, values in passes.items()},
         "examples_per_s": rates["input_dataset"], "tfx_bsl_reader_examples_per_s": rates["tfx_bsl_reader"],
         "speedup_over_tfx_bsl_reader": rates["input_dataset"] / rates["tfx_bsl_reader"]}), flush=True)
@@ -326,7 +364,8 @@ def run_cell(cell: Dict[str, str], steps: int, args, timeout_s: float) -> Dict:
 def run_input_pipeline(args) -> Dict:
     """The input-pipeline child's result (or its error), with the load around it."""
     cmd = [sys.executable, "-m", "benchmarks.trainer_bench", "--input-child", "--batch-size",
-           str(args.batch_size), "--examples", str(args.examples), "--input-batches", str(args.input_batches)]
+           str(args.batch_size), "--examples", str(args.examples), "--input-batches", str(args.input_batches),
+           "--fit-steps", str(args.fit_steps)]
     if args.transform_output:
         cmd += ["--transform-output", *args.transform_output]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
@@ -346,6 +385,10 @@ def format_input_pipeline(pipeline: Dict, batch_size: int) -> List[str]:
     """The input pipeline's lines: both readers' examples/s and their ratio."""
     if "examples_per_s" not in pipeline:
         return [f"Trainer input pipeline alone: ERROR {pipeline['error']}"]
+    if "tfx_bsl_reader_examples_per_s" not in pipeline:  # a record from before both readers were measured
+        return ["Trainer input pipeline alone (components.training.input_dataset: TFX data accessor over "
+                "gzipped TFRecords of the cells' transformed examples, shuffled, batch "
+                f"{batch_size}; median of 2 passes after a first): {pipeline['examples_per_s']:.0f} examples/s"]
     return [
         f"Trainer input pipeline alone ({pipeline['files']}; {pipeline['examples']:,d} examples a pass, "
         f"shuffled, batch {batch_size}, float features checked finite; median of 2 passes after a first, "
@@ -355,7 +398,10 @@ def format_input_pipeline(pipeline: Dict, batch_size: int) -> List[str]:
         f"  tfx_bsl's reader (TFX data accessor, records interleaved one by one)  "
         f"{pipeline['tfx_bsl_reader_examples_per_s']:>10.0f} examples/s",
         f"  input_dataset / tfx_bsl's reader: {pipeline['speedup_over_tfx_bsl_reader']:.2f}x",
-    ]
+    ] + [line for optimizer, by_reader in (pipeline.get("fits") or {}).items() for line in [
+        f"  the Trainer's model with {optimizer} (model.fit, examples/s): input_dataset "
+        f"{by_reader['input_dataset']:.0f}, tfx_bsl's reader {by_reader['tfx_bsl_reader']:.0f}, "
+        f"{by_reader['input_dataset'] / by_reader['tfx_bsl_reader']:.2f}x"]]
 
 
 # Issue #17's trainer targets: Group Adam / Adam examples/s at each size, DNN examples/s at 1e6 rows
@@ -554,7 +600,7 @@ def write_input_only(args, argv) -> None:
                       f"{record['machine']['load_average_after'][0]} after", ""]
                      + format_input_pipeline(pipeline, args.batch_size)) + "\n"
     print(text)
-    stem = "trainer_input" + ("_quick" if args.quick else "")
+    stem = "trainer_input" + ("_transform_output" if args.transform_output else "") + ("_quick" if args.quick else "")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(record, f, indent=1)
@@ -590,6 +636,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--transform-output", nargs=2, metavar=("EXAMPLES_DIR", "TRANSFORM_GRAPH_DIR"),
                         help="measure the input pipeline on this Transform output's train split "
                              "(EXAMPLES_DIR/Split-train) instead of the cells' examples")
+    parser.add_argument("--fit-steps", type=int, default=0,
+                        help="with --transform-output: also fit the Trainer's model (Group Adam, then Adam) "
+                             "this many steps with each reader")
     parser.add_argument("--input-batches", type=int, default=0,
                         help="at most this many batches per input-pipeline pass (0: all)")
     parser.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)

@@ -129,9 +129,28 @@ def test_targets_check_ratios_throughput_and_first_epoch():
     }
 
 
-def test_input_pipeline_child_reads_every_example(capsys):
-    trainer_bench.input_child_main(trainer_bench.argparse.Namespace(examples=700, batch_size=256))
+def test_input_pipeline_child_reads_every_example_with_both_readers(capsys):
+    trainer_bench.input_child_main(trainer_bench.argparse.Namespace(
+        examples=700, batch_size=256, transform_output=None, input_batches=0, fit_steps=0))
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     assert result["examples"] == 512  # whole batches of 256 written, all read back (partial batch kept)
-    assert result["examples_per_s"] > 0
+    assert result["examples_per_s"] > 0 and result["tfx_bsl_reader_examples_per_s"] > 0
+    assert result["speedup_over_tfx_bsl_reader"] == result["examples_per_s"] / result["tfx_bsl_reader_examples_per_s"]
+    assert result["fits"] is None
+    text = "\n".join(trainer_bench.format_input_pipeline(result, 256))
+    assert "components.training.input_dataset" in text and "tfx_bsl's reader" in text
+
+
+def test_committed_input_pipeline_results_back_the_readme():
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    for name in ("trainer_input", "trainer_input_transform_output"):
+        with open(os.path.join(REPO, "benchmarks", "results", name + ".json")) as f:
+            pipeline = json.load(f)["input_pipeline"]
+        assert pipeline["examples_per_s"] > pipeline["tfx_bsl_reader_examples_per_s"]
+        assert f"{pipeline['speedup_over_tfx_bsl_reader']:.2f}x" in readme, name
+    fits = pipeline["fits"]  # the scale day's Transform output: the Trainer's model fitted with each reader
+    assert set(fits) == {"group_adam", "adam"}
+    group_adam = fits["group_adam"]["input_dataset"] / fits["group_adam"]["tfx_bsl_reader"]
+    assert f"{group_adam:.2f}x" in readme
