@@ -56,6 +56,7 @@ import tensorflow as tf
 import tf_keras
 
 import optim
+from benchmarks.machine_probe import memory_bandwidth
 from optim import group_step as gs
 
 DIM = 16
@@ -291,34 +292,6 @@ def measure(rows_list, steps):
     del built
     gc.collect()
     return results, unique
-
-
-def memory_bandwidth(repeats=5):
-    """GB/s (1e9 bytes/s, bytes read + bytes written), best of `repeats`, measured with NumPy:
-
-    stream: np.copyto of a 512 MiB float64 array (sequential read + write);
-    random_rows: np.take of 2**20 random 64-byte rows (= one table row of 16 float32, one cache line)
-      from a 256 MiB table into a contiguous buffer: what a gather/scatter of table rows can hope for.
-    """
-    src = np.ones(64 * 2**20)  # 512 MiB
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    stream = 2 * src.nbytes / best / 1e9
-    del src, dst
-    table = np.ones((2**22, DIM), np.float32)  # 256 MiB, far larger than the caches
-    ids = np.random.RandomState(0).randint(0, len(table), 2**20)
-    out = np.empty((len(ids), DIM), np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.take(table, ids, axis=0, out=out)
-        best = min(best, time.perf_counter() - start)
-    random_rows = 2 * out.nbytes / best / 1e9
-    return {"stream_gb_per_s": stream, "random_64b_rows_gb_per_s": random_rows}
 
 
 def bytes_per_step(rows, unique_ids):

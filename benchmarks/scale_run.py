@@ -736,7 +736,7 @@ def run_invocation(opts) -> Dict[str, Any]:
     part: Dict[str, Any] = {"day": day, "optimizer": optimizer, "rows": opts.rows, "span": day, "preset": PRESET,
                             "seed": opts.seed, "config_file": opts.config, "sets": list(opts.set or []),
                             "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                            "machine": machine(), "stages": {}}
+                            "machine": machine(probe=True), "stages": {}}
     part["serving_dir_reset"] = reset_serving_dir(work, day, optimizer)
     part["stale_parts"] = set_aside_later_parts(work, day, optimizer)
     # Data: generated once per day, shared by the optimizers.
@@ -918,14 +918,20 @@ def run_vocabulary(opts) -> Dict[str, Any]:
     return part
 
 
-def machine() -> Dict[str, Any]:
+def machine(probe: bool = False) -> Dict[str, Any]:
+    """The machine; with `probe`, also its memory bandwidth now (benchmarks.machine_probe), which
+    makes parts run on different days comparable: the Adam Trainer's dense update is memory-bound."""
     try:
         import psutil
         memory = psutil.virtual_memory().total
     except Exception:  # noqa: BLE001
         memory = None
-    return {"cpus": os.cpu_count(), "memory_bytes": memory, "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    found = {"cpus": os.cpu_count(), "memory_bytes": memory, "python": platform.python_version(),
+             "load_average": [round(x, 2) for x in os.getloadavg()]}
+    if probe:
+        from benchmarks.machine_probe import memory_bandwidth
+        found["memory_bandwidth"] = {k: round(v, 2) for k, v in memory_bandwidth().items()}
+    return found
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1197,6 +1203,17 @@ def render_text(result: Dict[str, Any]) -> str:
             stages = ", ".join(f"{name} {_fmt(s.get('wall_s'), '.0f')}s/{_fmt(_gib(s.get('peak_rss_bytes')), '.2f')}"
                                for name, s in (part.get("stages") or {}).items())
             lines.append(f"  {day_key}/{optimizer}: {stages}")
+    probes = [(f"{day_key}/{optimizer}", part["machine"]["memory_bandwidth"])
+              for day_key, by_opt in result["days"].items() for optimizer, part in by_opt.items()
+              if (part.get("machine") or {}).get("memory_bandwidth")]
+    if probes:
+        lines += ["", "Machine speed at the start of each part (benchmarks/machine_probe.py, NumPy; GB/s read + "
+                      "written, best of 5): stream copy / random 64-byte rows"]
+        lines += [f"  {key}: {bw['stream_gb_per_s']:.1f} / {bw['random_64b_rows_gb_per_s']:.2f}" for key, bw in probes]
+        missing = [f"{d}/{o}" for d, by_opt in result["days"].items() for o, part in by_opt.items()
+                   if not (part.get("machine") or {}).get("memory_bandwidth")]
+        if missing:
+            lines.append(f"  not probed (run before the probe existed): {', '.join(missing)}")
     for vocab in result.get("vocabulary_check") or []:
         c = vocab["counted"]
         lines += ["", f"Vocabulary check at {vocab['rows']:,} rows: {c['at_threshold_train']:,} values >= 10 in the train "

@@ -405,3 +405,19 @@ def test_one_day_end_to_end_then_merge(tmp_path):
     result = scale_run.merge(work, out)
     assert not result["missing"]
     assert all(t["met"] in (True, False) for t in result["targets"]), [t for t in result["targets"] if t["met"] is None]
+
+
+def test_merge_lists_each_parts_machine_probe_and_which_parts_have_none(tmp_path):
+    probed = _part(1, "adam", machine={"cpus": 2, "memory_bandwidth": {"stream_gb_per_s": 23.85,
+                                                                       "random_64b_rows_gb_per_s": 3.66}})
+    _write_parts(tmp_path / "work", [probed, _part(1, "group_adam")])
+    scale_run.merge(str(tmp_path / "work"), str(tmp_path / "out"))
+    text = (tmp_path / "out.txt").read_text()
+    assert "  day1/adam: 23.9 / 3.66" in text
+    assert "not probed (run before the probe existed): day1/group_adam" in text
+
+
+def test_machine_probe_measures_the_memory_bandwidth():
+    found = scale_run.machine(probe=True)["memory_bandwidth"]
+    assert found["stream_gb_per_s"] > 0.1 and found["random_64b_rows_gb_per_s"] > 0.01
+    assert "memory_bandwidth" not in scale_run.machine()
