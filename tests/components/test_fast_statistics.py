@@ -141,3 +141,18 @@ def test_without_a_schema_it_is_tfxs_executor(tmp_path):
     examples = _examples_artifact(str(tmp_path / "examples"), rows=40)
     result = _run(fast_statistics.Executor(), tmp_path, "plain", examples)
     assert result["train"].datasets[0].num_examples == 40
+
+
+def test_a_column_that_vanished_from_a_day_is_still_an_anomaly(tmp_path):
+    """The bulk read decodes every schema feature, so a column missing from the whole day arrives as a
+    feature with no values instead of no feature: ExampleValidator's check must still flag it."""
+    examples = _examples_artifact(str(tmp_path / "examples"), rows=60)
+    schema = _schema(**dict(FULL_SCHEMA, C9=schema_pb2.BYTES))  # in the schema, in no example
+    for feature in schema.feature:
+        feature.presence.min_count = 1  # as the curated schema has it
+    schema_artifact = _schema_artifact(str(tmp_path / "schema"), schema)
+    bulk = _run(fast_statistics.Executor(), tmp_path, "bulk", examples, schema_artifact)
+    tfx = _run(tfx_executor.Executor(), tmp_path, "tfx", examples)
+    for statistics in (bulk["train"], tfx["train"]):
+        anomalies = tfdv.validate_statistics(statistics, schema)
+        assert list(anomalies.anomaly_info) == ["C9"]
