@@ -17,8 +17,9 @@ demo: setup
 
 # The whole-pipeline (e2e) tests run beside the others: each is mostly single-threaded Beam/TFX work,
 # so two pytest processes keep both cores busy (CI on a 2-core machine: ~32 min in series). Each has
-# its own basetemp; e2e lines are prefixed "[e2e]"; the target fails if either fails.
-E2E_BASETEMP ?= $(or $(TMPDIR),/tmp)/sparsectr-e2e-tests
+# its own basetemp (one per checkout: two clones testing at once must not clear each other's);
+# e2e lines are prefixed "[e2e]"; the target fails if either fails.
+E2E_BASETEMP ?= $(or $(TMPDIR),/tmp)/sparsectr-e2e-tests-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 test: setup
 	@set -o pipefail; \
 	( $(PY) -m pytest -m e2e -p no:cacheprovider --basetemp=$(E2E_BASETEMP) $(PYTEST_ARGS) tests 2>&1 \
