@@ -32,7 +32,7 @@ CASES = ("narrowed", "full")
 METRICS_RTOL = 1e-9
 
 
-def _examples_artifact(examples_dir: str, files: int, tmp: str):
+def eval_examples_artifact(examples_dir: str, files: int, tmp: str):
     """An Examples artifact whose eval split holds the first `files` files of `examples_dir`'s."""
     from tfx.types import standard_artifacts
     paths = sorted(glob.glob(os.path.join(examples_dir, "Split-eval", "*")))[:files]
@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     load_before = os.getloadavg()[0]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        examples = _examples_artifact(args.examples, args.files, tmp)
+        examples = eval_examples_artifact(args.examples, args.files, tmp)
         for models in args.models:
             for _ in range(args.repeats):
                 for case in CASES:

@@ -17,7 +17,6 @@ deviations to 1e-9 relative (float sums in another order).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -27,24 +26,10 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from benchmarks.evaluator_bench import eval_examples_artifact
+
 CASES = ("bulk", "tfx")
 FLOAT_RTOL = 1e-9
-
-
-def _examples_artifact(examples_dir: str, files: int, tmp: str):
-    """An Examples artifact whose eval split holds the first `files` files of `examples_dir`'s."""
-    from tfx.types import standard_artifacts
-    paths = sorted(glob.glob(os.path.join(examples_dir, "Split-eval", "*")))[:files]
-    if not paths:
-        raise SystemExit(f"{examples_dir}: no Split-eval files")
-    split = os.path.join(tmp, "examples", "Split-eval")
-    os.makedirs(split)
-    for path in paths:
-        os.symlink(os.path.abspath(path), os.path.join(split, os.path.basename(path)))
-    artifact = standard_artifacts.Examples()
-    artifact.uri = os.path.dirname(split)
-    artifact.split_names = '["eval"]'
-    return artifact
 
 
 def comparable(feature):
@@ -128,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     load_before = os.getloadavg()[0]
     runs, first = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        examples = _examples_artifact(args.examples, args.files, tmp)
+        examples = eval_examples_artifact(args.examples, args.files, tmp)
         for _ in range(args.repeats):
             for case in CASES:
                 run = generate(case, examples, args.schema, tmp)
