@@ -59,8 +59,10 @@ def _model_artifact(saved_model: str, tmp: str, name: str, baseline: bool = Fals
     return artifact
 
 
-def evaluate(case: str, models: int, examples, saved_model: str, schema_file: str, tmp: str) -> Dict:
-    """One Evaluator run: wall seconds and its metrics ({slice/metric/model: value})."""
+def evaluate(case: str, models: int, examples, saved_model: str, schema_file: str, tmp: str,
+             config=None) -> Dict:
+    """One Evaluator run: wall seconds and its metrics ({slice/metric/model: value}); `config`: a
+    tfma.EvalConfig (default: the pipeline's)."""
     from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
     import tensorflow_model_analysis as tfma
@@ -80,7 +82,7 @@ def evaluate(case: str, models: int, examples, saved_model: str, schema_file: st
         inputs["schema"] = [schema]
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = os.path.join(run, "evaluation"), os.path.join(run, "blessing")
-    config = eval_config(PipelineConfig(), load_spec("criteo"))
+    config = config or eval_config(PipelineConfig(), load_spec("criteo"))
     start = time.perf_counter()
     _BaselineEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]},
                                     {"eval_config": proto_utils.proto_to_json(config)})

@@ -51,7 +51,8 @@ def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
             tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
-            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            # tf_keras BinaryCrossentropy's value, computed without TFMA's per-example conversion.
+            tfma.MetricConfig(class_name="BinaryLogLoss", module="components.eval_metrics"),
             tfma.MetricConfig(class_name="Calibration"),
             tfma.MetricConfig(class_name="MeanPrediction"),
             tfma.MetricConfig(class_name="MeanLabel"),

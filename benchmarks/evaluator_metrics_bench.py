@@ -1,0 +1,127 @@
+"""The Evaluator's log loss: the pipeline's eval_config (`components.eval_metrics.BinaryLogLoss`)
+against the same config with tf_keras's BinaryCrossentropy computed by TFMA, on real eval files.
+
+    python -m benchmarks.evaluator_metrics_bench \
+        --examples output/scale_run/adam/pipeline_root/ClickLogExampleGen/examples/1 \
+        --model output/scale_run/adam/serving/ctr/<version> \
+        --schema output/scale_run/adam/pipeline_root/SchemaGen/schema/3/schema.pbtxt \
+        --files 1 --out benchmarks/results/evaluator_metrics
+
+Each case is one `Do()` of the pipeline's Evaluator executor with the narrowed schema
+(`benchmarks.evaluator_bench.evaluate`), cases alternating. The log losses must agree to 1e-6 relative
+(tf_keras sums in float32, BinaryLogLoss in float64), every other metric to 1e-8: TFMA sizes its
+batches by timing, so its sums differ in their last digits from run to run (AUC 1.6e-9 apart between
+two runs of one case here).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from typing import Dict, List, Optional
+
+from benchmarks.evaluator_bench import eval_examples_artifact, evaluate
+
+CASES = ("binary_log_loss", "tfma_keras")
+LOG_LOSS = "binary_crossentropy"
+LOG_LOSS_RTOL = 1e-6
+METRICS_RTOL = 1e-8
+
+
+def case_config(case: str):
+    """The pipeline's eval_config, or (tfma_keras) that config with tf_keras's BinaryCrossentropy
+    computed by TFMA in place of BinaryLogLoss."""
+    from components.dataset_spec import load_spec
+    from pipelines.config import PipelineConfig
+    from pipelines.pipeline import eval_config
+    config = eval_config(PipelineConfig(), load_spec("criteo"))
+    if case == "tfma_keras":
+        for spec in config.metrics_specs:
+            for metric in spec.metrics:
+                if metric.class_name == "BinaryLogLoss":
+                    metric.class_name, metric.module = "BinaryCrossentropy", ""
+    return config
+
+
+def agreement(runs: List[Dict]) -> Dict[str, float]:
+    """The largest relative difference between runs: of the log loss, and of every other metric."""
+    worst = {"log_loss": 0.0, "other": 0.0}
+    for key in set().union(*(r["metrics"] for r in runs)):
+        values = [r["metrics"].get(key) for r in runs]
+        kind = "log_loss" if f"/{LOG_LOSS}/" in key else "other"
+        if any(v is None for v in values):
+            worst[kind] = float("inf")
+            continue
+        scale = max(abs(v) for v in values) or 1.0
+        worst[kind] = max(worst[kind], (max(values) - min(values)) / scale)
+    return worst
+
+
+def summarize(runs: List[Dict]) -> List[Dict]:
+    out = []
+    for models in sorted({r["models"] for r in runs}):
+        same = [r for r in runs if r["models"] == models]
+        walls = {case: statistics.median(r["wall_s"] for r in same if r["case"] == case) for case in CASES}
+        worst = agreement(same)
+        out.append({"models": models, **{f"{case}_s": walls[case] for case in CASES},
+                    "speed_up": round(walls["tfma_keras"] / walls["binary_log_loss"], 2),
+                    "log_loss_max_relative_difference": worst["log_loss"],
+                    "other_max_relative_difference": worst["other"],
+                    "metrics_agree": worst["log_loss"] <= LOG_LOSS_RTOL and worst["other"] <= METRICS_RTOL})
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", required=True, help="an ExampleGen Examples artifact folder")
+    parser.add_argument("--model", required=True, help="a pushed SavedModel (serving_default over tf.Examples)")
+    parser.add_argument("--schema", required=True, help="the pipeline's schema.pbtxt (SchemaGen)")
+    parser.add_argument("--files", type=int, default=1, help="eval files to read")
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "evaluator_metrics"))
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        examples = eval_examples_artifact(args.examples, args.files, tmp)
+        for models in args.models:
+            for _ in range(args.repeats):
+                for case in CASES:
+                    run = evaluate("narrowed", models, examples, args.model, args.schema, tmp, case_config(case))
+                    runs.append(dict(run, case=case))
+                    print(f"{case:16s} models={models}  {run['wall_s']:7.1f} s", flush=True)
+    rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+    report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator, narrowed schema): BinaryLogLoss vs "
+                           "tf_keras BinaryCrossentropy through TFMA",
+              "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
+              "eval_files": args.files, "rows_evaluated": rows, "repeats": args.repeats,
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+              "runs": runs, "summary": summarize(runs)}
+    write_report(report, args.out)
+
+
+def write_report(report: Dict, out: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [report["benchmark"],
+             f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}); "
+             f"model {report['model']}",
+             f"executor Do() wall s, median of {report['repeats']}, cases alternating; DirectRunner in memory; "
+             f"1-min load average {report['load_average'][0]} before, {report['load_average'][1]} after",
+             f"agree: log loss within {LOG_LOSS_RTOL:g} relative (float32 vs float64 sums), every other metric "
+             f"within {METRICS_RTOL:g}", "",
+             "models  binary_log_loss_s  tfma_keras_s  speed-up  log loss rel. diff  other rel. diff  agree"]
+    lines += [f"{s['models']:6d}  {s['binary_log_loss_s']:17.1f}  {s['tfma_keras_s']:12.1f}  {s['speed_up']:7.2f}x  "
+              f"{s['log_loss_max_relative_difference']:18.1e}  {s['other_max_relative_difference']:15.1e}  "
+              f"{'yes' if s['metrics_agree'] else 'NO'}" for s in report["summary"]]
+    with open(out + ".txt", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
