@@ -19,6 +19,7 @@ sequence features, raw-record columns) falls back to tfx_bsl's own ``BeamSource`
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Dict, List, Optional
 
@@ -66,23 +67,7 @@ class _ReadFileFn(beam.DoFn):
 
         self._tf = tf
         dtypes = {f.name: f.type for f in self._schema.feature}
-        self._spec = {}
-        for field in self._arrow_schema:
-            dtype = getattr(tf, _TYPES[dtypes[field.name]])
-            self._spec[field.name] = tf.io.VarLenFeature(dtype)
-        spec = self._spec
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def parse(serialized):
-            parsed = tf.io.parse_example(serialized, spec)
-            # Per feature: the row ids of the values (dense indices' first column) and the values;
-            # strings as their byte lengths and one joined buffer, the layout of an Arrow binary
-            # array (a numpy array of bytes objects costs a Python object per value to convert).
-            return {name: (st.indices[:, 0], tf.strings.length(st.values), tf.strings.reduce_join(st.values))
-                    if st.values.dtype == tf.string else (st.indices[:, 0], st.values)
-                    for name, st in parsed.items()}
-
-        self._parse = parse
+        self._parse = _parse_function(tuple((field.name, _TYPES[dtypes[field.name]]) for field in self._arrow_schema))
 
     def process(self, path: str):
         tf = self._tf
@@ -109,6 +94,30 @@ class _ReadFileFn(beam.DoFn):
             mask = None if counts.all() else pa.array(counts == 0)
             arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), value_array, mask=mask))
         return pa.RecordBatch.from_arrays(arrays, schema=self._arrow_schema)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_function(features):
+    """The traced parser of serialized tf.Examples with these (name, tf dtype name) features.
+
+    One per feature list and process: every DoFn instance of a pipeline (each read of each split)
+    shares it, so it is traced once, not once per instance (which also made TF warn of retracing).
+    """
+    import tensorflow as tf
+
+    spec = {name: tf.io.VarLenFeature(getattr(tf, dtype)) for name, dtype in features}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        # Per feature: the row ids of the values (dense indices' first column) and the values;
+        # strings as their byte lengths and one joined buffer, the layout of an Arrow binary
+        # array (a numpy array of bytes objects costs a Python object per value to convert).
+        return {name: (st.indices[:, 0], tf.strings.length(st.values), tf.strings.reduce_join(st.values))
+                if st.values.dtype == tf.string else (st.indices[:, 0], st.values)
+                for name, st in parsed.items()}
+
+    return parse
 
 
 def _binary_array(item_type: pa.DataType, lengths: np.ndarray, joined: bytes) -> pa.Array:

@@ -47,15 +47,20 @@ def test_bulk_read_equals_tfx_bsl_decoder(fmt, example_gen_outputs):
     schema = curated_schema(load_spec(fmt))
     source = BulkTFExampleRecord(os.path.join(example_gen_outputs[fmt].uri, "Split-*", "*"), schema=schema)
     assert source.supports_bulk()
+    parsers = set()
     for path in sorted(glob.glob(os.path.join(example_gen_outputs[fmt].uri, "Split-*", "*"))):
         for batch_size in (100, 4096):
             fn = _ReadFileFn(schema, source.ArrowSchema(), batch_size)
             fn.setup()
             ours = list(fn.process(path))
+            parsers.add(fn._parse)
             theirs = _tfx_bsl_batches(schema, path, batch_size)
             assert [b.num_rows for b in ours] == [b.num_rows for b in theirs]
             for a, b in zip(ours, theirs):
                 assert a.schema.equals(b.schema) and a.equals(b)
+    # Every DoFn instance with these features shares one parser, traced once (no retracing warnings).
+    (parse,) = parsers
+    assert parse.experimental_get_tracing_count() == 1
     # a projection is bulk too, with the projected schema
     projected = source.Project(["label", "I1"] if fmt == "criteo" else ["click", "hour_of_day"])
     assert isinstance(projected.projected, BulkTFExampleRecord) and len(projected.ArrowSchema()) == 2
