@@ -29,6 +29,9 @@ def signatures(model, tft_output, spec: DatasetSpec) -> Dict[str, Any]:
     """{name: tf.function} of `model` behind the Transform graph of `tft_output`, for ``signatures=``
     of ``model.save`` / ``tf.saved_model.save``. Tracks the Transform layer on `model` (as
     ``model.tft_layer``) so that it is saved with it."""
+    # autograph=False: every branch and loop below is decided while tracing (Python values, no
+    # tensors), so there is nothing to convert; converting them, and with them the model's and the
+    # Transform layer's calls, was most of the time of saving a model.
     tft_layer = tft_output.transform_features_layer()
     model.tft_layer = tft_layer  # tracked, so the transform graph is saved with the model
     raw_spec = raw_feature_spec(tft_output, spec)
@@ -39,11 +42,11 @@ def signatures(model, tft_output, spec: DatasetSpec) -> Dict[str, Any]:
         transformed.pop(LABEL_KEY, None)
         return {"probability": model(transformed)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serving_default(examples):
         return score(tf.io.parse_example(examples, raw_spec))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
         return tft_layer(tf.io.parse_example(examples, all_raw_spec))
 
@@ -53,7 +56,7 @@ def signatures(model, tft_output, spec: DatasetSpec) -> Dict[str, Any]:
     for name in spec.categorical_columns:
         raw_inputs[name] = tf.TensorSpec([None], tf.string, name=name)
 
-    @tf.function(input_signature=[raw_inputs])
+    @tf.function(input_signature=[raw_inputs], autograph=False)
     def predict_raw(features):
         # "" means a missing categorical value (absent from a tf.Example); integers are always
         # present here: 0 for a missing one, which Transform maps like a missing value.

@@ -265,8 +265,12 @@ def run_fn(fn_args: tfx.components.FnArgs):
     # saving (a parameter server that dies, say) leaves no half-written model behind.
     with distributed.cluster_errors(strategy), _staged(model_root) as staging:
         # The optimizer state goes to the warm-start folder, not into the serving model (3x its tables).
+        # save_traces=False: serving, TFMA and the Pusher use the signatures or rebuild the model from
+        # its config (`pruning.load_trained_model`); tracing every layer's call for Keras was most of
+        # the rest of the save.
         model.save(os.path.join(staging, os.path.basename(serving_model_dir.rstrip("/"))), save_format="tf",
-                   signatures=signatures, include_optimizer=False, options=distributed.save_options(strategy))
+                   signatures=signatures, include_optimizer=False, save_traces=False,
+                   options=distributed.save_options(strategy))
         warm["state_bytes"] = warm_start.save(
             warm_start.state_dir(staging), model, model.optimizer, vocabulary.path,
             {"model": model_kind(cfg), "optimizer": cfg.optimizer, "table_rows": table_rows})

@@ -1,0 +1,199 @@
+"""The Trainer's export (the SavedModel with its three signatures, and the warm-start state): the
+current export against the previous one, on the Trainer inputs of a finished pipeline run.
+
+    TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python -m benchmarks.trainer_export_bench \
+        --run output [--repeats 2] [--out benchmarks/results/trainer_export]
+
+`--run` is the output folder of a local run (``python -m pipelines run --output DIR``, e.g. ``make
+demo``'s ``output``): its ML Metadata names the last Trainer execution, whose inputs (Transform's
+examples and graph, schema, base model) and exec properties are run again by TFX's own Trainer
+executor (``GenericExecutor``, ``components.trainer_module.run_fn``), each time in a new process
+(tracing and autograph caches are per process, as in a pipeline run). Two exports, alternating:
+
+* ``current``: the code as it is: signatures traced without autograph, ``save_traces=False``;
+* ``previous``: the same run with the export as it was before (autograph converting the signatures
+  and everything they call, and Keras tracing every layer's call into the SavedModel), reproduced
+  here by patching ``tf.function`` in ``components.export_signatures`` and ``model.save``.
+
+Reports per run: the fit and export seconds (``training.json``), the SavedModel's bytes, and the
+largest difference between the two exports' ``serving_default`` scores on the run's eval examples.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("current", "previous")
+
+
+def trainer_inputs(run_dir: str):
+    """(input_dict, exec_properties) of the last Trainer execution recorded in `run_dir`'s ML Metadata."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.types import artifact_utils
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = os.path.join(run_dir, "metadata.sqlite")
+    store = metadata_store.MetadataStore(config)
+    types_ = {t.id: t.name for t in store.get_execution_types()}
+    executions = [e for e in store.get_executions() if types_[e.type_id].endswith("Trainer")]
+    if not executions:
+        raise SystemExit(f"--run {run_dir}: no Trainer execution in its ML Metadata")
+    execution = max(executions, key=lambda e: e.id)
+    properties = {k: v.string_value for k, v in execution.custom_properties.items()
+                  if k in ("run_fn", "train_args", "eval_args", "custom_config")}
+    events = [e for e in store.get_events_by_execution_ids([execution.id])
+              if e.type == metadata_store_pb2.Event.INPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    artifact_types = {t.id: t for t in store.get_artifact_types()}
+    inputs = {}
+    for event in events:
+        mlmd = artifacts[event.artifact_id]
+        artifact = artifact_utils.deserialize_artifact(artifact_types[mlmd.type_id], mlmd)
+        inputs.setdefault(event.path.steps[0].key, []).append(artifact)
+    return inputs, properties
+
+
+def _previous_export():
+    """Patches this process to export as before: autograph on the signatures, Keras layer traces."""
+    import tensorflow as tf
+    import tf_keras
+
+    import components.export_signatures as export_signatures
+
+    def function(*args, **kwargs):
+        kwargs.pop("autograph", None)  # tf.function's default: autograph on
+        return tf.function(*args, **kwargs)
+
+    with_autograph = types.SimpleNamespace(**{n: getattr(tf, n) for n in dir(tf) if not n.startswith("__")})
+    with_autograph.function = function
+    export_signatures.tf = with_autograph
+    save = tf_keras.Model.save
+
+    def save_with_traces(self, *args, **kwargs):
+        kwargs.pop("save_traces", None)
+        return save(self, *args, **kwargs)
+
+    tf_keras.Model.save = save_with_traces
+
+
+def child(run_dir: str, variant: str, out: str) -> None:
+    from tfx.components.trainer.executor import GenericExecutor
+    from tfx.types import standard_artifacts
+
+    inputs, properties = trainer_inputs(run_dir)
+    if variant == "previous":
+        _previous_export()
+    model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+    model.uri, model_run.uri = os.path.join(out, "model"), os.path.join(out, "model_run")
+    started = time.perf_counter()
+    GenericExecutor().Do(inputs, {"model": [model], "model_run": [model_run]}, properties)
+    seconds = time.perf_counter() - started
+    with open(os.path.join(model.uri, "training.json")) as f:
+        training = json.load(f)
+    serving = os.path.join(model.uri, "Format-Serving")
+    saved_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(serving, "**"), recursive=True)
+                      if os.path.isfile(p))
+    with open(os.path.join(out, "result.json"), "w") as f:
+        json.dump({"variant": variant, "do_s": round(seconds, 2), "fit_s": training["fit_seconds"],
+                   "export_s": training["export_seconds"], "saved_model_bytes": saved_bytes,
+                   "serving_dir": serving}, f)
+
+
+def eval_examples(inputs, limit=2000):
+    """Up to `limit` serialized raw tf.Examples of the run's eval split (ExampleGen's output, in the
+    pipeline root beside Transform's)."""
+    import tensorflow as tf
+    examples_uri = inputs["examples"][0].uri
+    root = examples_uri.split(os.sep + "Transform" + os.sep)[0]
+    files = sorted(glob.glob(os.path.join(root, "ClickLogExampleGen", "examples", "*", "Split-eval", "*")))
+    records = []
+    for path in files:
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(limit - len(records)):
+            records.append(record.numpy())
+    return records
+
+
+def max_score_difference(serving_dirs, examples):
+    import numpy as np
+    import tensorflow as tf
+    scores = [tf.saved_model.load(d).signatures["serving_default"](examples=tf.constant(examples))["probability"]
+              .numpy() for d in serving_dirs]
+    return max(float(np.max(np.abs(s - scores[0]))) for s in scores)
+
+
+def text(record):
+    lines = [
+        "The Trainer's export (benchmarks/trainer_export_bench.py): current vs previous export, TFX's Trainer "
+        "executor on one run's inputs, a new process each",
+        f"{record['machine']}; run {record['run']}; 1-min load average {record['load_before']} before, "
+        f"{record['load_after']} after; median of {record['repeats']} runs per variant, alternating",
+        "",
+        f"{'variant':<10}{'Trainer Do s':>14}{'fit s':>8}{'export s':>10}{'SavedModel bytes':>18}",
+    ]
+    for variant in VARIANTS:
+        row = record["median"][variant]
+        lines.append(f"{variant:<10}{row['do_s']:>14.1f}{row['fit_s']:>8.1f}{row['export_s']:>10.1f}"
+                     f"{row['saved_model_bytes']:>18,}")
+    m = record["median"]
+    lines += ["", f"export: {m['previous']['export_s'] / m['current']['export_s']:.2f}x faster "
+                  f"({m['previous']['export_s'] - m['current']['export_s']:.1f} s less); Trainer Do "
+                  f"{m['previous']['do_s'] - m['current']['do_s']:.1f} s less",
+              f"serving_default scores of every export on {record['scored_examples']} eval examples: max |difference| "
+              f"{record['max_score_difference']:.3g}"]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=False, help="output folder of a local pipeline run")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "trainer_export"))
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.run:
+        parser.error("--run is required")
+    if args.child:
+        child(args.run, *args.child)
+        return
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        for repeat in range(args.repeats):
+            for variant in (VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]):
+                out = os.path.join(work, f"{variant}-{repeat}")
+                subprocess.run([sys.executable, "-m", "benchmarks.trainer_export_bench", "--run", args.run,
+                                "--child", variant, out], check=True, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                with open(os.path.join(out, "result.json")) as f:
+                    results.append(dict(json.load(f), repeat=repeat))
+                print(f"{variant} repeat {repeat}: export {results[-1]['export_s']} s", flush=True)
+        inputs, _ = trainer_inputs(args.run)
+        examples = eval_examples(inputs)
+        difference = max_score_difference([r["serving_dir"] for r in results], examples)
+    median = {v: {k: statistics.median(r[k] for r in results if r["variant"] == v)
+                  for k in ("do_s", "fit_s", "export_s", "saved_model_bytes")} for v in VARIANTS}
+    record = {"machine": f"{os.cpu_count()} CPUs ({platform.machine()})", "run": args.run,
+              "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+              "repeats": args.repeats, "runs": [{k: v for k, v in r.items() if k != "serving_dir"} for r in results],
+              "median": median, "scored_examples": len(examples), "max_score_difference": difference}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(record, f, indent=1)
+    with open(args.out + ".txt", "w") as f:
+        f.write(text(record))
+    print(text(record), end="")
+
+
+if __name__ == "__main__":
+    main()
