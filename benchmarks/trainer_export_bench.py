@@ -40,7 +40,7 @@ def trainer_inputs(run_dir: str):
     """(input_dict, exec_properties) of the last Trainer execution recorded in `run_dir`'s ML Metadata."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
-    from tfx.types import artifact_utils
+    from tfx.types import artifact_utils, standard_artifacts  # noqa: F401 -- registers the artifact classes
 
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = os.path.join(run_dir, "metadata.sqlite")
@@ -144,7 +144,7 @@ def text(record):
     for variant in VARIANTS:
         row = record["median"][variant]
         lines.append(f"{variant:<10}{row['do_s']:>14.1f}{row['fit_s']:>8.1f}{row['export_s']:>10.1f}"
-                     f"{row['saved_model_bytes']:>18,}")
+                     f"{int(row['saved_model_bytes']):>18,}")
     m = record["median"]
     lines += ["", f"export: {m['previous']['export_s'] / m['current']['export_s']:.2f}x faster "
                   f"({m['previous']['export_s'] - m['current']['export_s']:.1f} s less); Trainer Do "
