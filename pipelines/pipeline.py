@@ -45,8 +45,11 @@ def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
             direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -gates.max_auc_drop}),
     )
     return tfma.EvalConfig(
-        # The raw label: TFMA then needs no transform_features call of its own.
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=spec.label)],
+        # The raw label: TFMA then needs no transform_features call of its own. The models are
+        # generic SavedModels (signatures, no Keras traces): said here, TFMA does not load each one
+        # as Keras first to find that out.
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=spec.label,
+                                    model_type=tfma.TF_GENERIC)],
         slicing_specs=slicing,
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
