@@ -96,15 +96,21 @@ def evaluate(case: str, models: int, examples, saved_model: str, schema_file: st
     return {"case": case, "models": models, "wall_s": round(wall, 2), "metrics": metrics}
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options of an Evaluator benchmark (this one, evaluator_metrics_bench); `out`: the default
+    output name under benchmarks/results."""
     parser.add_argument("--examples", required=True, help="an ExampleGen Examples artifact folder")
     parser.add_argument("--model", required=True, help="a pushed SavedModel (serving_default over tf.Examples)")
     parser.add_argument("--schema", required=True, help="the pipeline's schema.pbtxt (SchemaGen)")
     parser.add_argument("--files", type=int, default=1, help="eval files to read")
     parser.add_argument("--models", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "evaluator"))
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", out))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, "evaluator")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     runs = []

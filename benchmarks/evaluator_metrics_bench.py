@@ -22,7 +22,7 @@ import statistics
 import tempfile
 from typing import Dict, List, Optional
 
-from benchmarks.evaluator_bench import eval_examples_artifact, evaluate
+from benchmarks.evaluator_bench import add_arguments, eval_examples_artifact, evaluate, max_relative_difference
 
 CASES = ("binary_log_loss", "tfma_keras")
 LOG_LOSS = "binary_crossentropy"
@@ -47,16 +47,10 @@ def case_config(case: str):
 
 def agreement(runs: List[Dict]) -> Dict[str, float]:
     """The largest relative difference between runs: of the log loss, and of every other metric."""
-    worst = {"log_loss": 0.0, "other": 0.0}
-    for key in set().union(*(r["metrics"] for r in runs)):
-        values = [r["metrics"].get(key) for r in runs]
-        kind = "log_loss" if f"/{LOG_LOSS}/" in key else "other"
-        if any(v is None for v in values):
-            worst[kind] = float("inf")
-            continue
-        scale = max(abs(v) for v in values) or 1.0
-        worst[kind] = max(worst[kind], (max(values) - min(values)) / scale)
-    return worst
+    def only(log_loss: bool) -> List[Dict]:
+        return [{"metrics": {k: v for k, v in r["metrics"].items() if (f"/{LOG_LOSS}/" in k) == log_loss}}
+                for r in runs]
+    return {"log_loss": max_relative_difference(only(True)), "other": max_relative_difference(only(False))}
 
 
 def summarize(runs: List[Dict]) -> List[Dict]:
@@ -75,13 +69,7 @@ def summarize(runs: List[Dict]) -> List[Dict]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", required=True, help="an ExampleGen Examples artifact folder")
-    parser.add_argument("--model", required=True, help="a pushed SavedModel (serving_default over tf.Examples)")
-    parser.add_argument("--schema", required=True, help="the pipeline's schema.pbtxt (SchemaGen)")
-    parser.add_argument("--files", type=int, default=1, help="eval files to read")
-    parser.add_argument("--models", type=int, nargs="+", default=[1, 2], choices=[1, 2])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "evaluator_metrics"))
+    add_arguments(parser, "evaluator_metrics")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     runs = []
