@@ -44,6 +44,8 @@ def trainer_inputs(run_dir: str):
 
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = os.path.join(run_dir, "metadata.sqlite")
+    if not os.path.isfile(config.sqlite.filename_uri):
+        raise SystemExit(f"--run {run_dir}: no metadata.sqlite (give the output folder of a local run)")
     store = metadata_store.MetadataStore(config)
     types_ = {t.id: t.name for t in store.get_execution_types()}
     executions = [e for e in store.get_executions() if types_[e.type_id].endswith("Trainer")]

@@ -15,6 +15,12 @@ def test_a_folder_without_a_trainer_run_is_one_clear_error(tmp_path):
         bench.trainer_inputs(str(tmp_path))
 
 
+def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no metadata.sqlite"):
+        bench.trainer_inputs(str(tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
+
+
 def test_summary_compares_the_medians():
     row = {"do_s": 10.0, "fit_s": 5.0, "saved_model_bytes": 1000.0}
     record = {"machine": "m", "run": "r", "load_before": [0], "load_after": [0], "repeats": 1,
