@@ -5,11 +5,11 @@
 
 Every Beam executor of the pipeline (ClickLogExampleGen, StatisticsGen, Transform, the Evaluator:
 the classes of their components' EXECUTOR_SPEC, as LocalDagRunner constructs them) is constructed
-with the local run's Beam args (the ``multiprocessing`` and ``inmemory`` presets alternate), once as
-TFX does it (``tfx_sdist``: it copies the installed TFX and runs ``setup.py sdist`` for remote
-workers) and once inside ``pipelines.local_runner.direct_runner_without_sdist`` (``no_sdist``, what
-the local runner does). The two alternate in order, per executor and repeat, so that load from other
-work biases neither. Writes <out>.json and <out>.txt: seconds per construction (median over the
+with the local run's Beam args (the ``multiprocessing`` and ``inmemory`` presets alternate), once by
+TFX's own constructor (``tfx_sdist``: it copies the installed TFX and runs ``setup.py sdist`` for
+remote workers) and once as the classes are (``no_sdist``: ``components.beam_dependencies``, which
+every local run and every Kubeflow Beam step goes through). The two alternate in order, per executor
+and repeat, so that load from other work biases neither. Writes <out>.json and <out>.txt: seconds per construction (median over the
 repeats) and, per local run, the sum over the four executors.
 """
 from __future__ import annotations
@@ -39,12 +39,12 @@ def beam_executor_classes():
 
 def construct(executor_class, beam_args, mode):
     """Seconds to construct `executor_class` with `beam_args` in `mode`, and whether it got an sdist."""
-    from pipelines.local_runner import direct_runner_without_sdist
+    from components.beam_dependencies import NoSdistOnDirectRunner
     context = executor_class.Context(beam_pipeline_args=list(beam_args), tmp_dir=tempfile.mkdtemp())
     started = time.perf_counter()
-    if mode == "no_sdist":
-        with direct_runner_without_sdist():
-            executor = executor_class(context)
+    if mode == "tfx_sdist":  # the class's TFX parent constructs it, as TFX's own executor would be
+        executor = executor_class.__new__(executor_class)
+        super(NoSdistOnDirectRunner, executor).__init__(context)
     else:
         executor = executor_class(context)
     seconds = time.perf_counter() - started

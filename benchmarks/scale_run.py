@@ -346,7 +346,7 @@ def child_pipeline(opts) -> Dict[str, Any]:
     from components.dataset_spec import load_spec
     from pipelines import summary as run_summary
     from pipelines.config import beam_pipeline_args
-    from pipelines.local_runner import direct_runner_without_sdist, run_scratch
+    from pipelines.local_runner import run_scratch
     from pipelines.pipeline import create_pipeline
 
     config = day_config(opts.work, opts.day, opts.optimizer, opts.config, opts.set or [])
@@ -356,7 +356,7 @@ def child_pipeline(opts) -> Dict[str, Any]:
     result: Dict[str, Any] = {"config": config.to_dict(), "beam_pipeline_args": beam_pipeline_args(config, input_bytes)}
     started = time.time()
     try:
-        with run_scratch(config.output_dir), direct_runner_without_sdist():
+        with run_scratch(config.output_dir):
             tfx.orchestration.LocalDagRunner().run(create_pipeline(config, root, spec, input_bytes=input_bytes))
         result["status"] = "succeeded"
     except Exception as e:  # noqa: BLE001 -- recorded in the part; the parent reports it

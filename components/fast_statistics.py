@@ -32,6 +32,7 @@ from tfx_bsl.tfxio.tf_example_record import TFExampleRecord
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from components.beam_dependencies import NoSdistOnDirectRunner
 from components.example_io import BulkTFExampleRecord
 
 _PATCH_LOCK = threading.Lock()
@@ -80,7 +81,7 @@ class _BulkSplitTFXIO:
         return getattr(tfxio_utils, name)
 
 
-class Executor(tfx_executor.Executor):
+class Executor(NoSdistOnDirectRunner, tfx_executor.Executor):
     """TFX's StatisticsGen executor reading its examples in bulk (module docstring)."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:

@@ -38,6 +38,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx_bsl.coders import example_coder
 from tfx_bsl.tfxio.tf_example_record import TFExampleRecord
 
+from components.beam_dependencies import NoSdistOnDirectRunner
 from components.example_io import BulkTFExampleRecord, encode_examples
 
 _PATCH_LOCK = threading.Lock()
@@ -153,7 +154,7 @@ def _processor(cls):
             tfx_executor.TransformProcessor = original
 
 
-class Executor(tfx_executor.Executor):
+class Executor(NoSdistOnDirectRunner, tfx_executor.Executor):
     """TFX's Transform executor running ``BulkTransformProcessor``."""
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:

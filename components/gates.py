@@ -26,6 +26,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact, standard_artifacts, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from components.beam_dependencies import NoSdistOnDirectRunner
 from serving import model_versions
 
 REPORT_FILE = "gate_report.json"
@@ -90,7 +91,7 @@ def reduced_schema(schema, names: Set[str]):
     return reduced
 
 
-class _BaselineEvaluatorExecutor(evaluator_executor.Executor):
+class _BaselineEvaluatorExecutor(NoSdistOnDirectRunner, evaluator_executor.Executor):
     def Do(self, input_dict, output_dict, exec_properties):
         baseline = input_dict.get("baseline_model") or []
         if baseline and not baseline[0].get_int_custom_property("found"):

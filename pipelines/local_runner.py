@@ -42,7 +42,7 @@ def run_scratch(output_dir: str) -> Iterator[str]:
     """Temporary files of one local run under ``<output_dir>/.scratch/``, removed when it ends.
 
     Beam leaves its pipeline temp folders behind, and so does TFX its ``tfx_ephemeral`` sdist where
-    it still builds one (a non-direct runner, `direct_runner_without_sdist`): on a machine that
+    it still builds one (a non-direct runner, `components.beam_dependencies`): on a machine that
     retrains on a schedule, /tmp would fill up run after run. The run's process and its Beam worker
     processes (TMPDIR) write them here instead.
     """
@@ -63,36 +63,6 @@ def run_scratch(output_dir: str) -> Iterator[str]:
         else:
             os.environ["TMPDIR"] = saved_env
         shutil.rmtree(path, ignore_errors=True)
-
-
-DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
-
-
-@contextlib.contextmanager
-def direct_runner_without_sdist() -> Iterator[None]:
-    """While it is open, TFX's Beam executors skip their ``tfx_ephemeral`` sdist on a DirectRunner.
-
-    Every Beam executor TFX constructs (ExampleGen, StatisticsGen, Transform, Evaluator) copies the
-    installed TFX into a temp folder and runs ``setup.py sdist`` on it, ~5 s and 49 MB each, so
-    that remote workers can install it (`tfx.utils.dependency_utils`). DirectRunner workers run in
-    this machine's Python and never read it. Other runners (Dataflow, Flink, Spark) still get it.
-    """
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-    from tfx.utils import dependency_utils
-
-    make_flags = dependency_utils.make_beam_dependency_flags
-
-    def flags(beam_pipeline_args):
-        runner = PipelineOptions(flags=list(beam_pipeline_args)).view_as(StandardOptions).runner
-        if runner in DIRECT_RUNNERS:
-            return list(beam_pipeline_args)
-        return make_flags(beam_pipeline_args)
-
-    dependency_utils.make_beam_dependency_flags = flags
-    try:
-        yield
-    finally:
-        dependency_utils.make_beam_dependency_flags = make_flags
 
 
 def _mkdirs(path: str) -> str:
@@ -198,7 +168,7 @@ def run(config: PipelineConfig, score_rows: int = 0) -> Dict[str, Any]:
     try:
         input_bytes = sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(data_root) for n in names)
         result["beam_pipeline_args"] = beam_pipeline_args(config, input_bytes)
-        with run_scratch(config.output_dir), direct_runner_without_sdist():
+        with run_scratch(config.output_dir):
             tfx.orchestration.LocalDagRunner().run(
                 create_pipeline(config, data_root, spec, input_bytes=input_bytes))
         result["status"] = "succeeded"

@@ -34,6 +34,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components.beam_dependencies import NoSdistOnDirectRunner
 from components.click_log_example_gen import parsing, writing
 from components.dataset_spec import DatasetSpec
 
@@ -222,7 +223,7 @@ def copy_files(source: str, destination: str) -> None:
             fileio.copy(path, os.path.join(destination, name))
 
 
-class Executor(BaseExampleGenExecutor):
+class Executor(NoSdistOnDirectRunner, BaseExampleGenExecutor):
     """Click-log lines -> tf.Examples (train/eval), bad lines -> quarantine, counts -> properties."""
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:

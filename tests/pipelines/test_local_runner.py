@@ -72,28 +72,3 @@ def test_run_scratch_removes_what_a_killed_run_left_and_keeps_a_running_ones(tmp
     with run_scratch(str(tmp_path / "out")):
         pass
     assert sorted(os.listdir(scratch)) == [f"run-{os.getppid()}-def"]
-
-
-def _beam_args_of_a_tfx_executor(beam_args):
-    """The Beam args a real TFX Beam executor (StatisticsGen's) ends up with, as LocalDagRunner builds it."""
-    from tfx.components.statistics_gen import executor
-    return executor.Executor(executor.Executor.Context(beam_pipeline_args=list(beam_args)))._beam_pipeline_args
-
-
-def test_direct_runner_without_sdist_only_for_direct_runners(tmp_path):
-    from pipelines.config import BEAM_PRESETS
-    from pipelines.local_runner import direct_runner_without_sdist, run_scratch
-    from tfx.utils import dependency_utils
-    original = dependency_utils.make_beam_dependency_flags
-    with run_scratch(str(tmp_path / "out")) as scratch, direct_runner_without_sdist():
-        for preset in ("inmemory", "multiprocessing"):
-            args = _beam_args_of_a_tfx_executor(BEAM_PRESETS[preset])
-            assert not any(a.startswith("--extra_package") for a in args), args
-        assert os.listdir(scratch) == []  # no copy of TFX, no sdist
-        # Another runner's workers install TFX from the sdist: TFX still builds it (~5 s).
-        args = _beam_args_of_a_tfx_executor(["--runner=PortableRunner", "--job_endpoint=localhost:1"])
-        sdist = [a.split("=", 1)[1] for a in args if a.startswith("--extra_package=")]
-        assert len(sdist) == 1 and sdist[0].startswith(scratch) and os.path.exists(sdist[0])
-    assert dependency_utils.make_beam_dependency_flags is original
-    args = _beam_args_of_a_tfx_executor([])  # no Beam args: TFX adds nothing either way
-    assert not any(a.startswith("--extra_package") for a in args)

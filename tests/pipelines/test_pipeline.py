@@ -18,3 +18,17 @@ def test_the_evaluator_never_loads_a_model_as_keras_to_find_its_type(monkeypatch
     (spec,) = eval_config(PipelineConfig(), load_spec("criteo")).model_specs
     assert model_util.get_model_type(spec, "/models/candidate", None) == "tf_generic"
     assert tried == []
+
+
+def test_every_beam_step_skips_tfxs_sdist_on_a_direct_runner(tmp_path):
+    """Local runs and Kubeflow pods construct the executor classes named here: each must skip the sdist."""
+    from tfx.dsl.components.base import base_beam_executor
+
+    from components.beam_dependencies import NoSdistOnDirectRunner
+    from pipelines.config import load_config
+    from pipelines.pipeline import create_pipeline
+    components = create_pipeline(load_config(None, {"output_dir": str(tmp_path)}), str(tmp_path)).components
+    beam_steps = {c.id: c.executor_spec.executor_class for c in components
+                  if issubclass(getattr(c.executor_spec, "executor_class", object), base_beam_executor.BaseBeamExecutor)}
+    assert sorted(beam_steps) == ["ClickLogExampleGen", "Evaluator", "StatisticsGen", "Transform"]
+    assert all(issubclass(cls, NoSdistOnDirectRunner) for cls in beam_steps.values()), beam_steps
