@@ -27,7 +27,7 @@ import socket
 import tempfile
 import time
 import uuid
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -391,19 +391,21 @@ def spec_from_saved_model(loaded, tft_output):
 
 
 def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: str,
-                  prune: bool = True, min_compact_bytes: int = MIN_COMPACT_BYTES) -> PruningReport:
+                  prune: bool = True, min_compact_bytes: int = MIN_COMPACT_BYTES, spec=None) -> PruningReport:
     """Write the pruned SavedModel of `trained_model_dir` (a Trainer's Format-Serving) to `export_dir`.
 
     The signatures are the trainer's own (``components.export_signatures``) over the same Transform
     output, so their names, inputs and outputs are those of the trained model. ``prune=False`` writes
     the same export with the full tables: the like-for-like size to compare the pruned one with.
+    `spec`: the trained model's `spec_from_saved_model`, when the caller has it
+    (`trained_spec_and_scores`); otherwise read off the SavedModel here, which loads it once more.
     """
     import tensorflow_transform as tft
 
     from components import export_signatures
     from components.preprocessing import VOCABULARY_NAME
     tft_output = tft.TFTransformOutput(transform_graph_dir)
-    spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
+    spec = spec or spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
     vocabulary_path = _vocabulary_path(tft_output, VOCABULARY_NAME)
     lines = None
     if prune and vocabulary_path:
@@ -451,7 +453,21 @@ def _vocabulary_path(tft_output, name: str) -> Optional[str]:
 # -- parity, warmup ------------------------------------------------------------------------------------
 def score_examples(saved_model_dir: str, serialized: Sequence[bytes], batch_size: int = 256) -> np.ndarray:
     """``serving_default`` probabilities of a SavedModel for serialized raw tf.Examples."""
-    signature = tf.saved_model.load(saved_model_dir).signatures[SERVING_SIGNATURE]
+    return _scores(tf.saved_model.load(saved_model_dir), serialized, batch_size)
+
+
+def trained_spec_and_scores(trained_model_dir: str, transform_graph_dir: str,
+                            serialized: Sequence[bytes]) -> Tuple[Any, np.ndarray]:
+    """What a push needs of the trained SavedModel besides its Keras model, from one load of it (each
+    load reads every table: seconds at a million embedding rows): the `spec_from_saved_model` that
+    `export_pruned` takes, and its `score_examples` of `serialized` (the parity reference)."""
+    import tensorflow_transform as tft
+    loaded = tf.saved_model.load(trained_model_dir)
+    return spec_from_saved_model(loaded, tft.TFTransformOutput(transform_graph_dir)), _scores(loaded, serialized)
+
+
+def _scores(loaded, serialized: Sequence[bytes], batch_size: int = 256) -> np.ndarray:
+    signature = loaded.signatures[SERVING_SIGNATURE]
     out = [signature(examples=tf.constant(list(serialized[i:i + batch_size]), tf.string))["probability"].numpy()
            for i in range(0, len(serialized), batch_size)]
     return np.concatenate(out) if out else np.zeros([0], np.float32)
@@ -465,8 +481,16 @@ def parity_max_abs_error(trained_model_dir: str, pruned_dir: str, serialized: Se
     return float(np.max(np.abs(before.astype(np.float64) - after.astype(np.float64))))
 
 
-def check_parity(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes], tolerance: float) -> float:
-    error = parity_max_abs_error(trained_model_dir, pruned_dir, serialized)
+def check_parity(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes], tolerance: float,
+                 reference_scores: Optional[np.ndarray] = None) -> float:
+    """`reference_scores`: the trained model's `score_examples` of `serialized`, when the caller has them."""
+    if reference_scores is None:
+        error = parity_max_abs_error(trained_model_dir, pruned_dir, serialized)
+    elif not serialized:
+        raise ParityError("parity check needs eval rows; the examples' eval split is empty")
+    else:
+        after = score_examples(pruned_dir, serialized)
+        error = float(np.max(np.abs(np.asarray(reference_scores, np.float64) - after.astype(np.float64))))
     if not error <= tolerance:  # also catches NaN
         raise ParityError(f"pruned model disagrees with the trained model: max |Δprobability| = {error:.3g} "
                           f"> tolerance {tolerance:g} on {len(serialized)} eval rows; not pushed")
@@ -798,8 +822,11 @@ def prune_and_push(trained_model_dir: str, transform_graph_dir: str, eval_exampl
     own_staging = staging_dir is None
     staging_dir = staging_dir or tempfile.mkdtemp(prefix="pruned-export-")
     try:
-        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir, min_compact_bytes=min_compact_bytes)
-        error = check_parity(trained_model_dir, staging_dir, list(eval_examples)[:parity_examples], parity_tolerance)
+        parity_rows = list(eval_examples)[:parity_examples]
+        spec, reference = trained_spec_and_scores(trained_model_dir, transform_graph_dir, parity_rows)
+        report = export_pruned(trained_model_dir, transform_graph_dir, staging_dir, min_compact_bytes=min_compact_bytes,
+                               spec=spec)
+        error = check_parity(trained_model_dir, staging_dir, parity_rows, parity_tolerance, reference)
         size_after = dir_size(staging_dir)  # the SavedModel, before assets.extra is added
         warmups = write_warmup_requests(staging_dir, eval_examples, model_name, warmup_requests)
         path, version, config = push_export(staging_dir, base_dir, model_name, keep_versions, model_base_path,

@@ -116,14 +116,14 @@ class Executor(base_executor.BaseExecutor):
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="serving-check-") as work:
             staged = os.path.join(work, "candidate")
+            # Reference scores: the trained model's, in this process.
+            spec, reference = pruning.trained_spec_and_scores(trained_dir, transform_graph.uri,
+                                                              rows[:max(parity_rows, sample_rows)])
             # The candidate, exactly as the Pusher will publish it.
             pruning_report = pruning.export_pruned(trained_dir, transform_graph.uri, staged,
-                                                   min_compact_bytes=int(props[MIN_COMPACT_BYTES_KEY]))
+                                                   min_compact_bytes=int(props[MIN_COMPACT_BYTES_KEY]), spec=spec)
             size_after = pruning.dir_size(staged)  # the SavedModel, before assets.extra is added
             warmups = pruning.write_warmup_requests(staged, rows, model_name, int(props[WARMUP_REQUESTS_KEY]))
-            # Reference scores: the trained model's, in this process.
-            scored = rows[:max(parity_rows, sample_rows)]
-            reference = pruning.score_examples(trained_dir, scored) if scored else []
             parity_error, in_process_error = None, None
             if rows:
                 import numpy as np

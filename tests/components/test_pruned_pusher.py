@@ -279,6 +279,14 @@ def test_parity_failure_names_the_measured_error(trained, pushed, tmp_path):
     with pytest.raises(pruning.ParityError, match=rf"max \|Δprobability\| = {measured:.3g} > tolerance 1e-06"):
         pruning.check_parity(trained_dir, off_dir, rows, tolerance=1e-6)
     assert pruning.check_parity(trained_dir, version_dir, rows, tolerance=1e-6) <= 1e-6
+    # The same check from the push's one load of the trained model (its spec and reference scores).
+    spec, reference = pruning.trained_spec_and_scores(trained_dir, trained["transform_dir"], rows)
+    np.testing.assert_array_equal(reference, pruning.score_examples(trained_dir, rows))
+    assert spec.columns and spec.columns[0].kind == "label"
+    with pytest.raises(pruning.ParityError, match=rf"max \|Δprobability\| = {measured:.3g} > tolerance 1e-06"):
+        pruning.check_parity(trained_dir, off_dir, rows, 1e-6, reference_scores=reference)
+    with pytest.raises(pruning.ParityError, match="needs eval rows"):
+        pruning.check_parity(trained_dir, off_dir, [], 1e-6, reference_scores=reference[:0])
 
 
 def test_versions_are_never_overwritten_and_only_the_last_n_kept(pushed, tmp_path):

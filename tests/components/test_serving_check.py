@@ -239,9 +239,14 @@ def run_pusher(inputs, blessing, base_dir, out_root):
     return pushed
 
 
-def test_executor_blesses_a_servable_candidate_and_the_pusher_publishes_exactly_it(trained, tmp_path):
+def test_executor_blesses_a_servable_candidate_and_the_pusher_publishes_exactly_it(trained, tmp_path, monkeypatch):
+    loads, load = [], tf.saved_model.load
+    monkeypatch.setattr(tf.saved_model, "load", lambda path, *a, **k: loads.append(os.path.normpath(path)) or
+                        load(path, *a, **k))
     inputs, blessing, report = run_serving_check(trained, str(tmp_path))
     assert report["passed"], report
+    # The trained SavedModel is read once (spec and reference scores; the Keras model is its own load).
+    assert loads.count(os.path.normpath(os.path.join(trained["model_uri"], "Format-Serving"))) == 1, loads
     assert blessing.get_int_custom_property("blessed") == 1 and blessing.get_int_custom_property("has_model") == 1
     assert os.path.exists(os.path.join(blessing.uri, "INFRA_BLESSED"))
     stamped = os.path.join(blessing.uri, "stamped_model")
