@@ -135,6 +135,20 @@ def test_every_step_runs_the_configured_image_with_the_beam_args(compiled):
     assert driver["args"][-len(beam_args):] == beam_args
 
 
+def test_each_beam_steps_pod_constructs_an_executor_that_skips_tfxs_sdist_on_a_direct_runner(compiled):
+    """The pods run TFX's entrypoint, which imports the class named by --executor_class_path."""
+    import importlib
+
+    from components.beam_dependencies import NoSdistOnDirectRunner
+    _, doc, _, pipeline = compiled
+    from tfx.dsl.components.base.base_beam_component import BaseBeamComponent
+    beam_ids = {c.id for c in pipeline.components if isinstance(c, BaseBeamComponent)}
+    for step in sorted(beam_ids):
+        args = executors(doc)[f"{step}_executor"]["container"]["args"]
+        module, _, name = args[args.index("--executor_class_path") + 1].rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), name), NoSdistOnDirectRunner), step
+
+
 def test_runtime_parameters_with_config_defaults(compiled):
     _, _, spec, _ = compiled
     from kfp.pipeline_spec import pipeline_spec_pb2
