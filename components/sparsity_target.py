@@ -144,25 +144,34 @@ class SparsityTarget(keras.callbacks.Callback):
         if self.steps % self.interval() == 0:
             self.control()
 
-    def table_state(self, field: str) -> TableState:
+    def table_states(self, fields: List[str]) -> List[TableState]:
+        """Each table's state now. The regularizer scale is one per dtype (it moves with the step, not
+        the table), so it is computed once here: its eager ops once per table and control point were
+        a quarter of the demo's Trainer fit (benchmarks/trainer_run_bench.py, `per_table_control`)."""
         optimizer = self.model.optimizer
-        table = self._tables()[field]
-        critical, zero, rows, fixed = [], 0, 0, 0
-        row_bytes = 0
-        for part in _parts(table):
-            w = _numpy(part)
-            z = _numpy(optimizer._duals[optimizer._dual_index[optimizer._var_key(part)]])
-            flat_w, flat_z = w.reshape(w.shape[0], -1), z.reshape(z.shape[0], -1)
-            nonzero = np.any(flat_w != 0, axis=1)
-            stepped = np.any(flat_z != 0, axis=1)
-            hyper = optimizer._hyperparameters(part.dtype)
-            scale = float(np.asarray(optimizer._regularizer_scale(hyper)))
-            critical.append(critical_l21(flat_z[stepped], optimizer.l1, scale))
-            zero += int(np.count_nonzero(~nonzero))
-            rows += w.shape[0]
-            fixed += int(np.count_nonzero(nonzero & ~stepped))
-            row_bytes = flat_w.shape[1] * w.dtype.itemsize
-        return TableState(np.concatenate(critical) if critical else np.zeros(0), zero, rows, row_bytes, fixed)
+        tables = self._tables()
+        scales: Dict[Any, float] = {}
+        states = []
+        for field in fields:
+            critical, zero, rows, fixed = [], 0, 0, 0
+            row_bytes = 0
+            for part in _parts(tables[field]):
+                w = _numpy(part)
+                z = _numpy(optimizer._duals[optimizer._dual_index[optimizer._var_key(part)]])
+                flat_w, flat_z = w.reshape(w.shape[0], -1), z.reshape(z.shape[0], -1)
+                nonzero = np.any(flat_w != 0, axis=1)
+                stepped = np.any(flat_z != 0, axis=1)
+                if part.dtype not in scales:
+                    hyper = optimizer._hyperparameters(part.dtype)
+                    scales[part.dtype] = float(np.asarray(optimizer._regularizer_scale(hyper)))
+                critical.append(critical_l21(flat_z[stepped], optimizer.l1, scales[part.dtype]))
+                zero += int(np.count_nonzero(~nonzero))
+                rows += w.shape[0]
+                fixed += int(np.count_nonzero(nonzero & ~stepped))
+                row_bytes = flat_w.shape[1] * w.dtype.itemsize
+            states.append(TableState(np.concatenate(critical) if critical else np.zeros(0), zero, rows, row_bytes,
+                                     fixed))
+        return states
 
     def control(self) -> None:
         if not self.controllers:
@@ -173,7 +182,7 @@ class SparsityTarget(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         progress = self.progress()
         for name, controller in self.controllers.items():
-            states = [self.table_state(f) for f in self.members[name]]
+            states = self.table_states(self.members[name])
             l21 = controller.update(states, progress, self.steps)
             for field in self.members[name]:
                 for part in _parts(tables[field]):
@@ -200,7 +209,7 @@ class SparsityTarget(keras.callbacks.Callback):
             self._setup()
         out = {}
         for name, controller in self.controllers.items():
-            m = controller.measured([self.table_state(f) for f in self.members[name]])
+            m = controller.measured(self.table_states(self.members[name]))
             target = controller.target
             out[name] = {"target_sparsity": target.sparsity, "max_embedding_bytes": target.max_bytes,
                          "tables": self.members[name], "rows": m["rows"], "zero_rows": m["zero_rows"],

@@ -1,22 +1,26 @@
-"""The Trainer's export (the SavedModel with its three signatures, and the warm-start state): the
-current export against the previous one, on the Trainer inputs of a finished pipeline run.
+"""The Trainer on a finished run's inputs: the code as it is against earlier versions of two of its
+parts, the export and the sparsity control.
 
-    TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python -m benchmarks.trainer_export_bench \
-        --run output [--repeats 2] [--out benchmarks/results/trainer_export]
+    TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python -m benchmarks.trainer_run_bench \
+        --run output [--repeats 2] [--out benchmarks/results/trainer_run]
 
 `--run` is the output folder of a local run (``python -m pipelines run --output DIR``, e.g. ``make
 demo``'s ``output``): its ML Metadata names the last Trainer execution, whose inputs (Transform's
 examples and graph, schema, base model) and exec properties are run again by TFX's own Trainer
 executor (``GenericExecutor``, ``components.trainer_module.run_fn``), each time in a new process
-(tracing and autograph caches are per process, as in a pipeline run). Two exports, alternating:
+(tracing and autograph caches are per process, as in a pipeline run). Variants, alternating:
 
-* ``current``: the code as it is: signatures traced without autograph, ``save_traces=False``;
-* ``previous``: the same run with the export as it was before (autograph converting the signatures
-  and everything they call, and Keras tracing every layer's call into the SavedModel), reproduced
-  here by patching ``tf.function`` in ``components.export_signatures`` and ``model.save``.
+* ``current``: the code as it is;
+* ``previous_export``: the export as it was before (autograph converting the signatures and
+  everything they call, and Keras tracing every layer's call into the SavedModel), reproduced here
+  by patching ``tf.function`` in ``components.export_signatures`` and ``model.save``;
+* ``per_table_control``: the sparsity target's control points as they were before (the optimizer's
+  hyperparameters and regularizer scale computed with eager ops once per table, not once per
+  dtype), its previous ``table_state`` reproduced here verbatim.
 
-Reports per run: the fit and export seconds (``training.json``), the SavedModel's bytes, and the
-largest difference between the two exports' ``serving_default`` scores on the run's eval examples.
+Reports per run: the fit and export seconds (``training.json``), the SavedModel's bytes, the reached
+sparsity and l21 (the control must not change them), and the largest difference between all runs'
+``serving_default`` scores on the run's eval examples.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import time
 import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("current", "previous")
+VARIANTS = ("current", "previous_export", "per_table_control")
 
 
 def trainer_inputs(run_dir: str):
@@ -89,13 +93,50 @@ def _previous_export():
     tf_keras.Model.save = save_with_traces
 
 
+def _per_table_control():
+    """Patches this process's sparsity target to read each table's state as before (below)."""
+    from components.sparsity_target import SparsityTarget
+
+    def table_states(self, fields):
+        return [_previous_table_state(self, field) for field in fields]
+
+    SparsityTarget.table_states = table_states
+
+
+def _previous_table_state(self, field: str):
+    """``SparsityTarget.table_state`` before the regularizer scale was computed once per dtype."""
+    import numpy as np
+
+    from components.sparsity_target import TableState, _numpy, _parts, critical_l21
+    optimizer = self.model.optimizer
+    table = self._tables()[field]
+    critical, zero, rows, fixed = [], 0, 0, 0
+    row_bytes = 0
+    for part in _parts(table):
+        w = _numpy(part)
+        z = _numpy(optimizer._duals[optimizer._dual_index[optimizer._var_key(part)]])
+        flat_w, flat_z = w.reshape(w.shape[0], -1), z.reshape(z.shape[0], -1)
+        nonzero = np.any(flat_w != 0, axis=1)
+        stepped = np.any(flat_z != 0, axis=1)
+        hyper = optimizer._hyperparameters(part.dtype)
+        scale = float(np.asarray(optimizer._regularizer_scale(hyper)))
+        critical.append(critical_l21(flat_z[stepped], optimizer.l1, scale))
+        zero += int(np.count_nonzero(~nonzero))
+        rows += w.shape[0]
+        fixed += int(np.count_nonzero(nonzero & ~stepped))
+        row_bytes = flat_w.shape[1] * w.dtype.itemsize
+    return TableState(np.concatenate(critical) if critical else np.zeros(0), zero, rows, row_bytes, fixed)
+
+
 def child(run_dir: str, variant: str, out: str) -> None:
     from tfx.components.trainer.executor import GenericExecutor
     from tfx.types import standard_artifacts
 
     inputs, properties = trainer_inputs(run_dir)
-    if variant == "previous":
+    if variant == "previous_export":
         _previous_export()
+    elif variant == "per_table_control":
+        _per_table_control()
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = os.path.join(out, "model"), os.path.join(out, "model_run")
     started = time.perf_counter()
@@ -106,9 +147,11 @@ def child(run_dir: str, variant: str, out: str) -> None:
     serving = os.path.join(model.uri, "Format-Serving")
     saved_bytes = sum(os.path.getsize(p) for p in glob.glob(os.path.join(serving, "**"), recursive=True)
                       if os.path.isfile(p))
+    groups = (training.get("sparsity_target") or {}).get("groups") or {}
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump({"variant": variant, "do_s": round(seconds, 2), "fit_s": training["fit_seconds"],
                    "export_s": training["export_seconds"], "saved_model_bytes": saved_bytes,
+                   "reached": {name: [g["reached_sparsity"], g["l21"]] for name, g in sorted(groups.items())},
                    "serving_dir": serving}, f)
 
 
@@ -136,23 +179,32 @@ def max_score_difference(serving_dirs, examples):
 
 def text(record):
     lines = [
-        "The Trainer's export (benchmarks/trainer_export_bench.py): current vs previous export, TFX's Trainer "
-        "executor on one run's inputs, a new process each",
+        "The Trainer on one run's inputs (benchmarks/trainer_run_bench.py): the code as it is vs its previous "
+        "export and its previous sparsity control; TFX's Trainer executor, a new process each",
         f"{record['machine']}; run {record['run']}; 1-min load average {record['load_before']} before, "
         f"{record['load_after']} after; median of {record['repeats']} runs per variant, alternating",
         "",
-        f"{'variant':<10}{'Trainer Do s':>14}{'fit s':>8}{'export s':>10}{'SavedModel bytes':>18}",
+        f"{'variant':<20}{'Trainer Do s':>14}{'fit s':>8}{'export s':>10}{'SavedModel bytes':>18}",
     ]
-    for variant in VARIANTS:
-        row = record["median"][variant]
-        lines.append(f"{variant:<10}{row['do_s']:>14.1f}{row['fit_s']:>8.1f}{row['export_s']:>10.1f}"
-                     f"{int(row['saved_model_bytes']):>18,}")
     m = record["median"]
-    lines += ["", f"export: {m['previous']['export_s'] / m['current']['export_s']:.2f}x faster "
-                  f"({m['previous']['export_s'] - m['current']['export_s']:.1f} s less); Trainer Do "
-                  f"{m['previous']['do_s'] - m['current']['do_s']:.1f} s less",
-              f"serving_default scores of every export on {record['scored_examples']} eval examples: max |difference| "
-              f"{record['max_score_difference']:.3g}"]
+    for variant in VARIANTS:
+        if variant in m:
+            row = m[variant]
+            lines.append(f"{variant:<20}{row['do_s']:>14.1f}{row['fit_s']:>8.1f}{row['export_s']:>10.1f}"
+                         f"{int(row['saved_model_bytes']):>18,}")
+    lines.append("")
+    if "previous_export" in m:
+        lines.append(f"export: {m['previous_export']['export_s'] / m['current']['export_s']:.2f}x faster "
+                     f"({m['previous_export']['export_s'] - m['current']['export_s']:.1f} s less); Trainer Do "
+                     f"{m['previous_export']['do_s'] - m['current']['do_s']:.1f} s less")
+    if "per_table_control" in m:
+        lines.append(f"sparsity control once per dtype: fit {m['per_table_control']['fit_s'] - m['current']['fit_s']:.1f}"
+                     f" s less ({m['per_table_control']['fit_s'] / m['current']['fit_s']:.2f}x); Trainer Do "
+                     f"{m['per_table_control']['do_s'] - m['current']['do_s']:.1f} s less")
+    reached = sorted({json.dumps(r.get("reached"), sort_keys=True) for r in record["runs"]})
+    lines += [f"reached sparsity and l21 per target group, every run: {' | '.join(reached)}",
+              f"serving_default scores of every run's export on {record['scored_examples']} eval examples: "
+              f"max |difference| {record['max_score_difference']:.3g}"]
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +212,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=False, help="output folder of a local pipeline run")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "trainer_export"))
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "trainer_run"))
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.run:
@@ -174,12 +226,13 @@ def main():
         for repeat in range(args.repeats):
             for variant in (VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]):
                 out = os.path.join(work, f"{variant}-{repeat}")
-                subprocess.run([sys.executable, "-m", "benchmarks.trainer_export_bench", "--run", args.run,
+                subprocess.run([sys.executable, "-m", "benchmarks.trainer_run_bench", "--run", args.run,
                                 "--child", variant, out], check=True, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 with open(os.path.join(out, "result.json")) as f:
                     results.append(dict(json.load(f), repeat=repeat))
-                print(f"{variant} repeat {repeat}: export {results[-1]['export_s']} s", flush=True)
+                print(f"{variant} repeat {repeat}: fit {results[-1]['fit_s']} s, export {results[-1]['export_s']} s",
+                      flush=True)
         inputs, _ = trainer_inputs(args.run)
         examples = eval_examples(inputs)
         difference = max_score_difference([r["serving_dir"] for r in results], examples)

@@ -1,0 +1,60 @@
+"""benchmarks/trainer_run_bench.py: its input lookup, its previous sparsity control and its summary."""
+import pytest
+
+from benchmarks import trainer_run_bench as bench
+
+
+def test_a_folder_without_a_trainer_run_is_one_clear_error(tmp_path):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(tmp_path / "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    metadata_store.MetadataStore(config)
+    with pytest.raises(SystemExit, match="no Trainer execution"):
+        bench.trainer_inputs(str(tmp_path))
+
+
+def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no metadata.sqlite"):
+        bench.trainer_inputs(str(tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_summary_compares_the_medians():
+    row = {"do_s": 10.0, "fit_s": 5.0, "saved_model_bytes": 1000.0}
+    record = {"machine": "m", "run": "r", "load_before": [0], "load_after": [0], "repeats": 1,
+              "median": {"current": dict(row, export_s=2.0), "previous_export": dict(row, export_s=8.0),
+                         "per_table_control": dict(row, export_s=2.0, fit_s=7.5, do_s=12.5)},
+              "runs": [{"reached": {"*": [0.95, 0.01]}}, {"reached": {"*": [0.95, 0.01]}}],
+              "scored_examples": 5, "max_score_difference": 0.0}
+    text = bench.text(record)
+    assert "export: 4.00x faster (6.0 s less)" in text
+    assert "sparsity control once per dtype: fit 2.5 s less (1.50x); Trainer Do 2.5 s less" in text
+    assert 'every run: {"*": [0.95, 0.01]}\n' in text  # one distinct result
+
+
+def test_previous_table_state_is_the_current_one(tmp_path):
+    """The reproduced per-table reading gives the same states as the current one, on a trained table."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from components.sparsity_target import GLOBAL, SparsityTarget, Target
+    from optim import GroupAdam
+    inputs = keras.Input([2], dtype=tf.int64)
+    embedded = keras.layers.Embedding(50, 4, name="embedding_C1")(inputs)
+    embedded2 = keras.layers.Embedding(30, 4, name="embedding_C2")(inputs % 30)
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(keras.layers.Concatenate()([embedded, embedded2])))
+    model = keras.Model(inputs, outputs)
+    model.compile(GroupAdam(learning_rate=0.05, l21=0.01), loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.integers(0, 50, [64, 2]), rng.normal(size=[64, 1]), epochs=2, verbose=0)
+    callback = SparsityTarget({GLOBAL: Target(sparsity=0.5)})
+    callback.set_model(model)
+    current = callback.table_states(["C1", "C2"])
+    previous = [bench._previous_table_state(callback, f) for f in ("C1", "C2")]
+    assert all(len(state.critical) for state in current)  # rows stepped: their critical l21 are compared
+    for a, b in zip(current, previous):
+        np.testing.assert_array_equal(a.critical, b.critical)
+        assert (a.zero, a.rows, a.row_bytes, a.fixed_kept) == (b.zero, b.rows, b.row_bytes, b.fixed_kept)
