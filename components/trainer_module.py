@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from absl import logging
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
@@ -164,7 +164,7 @@ def _non_finite_input(error: Exception):
         " (ExampleGen/Transform). No model was exported.")
 
 
-def run_fn(fn_args: tfx.components.FnArgs):
+def run_fn(fn_args: FnArgs):
     cfg = TrainerConfig.from_json(fn_args.custom_config["trainer"])
     if distributed.serve_if_cluster_task(cfg.distribution):
         return  # a worker or parameter server of a parameter-server cluster: served until stopped
