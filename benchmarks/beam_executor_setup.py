@@ -9,8 +9,8 @@ with the local run's Beam args (the ``multiprocessing`` and ``inmemory`` presets
 TFX's own constructor (``tfx_sdist``: it copies the installed TFX and runs ``setup.py sdist`` for
 remote workers) and once as the classes are (``no_sdist``: ``components.beam_dependencies``, which
 every local run and every Kubeflow Beam step goes through). The two alternate in order, per executor
-and repeat, so that load from other work biases neither. Writes <out>.json and <out>.txt: seconds per construction (median over the
-repeats) and, per local run, the sum over the four executors.
+and repeat, so that load from other work biases neither. Writes <out>.json and <out>.txt: seconds
+per construction (median over the repeats) and, per local run, the sum over the four executors.
 """
 from __future__ import annotations
 

@@ -405,7 +405,8 @@ def export_pruned(trained_model_dir: str, transform_graph_dir: str, export_dir: 
     from components import export_signatures
     from components.preprocessing import VOCABULARY_NAME
     tft_output = tft.TFTransformOutput(transform_graph_dir)
-    spec = spec or spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
+    if spec is None:
+        spec = spec_from_saved_model(tf.saved_model.load(trained_model_dir), tft_output)
     vocabulary_path = _vocabulary_path(tft_output, VOCABULARY_NAME)
     lines = None
     if prune and vocabulary_path:
@@ -473,24 +474,19 @@ def _scores(loaded, serialized: Sequence[bytes], batch_size: int = 256) -> np.nd
     return np.concatenate(out) if out else np.zeros([0], np.float32)
 
 
-def parity_max_abs_error(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes]) -> float:
+def parity_max_abs_error(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes],
+                         reference_scores: Optional[np.ndarray] = None) -> float:
+    """`reference_scores`: the trained model's `score_examples` of `serialized`, when the caller has them."""
     if not serialized:
         raise ParityError("parity check needs eval rows; the examples' eval split is empty")
-    before = score_examples(trained_model_dir, serialized)
+    before = score_examples(trained_model_dir, serialized) if reference_scores is None else reference_scores
     after = score_examples(pruned_dir, serialized)
-    return float(np.max(np.abs(before.astype(np.float64) - after.astype(np.float64))))
+    return float(np.max(np.abs(np.asarray(before, np.float64) - after.astype(np.float64))))
 
 
 def check_parity(trained_model_dir: str, pruned_dir: str, serialized: Sequence[bytes], tolerance: float,
                  reference_scores: Optional[np.ndarray] = None) -> float:
-    """`reference_scores`: the trained model's `score_examples` of `serialized`, when the caller has them."""
-    if reference_scores is None:
-        error = parity_max_abs_error(trained_model_dir, pruned_dir, serialized)
-    elif not serialized:
-        raise ParityError("parity check needs eval rows; the examples' eval split is empty")
-    else:
-        after = score_examples(pruned_dir, serialized)
-        error = float(np.max(np.abs(np.asarray(reference_scores, np.float64) - after.astype(np.float64))))
+    error = parity_max_abs_error(trained_model_dir, pruned_dir, serialized, reference_scores)
     if not error <= tolerance:  # also catches NaN
         raise ParityError(f"pruned model disagrees with the trained model: max |Δprobability| = {error:.3g} "
                           f"> tolerance {tolerance:g} on {len(serialized)} eval rows; not pushed")
