@@ -32,16 +32,18 @@ CASES = ("narrowed", "full")
 METRICS_RTOL = 1e-9
 
 
-def eval_examples_artifact(examples_dir: str, files: int, tmp: str):
-    """An Examples artifact whose eval split holds the first `files` files of `examples_dir`'s."""
+def eval_examples_artifact(examples_dir: str, files: int, tmp: str, copies: int = 1):
+    """An Examples artifact whose eval split holds the first `files` files of `examples_dir`'s, each
+    `copies` times (a small eval split read as a larger one)."""
     from tfx.types import standard_artifacts
     paths = sorted(glob.glob(os.path.join(examples_dir, "Split-eval", "*")))[:files]
     if not paths:
         raise SystemExit(f"{examples_dir}: no Split-eval files")
     split = os.path.join(tmp, "examples", "Split-eval")
     os.makedirs(split)
-    for path in paths:
-        os.symlink(os.path.abspath(path), os.path.join(split, os.path.basename(path)))
+    for copy in range(copies):
+        for path in paths:
+            os.symlink(os.path.abspath(path), os.path.join(split, f"copy{copy}-{os.path.basename(path)}"))
     artifact = standard_artifacts.Examples()
     artifact.uri = os.path.dirname(split)
     artifact.split_names = '["eval"]'
@@ -103,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", required=True, help="a pushed SavedModel (serving_default over tf.Examples)")
     parser.add_argument("--schema", required=True, help="the pipeline's schema.pbtxt (SchemaGen)")
     parser.add_argument("--files", type=int, default=1, help="eval files to read")
+    parser.add_argument("--copies", type=int, default=1, help="times each eval file is read")
     parser.add_argument("--models", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", out))
@@ -115,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     load_before = os.getloadavg()[0]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        examples = eval_examples_artifact(args.examples, args.files, tmp)
+        examples = eval_examples_artifact(args.examples, args.files, tmp, args.copies)
         for models in args.models:
             for _ in range(args.repeats):
                 for case in CASES:

@@ -32,6 +32,7 @@ from pipelines import runtime_parameters as runtime
 from pipelines.config import PipelineConfig, beam_pipeline_args
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
+EVAL_METRICS_MODULE = "components.eval_metrics"
 
 
 def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
@@ -51,14 +52,15 @@ def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=spec.label,
                                     model_type=tfma.TF_GENERIC)],
         slicing_specs=slicing,
+        # components.eval_metrics: tf_keras BinaryCrossentropy's value, and TFMA's AUC and calibration
+        # metrics, computed without TFMA's per-example conversion.
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
-            tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
-            # tf_keras BinaryCrossentropy's value, computed without TFMA's per-example conversion.
-            tfma.MetricConfig(class_name="BinaryLogLoss", module="components.eval_metrics"),
-            tfma.MetricConfig(class_name="Calibration"),
-            tfma.MetricConfig(class_name="MeanPrediction"),
-            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="BatchedAUC", module=EVAL_METRICS_MODULE, threshold=auc_threshold),
+            tfma.MetricConfig(class_name="BinaryLogLoss", module=EVAL_METRICS_MODULE),
+            tfma.MetricConfig(class_name="BatchedCalibration", module=EVAL_METRICS_MODULE),
+            tfma.MetricConfig(class_name="BatchedMeanPrediction", module=EVAL_METRICS_MODULE),
+            tfma.MetricConfig(class_name="BatchedMeanLabel", module=EVAL_METRICS_MODULE),
         ])],
     )
 

@@ -112,3 +112,124 @@ def test_pipeline_eval_config_computes_log_loss_with_binary_log_loss():
     assert "BinaryCrossentropy" not in names and "BinaryCrossEntropy" not in names
     (metric,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "BinaryLogLoss"]
     assert isinstance(metric_specs.metric_instance(metric), BinaryLogLoss)
+
+
+# --- TFMA's AUC and calibration metrics, batched ---------------------------------------------------------
+
+BATCHED = {eval_metrics.BatchedAUC: tfma.metrics.AUC, eval_metrics.BatchedCalibration: tfma.metrics.Calibration,
+           eval_metrics.BatchedMeanLabel: tfma.metrics.MeanLabel,
+           eval_metrics.BatchedMeanPrediction: tfma.metrics.MeanPrediction}
+
+
+def combiner_computations(metric, eval_config=None, model_name="", example_weighted=False):
+    return [c for c in metric.computations(eval_config=eval_config, model_names=[model_name], output_names=[""],
+                                           example_weighted=example_weighted)
+            if isinstance(c, metric_types.MetricComputation)]
+
+
+def edge_predictions(n=6000, seed=2):
+    """Predictions on and around the histogram's bucket edges, outside [0, 1], and 0/1 labels."""
+    rng = np.random.default_rng(seed)
+    predictions = rng.uniform(0, 1, n)
+    predictions[:8] = [0.0, 1.0, 1e-4, 0.5, 0.99995, -0.25, 1.5, 0.123456789]
+    labels = (rng.uniform(0, 1, n) < predictions).astype(np.int64)
+    return labels, predictions.astype(np.float32)
+
+
+def assert_same_output(ours, theirs):
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        mine = ours[key]
+        if isinstance(value, list):  # a calibration histogram
+            assert [b.bucket_id for b in mine] == [b.bucket_id for b in value]
+            for a, b in zip(mine, value):
+                assert (a.weighted_labels, a.weighted_examples) == (b.weighted_labels, b.weighted_examples)
+                assert a.weighted_predictions == pytest.approx(b.weighted_predictions, rel=1e-12, abs=1e-12)
+        else:  # weighted labels, predictions and examples
+            assert (mine.total_weighted_labels, mine.total_weighted_examples) == (
+                value.total_weighted_labels, value.total_weighted_examples)
+            assert mine.total_weighted_predictions == pytest.approx(value.total_weighted_predictions, rel=1e-12)
+
+
+@pytest.mark.parametrize("batched", list(BATCHED))
+def test_batched_metrics_have_tfma_names_keys_and_combiner_outputs_without_conversion(batched, monkeypatch):
+    labels, predictions = edge_predictions()
+    elements = [metric_types.StandardMetricInputs(label=np.array([y]), prediction=np.array([p]),
+                                                  example_weight=np.array([1.0]))
+                for y, p in zip(labels, predictions)]
+    theirs = combiner_computations(BATCHED[batched]())
+    expected = [combine(c.combiner, elements) for c in theirs]
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the batched path converted an example")
+    monkeypatch.setattr(metric_util, "to_label_prediction_example_weight", no_conversion)
+    ours = combiner_computations(batched())
+    assert [c.keys for c in ours] == [c.keys for c in theirs]
+    assert [c == t for c, t in zip(ours, theirs)] == [True] * len(theirs)  # TFMA runs one of the two
+    assert {k.name for c in batched().computations(model_names=[""], output_names=[""]) for k in c.keys} == {
+        k.name for c in BATCHED[batched]().computations(model_names=[""], output_names=[""]) for k in c.keys}
+    for computation, want in zip(ours, expected):
+        assert_same_output(combine(computation.combiner, elements, chunks=4), want)
+
+
+def test_batched_metrics_pick_candidate_and_baseline_by_model_name():
+    labels, predictions = edge_predictions(3000)
+    other = np.clip(predictions[::-1] * 0.5 + 0.2, 0, 1)
+    elements = [metric_types.StandardMetricInputs(label=np.array([y]),
+                                                  prediction={"candidate": np.array([p]), "baseline": np.array([q])},
+                                                  example_weight=np.array([1.0]))
+                for y, p, q in zip(labels, predictions, other)]
+    config = tfma.EvalConfig(model_specs=[tfma.ModelSpec(name="candidate"), tfma.ModelSpec(name="baseline")])
+    for batched, tfma_metric in BATCHED.items():
+        for name in ("candidate", "baseline"):
+            for ours, theirs in zip(combiner_computations(batched(), config, name),
+                                    combiner_computations(tfma_metric(), config, name)):
+                assert_same_output(combine(ours.combiner, elements), combine(theirs.combiner, elements))
+
+
+def test_other_examples_go_to_tfma_combiner_with_the_same_output(monkeypatch):
+    """Weighted examples, fractional labels (histogram) and a NaN prediction are TFMA's to handle."""
+    labels, predictions = edge_predictions(1500)
+    weights = np.random.default_rng(3).uniform(0.5, 2.0, len(labels))
+    fractional = [metric_types.StandardMetricInputs(label=np.array([0.3 if i % 7 == 0 else y]),
+                                                    prediction=np.array([p]), example_weight=np.array([1.0]))
+                  for i, (y, p) in enumerate(zip(labels, predictions))]
+    weighted = [metric_types.StandardMetricInputs(label=np.array([y]), prediction=np.array([p]),
+                                                  example_weight=np.array([w]))
+                for y, p, w in zip(labels, predictions, weights)]
+    calls = []
+    real = metric_util.to_label_prediction_example_weight
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(metric_util, "to_label_prediction_example_weight", counted)
+    for batched, tfma_metric in BATCHED.items():
+        for ours, theirs in zip(combiner_computations(batched(), example_weighted=True),
+                                combiner_computations(tfma_metric(), example_weighted=True)):
+            calls.clear()
+            assert_same_output(combine(ours.combiner, weighted), combine(theirs.combiner, weighted))
+            assert len(calls) == 2 * len(weighted)
+    (histogram,) = combiner_computations(eval_metrics.BatchedAUC())
+    (tfma_histogram,) = combiner_computations(tfma.metrics.AUC())
+    calls.clear()
+    assert_same_output(combine(histogram.combiner, fractional), combine(tfma_histogram.combiner, fractional))
+    assert len(calls) == len(fractional) + (len(fractional) + 6) // 7
+    nan = fractional[:5] + [metric_types.StandardMetricInputs(label=np.array([1]), prediction=np.array([np.nan]),
+                                                              example_weight=np.array([1.0]))]
+    for combiner in (histogram.combiner, tfma_histogram.combiner):
+        with pytest.raises(ValueError):  # TFMA's own error: a NaN has no bucket
+            combine(combiner, nan, chunks=1)
+
+
+def test_pipeline_eval_config_uses_the_batched_metrics_under_tfma_names():
+    from components.dataset_spec import load_spec
+    from pipelines.config import PipelineConfig
+    from pipelines.pipeline import eval_config
+    config = eval_config(PipelineConfig(), load_spec("criteo"))
+    instances = [metric_specs.metric_instance(m) for m in config.metrics_specs[0].metrics]
+    for batched in BATCHED:
+        (metric,) = [m for m in instances if type(m) is batched]
+        assert metric.name == BATCHED[batched]().name
+    (auc,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "BatchedAUC"]
+    assert auc.threshold.value_threshold.lower_bound.value == PipelineConfig().gates.min_auc
