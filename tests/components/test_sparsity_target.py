@@ -227,3 +227,21 @@ def test_summary_and_report_show_the_target_and_the_size_gate():
     assert "  target (all tables): sparsity 0.95 -> reached 95.1%, 0.005 MB of non-zero rows; l21 0.001 -> 0.0192" in text
     assert "model_bytes 120000 > 100000 FAIL -> NOT BLESSED" in text
     assert "&gt; 100,000" in report._gates_section(run)
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_variables_are_read_and_assigned_in_one_call_or_one_by_one_under_a_strategy(mirrored):
+    """Plain variables go through one function call; a strategy's variables (here mirrored, on this
+    process's CPU) one by one; the values are the variables' either way."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"]) if mirrored else tf.distribute.get_strategy()
+    with strategy.scope():
+        tables = [tf.Variable(np.random.default_rng(i).normal(size=(5, 3)).astype(np.float32)) for i in range(3)]
+        l21 = [tf.Variable(1e-3, dtype=tf.float64) for _ in range(3)]
+    read, assign = st._Variables(tables), st._Variables(l21)
+    assert read._one_call is (not mirrored) and assign._one_call is (not mirrored)
+    for got, table in zip(read.values(), tables):
+        np.testing.assert_array_equal(got, table.numpy())
+    tables[1].assign(tf.zeros((5, 3)))
+    np.testing.assert_array_equal(read.values()[1], np.zeros((5, 3), np.float32))
+    assign.assign(0.0123)
+    assert [v.numpy() for v in l21] == [0.0123] * 3
