@@ -24,7 +24,7 @@ baseline model (benchmarks/results/evaluator_metrics.txt).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -72,6 +72,19 @@ def _scalar(value: Any, *keys: str) -> Optional[np.ndarray]:
     return value if isinstance(value, np.ndarray) and value.size == 1 else None
 
 
+def _label_and_prediction(element: metric_types.StandardMetricInputs,
+                          key: metric_types.MetricKey) -> Optional[Tuple[float, float]]:
+    """The label and prediction of `element` for `key` when the combiners may take them as they are (an
+    unweighted key without a sub-key, one number each); None for anything TFMA must convert."""
+    if key.example_weighted or key.sub_key is not None:
+        return None
+    label = _scalar(element.label, key.model_name, key.output_name)
+    prediction = _scalar(element.prediction, key.model_name, key.output_name)
+    if label is None or prediction is None:
+        return None
+    return float(label.item()), float(prediction.item())
+
+
 class _Accumulator:
     __slots__ = ("loss", "weight", "labels", "probabilities")
 
@@ -100,15 +113,13 @@ class _BinaryLogLossCombiner(beam.CombineFn):
 
     def add_input(self, accumulator: _Accumulator, element: metric_types.StandardMetricInputs) -> _Accumulator:
         key = self._key
-        if not key.example_weighted and key.sub_key is None:
-            label = _scalar(element.label, key.model_name, key.output_name)
-            probability = _scalar(element.prediction, key.model_name, key.output_name)
-            if label is not None and probability is not None:
-                accumulator.labels.append(label.item())
-                accumulator.probabilities.append(probability.item())
-                if len(accumulator.labels) >= FLUSH_EXAMPLES:
-                    accumulator.flush()
-                return accumulator
+        pair = _label_and_prediction(element, key)
+        if pair is not None:
+            accumulator.labels.append(pair[0])
+            accumulator.probabilities.append(pair[1])
+            if len(accumulator.labels) >= FLUSH_EXAMPLES:
+                accumulator.flush()
+            return accumulator
         for label, prediction, weight in metric_util.to_label_prediction_example_weight(
                 element, eval_config=self._eval_config, model_name=key.model_name, output_name=key.output_name,
                 aggregation_type=self._aggregation_type, class_weights=self._class_weights,
@@ -179,18 +190,13 @@ class _BufferedCombiner(beam.CombineFn):
         return _Buffered(self._inner.create_accumulator())
 
     def add_input(self, buffered: _Buffered, element: metric_types.StandardMetricInputs) -> _Buffered:
-        key = self._key
-        if not key.example_weighted and key.sub_key is None:
-            label = _scalar(element.label, key.model_name, key.output_name)
-            prediction = _scalar(element.prediction, key.model_name, key.output_name)
-            if label is not None and prediction is not None:
-                label, prediction = float(label.item()), float(prediction.item())
-                if self._takes(label, prediction):
-                    buffered.labels.append(label)
-                    buffered.predictions.append(prediction)
-                    if len(buffered.labels) >= FLUSH_EXAMPLES:
-                        self._flush(buffered)
-                    return buffered
+        pair = _label_and_prediction(element, self._key)
+        if pair is not None and self._takes(*pair):
+            buffered.labels.append(pair[0])
+            buffered.predictions.append(pair[1])
+            if len(buffered.labels) >= FLUSH_EXAMPLES:
+                self._flush(buffered)
+            return buffered
         buffered.inner = self._inner.add_input(buffered.inner, element)
         return buffered
 

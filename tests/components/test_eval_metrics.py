@@ -36,6 +36,18 @@ def combine(combiner, elements, chunks=3):
     return combiner.extract_output(combiner.merge_accumulators(accumulators))
 
 
+def counted_conversions(monkeypatch):
+    """A list that gains an entry at each call of TFMA's per-example conversion (which still runs)."""
+    calls = []
+    real = metric_util.to_label_prediction_example_weight
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(metric_util, "to_label_prediction_example_weight", counted)
+    return calls
+
+
 def computation(eval_config=None, model_name="", example_weighted=False):
     (computation,) = BinaryLogLoss().computations(eval_config=eval_config, model_names=[model_name],
                                                   output_names=[""], example_weighted=example_weighted)
@@ -85,13 +97,7 @@ def test_weighted_examples_go_through_tfma_conversion_with_the_same_value(monkey
     elements = [metric_types.StandardMetricInputs(label=np.array([y]), prediction=np.array([p]),
                                                   example_weight=np.array([w]))
                 for y, p, w in zip(labels, probabilities, weights)]
-    calls = []
-    real = metric_util.to_label_prediction_example_weight
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(eval_metrics.metric_util, "to_label_prediction_example_weight", counted)
+    calls = counted_conversions(monkeypatch)
     comp = computation(example_weighted=True)
     value = combine(comp.combiner, elements)[comp.keys[0]]
     assert len(calls) == len(elements)
@@ -197,13 +203,7 @@ def test_other_examples_go_to_tfma_combiner_with_the_same_output(monkeypatch):
     weighted = [metric_types.StandardMetricInputs(label=np.array([y]), prediction=np.array([p]),
                                                   example_weight=np.array([w]))
                 for y, p, w in zip(labels, predictions, weights)]
-    calls = []
-    real = metric_util.to_label_prediction_example_weight
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(metric_util, "to_label_prediction_example_weight", counted)
+    calls = counted_conversions(monkeypatch)
     for batched, tfma_metric in BATCHED.items():
         for ours, theirs in zip(combiner_computations(batched(), example_weighted=True),
                                 combiner_computations(tfma_metric(), example_weighted=True)):
