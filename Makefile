@@ -15,8 +15,9 @@ setup:
 demo: setup
 	$(PY) -m pipelines run --score-rows 5 --target-sparsity 0.95 $(ARGS)
 
-# The whole-pipeline (e2e) tests run beside the others: each is mostly single-threaded Beam/TFX work,
-# so two pytest processes keep both cores busy (CI on a 2-core machine: ~32 min in series). Each has
+# The end-to-end (e2e) tests run beside the others: each is mostly single-threaded Beam/TFX work,
+# so two pytest processes keep both cores busy (CI on a 2-core machine: ~32 min in series). The e2e
+# marker also takes the longest training and benchmark runs, so that the two take about as long. Each has
 # its own basetemp (one per checkout: two clones testing at once must not clear each other's);
 # e2e lines are prefixed "[e2e]"; the target fails if either fails.
 E2E_BASETEMP ?= $(or $(TMPDIR),/tmp)/sparsectr-e2e-tests-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)

@@ -22,6 +22,7 @@ def committed():
         return json.load(f)
 
 
+@pytest.mark.e2e
 def test_quick_run_writes_report_and_plot(tmp_path):
     from benchmarks import paper_repro as pr
     out = tmp_path / "out"

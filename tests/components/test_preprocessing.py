@@ -70,12 +70,25 @@ def _transform(spec, serialized):
     return features, out_dir
 
 
+@pytest.fixture(scope="module")
+def transformed_sample():
+    """(spec, serialized, features, out_dir) of a sample's first 3,000 rows at its spec: one TF Transform
+    run per sample and module (each ~30-60 s), shared by the tests that only read it."""
+    cache = {}
+
+    def get(fmt, shared_data):
+        if fmt not in cache:
+            spec = load_spec(fmt)
+            serialized = _examples(spec, os.path.join(shared_data, SAMPLES[fmt]))
+            cache[fmt] = (spec, serialized) + _transform(spec, serialized)
+        return cache[fmt]
+    return get
+
+
 @pytest.mark.parametrize("fmt", sorted(SAMPLES))
-def test_real_sample_transforms_to_typed_ids_and_floats(fmt, shared_data):
+def test_real_sample_transforms_to_typed_ids_and_floats(fmt, shared_data, transformed_sample):
     import tensorflow_transform as tft
-    spec = load_spec(fmt)
-    serialized = _examples(spec, os.path.join(shared_data, SAMPLES[fmt]))
-    features, out_dir = _transform(spec, serialized)
+    spec, serialized, features, out_dir = transformed_sample(fmt, shared_data)
     n = len(serialized)
     assert all(len(v) == n for v in features.values())  # nothing dropped
     labels = np.array(features[LABEL_KEY]).ravel()
@@ -93,11 +106,9 @@ def test_real_sample_transforms_to_typed_ids_and_floats(fmt, shared_data):
             assert 0 <= ids.min() and ids.max() < spec.column(name).hash_buckets
 
 
-def test_ids_are_per_field_and_frequency_thresholded(shared_data):
+def test_ids_are_per_field_and_frequency_thresholded(shared_data, transformed_sample):
     import tensorflow_transform as tft
-    spec = load_spec("criteo")
-    serialized = _examples(spec, os.path.join(shared_data, SAMPLES["criteo"]))
-    features, out_dir = _transform(spec, serialized)
+    spec, serialized, _, out_dir = transformed_sample("criteo", shared_data)
     path = tft.TFTransformOutput(out_dir).vocabulary_file_by_name("categorical")
     vocab = open(path, "rb").read().split(b"\n")
     # The same raw value in two fields is two tokens, hence two ids.
@@ -130,14 +141,38 @@ def test_quantile_buckets_when_asked(shared_data):
     assert spread >= 6  # fields that are mostly empty (I12) fall into one bucket; most do not
 
 
+@pytest.fixture(scope="module")
+def plain_vocabulary_reference():
+    """`_transform` with ``vocabulary_counter: tft`` and TF Transform's plain unweighted vocabulary:
+    the reference of the numpy counter, computed once for the parametrizations that share its
+    inputs (the tft counter does not use the numpy counter's fingerprints)."""
+    from unittest import mock
+
+    from components import preprocessing
+    cache = {}
+
+    def get(spec, serialized):
+        key = (spec.to_json(), tuple(serialized))
+        if key not in cache:
+            original = preprocessing.tft.vocabulary
+
+            def unweighted(x, weights=None, **kwargs):
+                assert weights is not None
+                return original(x, **kwargs)
+
+            with mock.patch.object(preprocessing.tft, "vocabulary", unweighted):
+                cache[key] = _transform(dataclasses.replace(spec, vocabulary_counter="tft"), serialized)
+        return cache[key]
+    return get
+
+
 @pytest.mark.parametrize("fingerprint_buckets", [None, 7], ids=["farmhash64", "7-fingerprints-all-colliding"])
-def test_numpy_counted_vocabulary_equals_the_plain_unweighted_one(shared_data, fingerprint_buckets, monkeypatch):
+def test_numpy_counted_vocabulary_equals_the_plain_unweighted_one(shared_data, fingerprint_buckets, monkeypatch,
+                                                                   plain_vocabulary_reference):
     """`vocabulary_counter: numpy` (components/frequent_values.py, issue #18) writes the vocabulary
     file of TF Transform's plain unweighted vocabulary over every token, and every transformed
     feature is the same -- also when fingerprints collide all the time (7 of them), so that tokens
     are told apart by their bytes."""
-    from unittest import mock
-
     import tensorflow_transform as tft
     from components import frequent_values, preprocessing
 
@@ -155,14 +190,7 @@ def test_numpy_counted_vocabulary_equals_the_plain_unweighted_one(shared_data, f
 
     monkeypatch.setattr(frequent_values.TokenCounts, "merge", classmethod(counting))
     features, out_dir = _transform(spec, serialized)
-    original = preprocessing.tft.vocabulary
-
-    def unweighted(x, weights=None, **kwargs):
-        assert weights is not None
-        return original(x, **kwargs)
-
-    with mock.patch.object(preprocessing.tft, "vocabulary", unweighted):
-        reference, reference_dir = _transform(dataclasses.replace(spec, vocabulary_counter="tft"), serialized)
+    reference, reference_dir = plain_vocabulary_reference(spec, serialized)
     # Ids exactly; floats (log1p of the same ints) to float32 round-off, which depends on the CPU's
     # kernels (the two runs may take scalar or vectorised paths).
     assert sorted(features) == sorted(reference)

@@ -19,6 +19,9 @@ import pytest
 
 from components.local_transform import analyze, transformed
 
+# Transform and training on 60k generated rows end to end (~2 minutes).
+pytestmark = pytest.mark.e2e
+
 TRAIN_ROWS, TEST_ROWS = 60000, 20000
 
 
