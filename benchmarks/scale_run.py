@@ -141,7 +141,8 @@ def import_parts(work: str, merged_path: str) -> List[str]:
             path = part_path(work, part["day"], optimizer)
             if os.path.exists(path):
                 continue
-            _write_json(path, dict(part, imported_from=os.path.relpath(merged_path, REPO)))
+            # A part imported into that output already keeps where it was first merged.
+            _write_json(path, dict(part, imported_from=part.get("imported_from") or os.path.relpath(merged_path, REPO)))
             imported.append(f"{day_name}/{optimizer}")
     return imported
 

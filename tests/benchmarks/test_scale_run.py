@@ -223,6 +223,14 @@ def test_merge_imports_the_parts_a_new_work_folder_lacks_and_notes_them(tmp_path
     assert "day1/group_adam (run 2026-11-30)" in note and "day1/adam" not in note
     with pytest.raises(SystemExit):
         scale_run.main(["--import-parts", str(tmp_path / "earlier_out.json"), "--work", str(tmp_path / "work")])
+    # Imported again from the new output: each part keeps the output it was first merged in.
+    _write_parts(tmp_path / "third", [_part(1, "group_adam")])
+    scale_run.main(["--merge", "--import-parts", str(tmp_path / "out.json"), "--work", str(tmp_path / "third"),
+                    "--out", str(tmp_path / "third_out")])
+    third = json.loads((tmp_path / "third_out.json").read_text())
+    assert third["days"]["day2"]["adam"]["imported_from"].endswith("earlier_out.json")
+    assert third["days"]["day1"]["adam"]["imported_from"].endswith("out.json")
+    assert not third["days"]["day1"]["adam"]["imported_from"].endswith("earlier_out.json")
 
 
 def test_repush_needs_a_finished_day_and_its_trained_model(tmp_path):
