@@ -62,16 +62,17 @@ def _model_artifact(saved_model: str, tmp: str, name: str, baseline: bool = Fals
 
 
 def evaluate(case: str, models: int, examples, saved_model: str, schema_file: str, tmp: str,
-             config=None) -> Dict:
+             config=None, tfma_loader: bool = False) -> Dict:
     """One Evaluator run: wall seconds and its metrics ({slice/metric/model: value}); `config`: a
-    tfma.EvalConfig (default: the pipeline's)."""
+    tfma.EvalConfig (default: the pipeline's); `tfma_loader`: without the pipeline's module_path
+    (`components.eval_model`), TFMA's own model loader."""
     from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
     import tensorflow_model_analysis as tfma
     from components.dataset_spec import load_spec
     from components.gates import _BaselineEvaluatorExecutor
     from pipelines.config import PipelineConfig
-    from pipelines.pipeline import eval_config
+    from pipelines.pipeline import EVAL_MODEL_MODULE, eval_config
     run = tempfile.mkdtemp(dir=tmp, prefix=f"{case}-{models}-")
     inputs = {"examples": [examples], "model": [_model_artifact(saved_model, run, "model")]}
     if models == 2:
@@ -85,9 +86,11 @@ def evaluate(case: str, models: int, examples, saved_model: str, schema_file: st
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = os.path.join(run, "evaluation"), os.path.join(run, "blessing")
     config = config or eval_config(PipelineConfig(), load_spec("criteo"))
+    exec_properties = {"eval_config": proto_utils.proto_to_json(config)}
+    if not tfma_loader:
+        exec_properties["module_path"] = EVAL_MODEL_MODULE
     start = time.perf_counter()
-    _BaselineEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]},
-                                    {"eval_config": proto_utils.proto_to_json(config)})
+    _BaselineEvaluatorExecutor().Do(inputs, {"evaluation": [evaluation], "blessing": [blessing]}, exec_properties)
     wall = time.perf_counter() - start
     metrics = {}
     for sliced in tfma.load_metrics(evaluation.uri):

@@ -33,6 +33,8 @@ from pipelines.config import PipelineConfig, beam_pipeline_args
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
 EVAL_METRICS_MODULE = "components.eval_metrics"
+# The Evaluator's custom_eval_shared_model: TFMA's loader, signatures callable by position.
+EVAL_MODEL_MODULE = "components.eval_model"
 
 
 def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
@@ -149,6 +151,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         baseline_model=latest_pushed.outputs["model"],
         schema=schema_gen.outputs["schema"],
         eval_config=eval_config(config, spec),
+        module_path=EVAL_MODEL_MODULE,
     ).with_id("Evaluator")
     sparsity_gate = SparsityGate(
         model=trainer.outputs["model"],

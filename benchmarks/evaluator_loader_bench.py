@@ -1,0 +1,89 @@
+"""The Evaluator's model calls: the pipeline's loader (`components.eval_model`: TFMA's, each one-input
+signature callable by position) against TFMA's own, where every positional call of the serving
+signature first fails on TF's by-name binding and formats the whole batch into a TypeError.
+
+    python -m benchmarks.evaluator_loader_bench \
+        --examples output/pipeline_root/ClickLogExampleGen/examples/1 \
+        --model output/serving/ctr/<version> \
+        --schema output/pipeline_root/SchemaGen/schema/3/schema.pbtxt \
+        --files 1 --copies 30 --out benchmarks/results/evaluator_loader
+
+Each case is one `Do()` of the pipeline's Evaluator executor with the narrowed schema and the
+pipeline's eval_config (`benchmarks.evaluator_bench.evaluate`), cases alternating. Both cases compute
+the same metrics from the same model outputs: they must agree to 1e-8 relative (TFMA sizes its
+batches by timing, so its float sums differ in their last digits from run to run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from typing import Dict, List, Optional
+
+from benchmarks.evaluator_bench import add_arguments, eval_examples_artifact, evaluate, max_relative_difference
+
+CASES = ("pipeline", "tfma_loader")
+METRICS_RTOL = 1e-8
+
+
+def summarize(runs: List[Dict]) -> List[Dict]:
+    out = []
+    for models in sorted({r["models"] for r in runs}):
+        same = [r for r in runs if r["models"] == models]
+        walls = {case: statistics.median(r["wall_s"] for r in same if r["case"] == case) for case in CASES}
+        worst = max_relative_difference(same)
+        out.append({"models": models, **{f"{case}_s": walls[case] for case in CASES},
+                    "speed_up": round(walls["tfma_loader"] / walls["pipeline"], 2),
+                    "metrics_max_relative_difference": worst, "metrics_agree": worst <= METRICS_RTOL})
+    return out
+
+
+def report_lines(report: Dict) -> List[str]:
+    lines = [report["benchmark"],
+             f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}, "
+             f"each read {report['copies']} time(s)); model {report['model']}",
+             f"executor Do() wall s, median of {report['repeats']}, cases alternating; DirectRunner in memory; "
+             f"1-min load average {report['load_average'][0]} before, {report['load_average'][1]} after",
+             f"agree: every metric within {METRICS_RTOL:g} relative", "",
+             "models  pipeline_s  tfma_loader_s  speed-up  metrics rel. diff  agree"]
+    lines += [f"{s['models']:6d}  {s['pipeline_s']:10.1f}  {s['tfma_loader_s']:13.1f}  {s['speed_up']:7.2f}x  "
+              f"{s['metrics_max_relative_difference']:17.1e}  {'yes' if s['metrics_agree'] else 'NO'}"
+              for s in report["summary"]]
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, "evaluator_loader")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        examples = eval_examples_artifact(args.examples, args.files, tmp, args.copies)
+        for models in args.models:
+            for _ in range(args.repeats):
+                for case in CASES:
+                    run = evaluate("narrowed", models, examples, args.model, args.schema, tmp,
+                                   tfma_loader=case == "tfma_loader")
+                    runs.append(dict(run, case=case))
+                    print(f"{case:12s} models={models}  {run['wall_s']:7.1f} s", flush=True)
+    rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+    report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator, narrowed schema, the pipeline's eval_config): "
+                           "the pipeline's model loader (components.eval_model) vs TFMA's own",
+              "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
+              "eval_files": args.files, "copies": args.copies, "rows_evaluated": rows, "repeats": args.repeats,
+              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+              "runs": runs, "summary": summarize(runs)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    lines = report_lines(report)
+    with open(args.out + ".txt", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
