@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent import futures
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -97,6 +98,7 @@ class ServingProcess:
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([repo_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         self._log = open(log_path, "wb")
+        self.listening: Optional[futures.Future] = None  # start_serving's watch of its start-up
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.local_server", "--base", base_dir, "--model-name", model_name,
@@ -154,6 +156,25 @@ def _wait_until_listening(server: ServingProcess, timeout_s: float) -> float:
         except requests.exceptions.RequestException:
             time.sleep(0.1)
     raise CheckFailed(f"the serving process did not start listening within {timeout_s:g}s")
+
+
+def start_serving(work_dir: str, model_name: str, limits: Limits = Limits()) -> ServingProcess:
+    """A serving process over ``<work_dir>/base/<model_name>/``, empty until `check_candidate` publishes
+    the candidate there; its start-up (Python, TensorFlow, the ports) is watched in a thread, so that
+    it overlaps whatever the caller does meanwhile. Hand it to `check_candidate` (same `work_dir`),
+    which stops it; stop it yourself if you do not."""
+    base = os.path.join(work_dir, "base")
+    os.makedirs(os.path.join(base, model_name), exist_ok=True)
+    server = ServingProcess(base, model_name, os.path.join(work_dir, "serving-0.log"))
+    watcher = futures.ThreadPoolExecutor(1, thread_name_prefix="serving-check-startup")
+    server.listening = watcher.submit(_wait_until_listening, server, limits.startup_timeout_seconds)
+    watcher.shutdown(wait=False)
+    return server
+
+
+def _listening_after(server: ServingProcess, timeout_s: float) -> float:
+    """Seconds from the start of `server` until it answered (its watcher's, if `start_serving` made it)."""
+    return server.listening.result() if server.listening is not None else _wait_until_listening(server, timeout_s)
 
 
 def _wait_until_available(server: ServingProcess, published_at: float, timeout_s: float) -> float:
@@ -254,12 +275,13 @@ def _max_diff(got: np.ndarray, reference: np.ndarray) -> float:
 
 def check_candidate(candidate_dir: str, examples: Sequence[bytes], reference_scores: Sequence[float],
                     model_name: str = push_defaults.MODEL_NAME, limits: Limits = Limits(),
-                    work_dir: Optional[str] = None) -> Dict[str, Any]:
+                    work_dir: Optional[str] = None, server: Optional[ServingProcess] = None) -> Dict[str, Any]:
     """Serve `candidate_dir` (a local SavedModel folder) in a fresh process and check it; returns the report.
 
     `examples` are serialized raw tf.Examples and `reference_scores` their probabilities from the
-    trained model. The report always has ``passed`` and ``reason``; it never raises for a candidate
-    that is not servable.
+    trained model. `server`: a fresh process from `start_serving(work_dir, ...)`, started earlier (else
+    one is started here); it is stopped here either way. The report always has ``passed`` and
+    ``reason``; it never raises for a candidate that is not servable.
     """
     from serving.grpc_client import GrpcClient
     from serving.rest_client import RestClient
@@ -275,9 +297,11 @@ def check_candidate(candidate_dir: str, examples: Sequence[bytes], reference_sco
                               "limits": dataclasses.asdict(limits), "sample_rows": len(examples)}
     measured: Dict[str, Any] = {}
     report["measured"] = measured
+    if server is not None and work_dir is None:
+        server.stop()
+        raise ValueError("a server from start_serving comes with its work_dir")
     own_work = work_dir is None
     work_dir = work_dir or tempfile.mkdtemp(prefix="serving-check-")
-    server: Optional[ServingProcess] = None
     started = time.monotonic()
     try:
         if not os.path.isfile(os.path.join(candidate_dir, "saved_model.pb")):
@@ -289,15 +313,17 @@ def check_candidate(candidate_dir: str, examples: Sequence[bytes], reference_sco
         base = os.path.join(work_dir, "base")
         os.makedirs(os.path.join(base, model_name), exist_ok=True)
         for attempt in range(3):
-            server = ServingProcess(base, model_name, os.path.join(work_dir, f"serving-{attempt}.log"))
+            if server is None:
+                server = ServingProcess(base, model_name, os.path.join(work_dir, f"serving-{attempt}.log"))
             try:
-                measured["startup_s"] = round(_wait_until_listening(server, limits.startup_timeout_seconds), 3)
+                measured["startup_s"] = round(_listening_after(server, limits.startup_timeout_seconds), 3)
                 break
             except CheckFailed as e:
                 # The free ports were taken between choosing and binding them: new ports, once or twice.
                 if "cannot listen" not in str(e) or attempt == 2:
                     raise
                 server.stop()
+                server = None
         published_at = time.monotonic()
         os.symlink(os.path.abspath(candidate_dir), os.path.join(base, model_name, str(CHECK_VERSION)))
         measured["load_s"] = round(_wait_until_available(server, published_at, limits.max_load_seconds), 3)

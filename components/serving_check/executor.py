@@ -115,44 +115,17 @@ class Executor(base_executor.BaseExecutor):
 
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="serving-check-") as work:
-            staged = os.path.join(work, "candidate")
-            # Reference scores: the trained model's, in this process.
-            spec, reference = pruning.trained_spec_and_scores(trained_dir, transform_graph.uri,
-                                                              rows[:max(parity_rows, sample_rows)])
-            # The candidate, exactly as the Pusher will publish it.
-            pruning_report = pruning.export_pruned(trained_dir, transform_graph.uri, staged,
-                                                   min_compact_bytes=int(props[MIN_COMPACT_BYTES_KEY]), spec=spec)
-            size_after = pruning.dir_size(staged)  # the SavedModel, before assets.extra is added
-            warmups = pruning.write_warmup_requests(staged, rows, model_name, int(props[WARMUP_REQUESTS_KEY]))
-            parity_error, in_process_error = None, None
-            if rows:
-                import numpy as np
-                try:
-                    pruned = pruning.score_examples(staged, rows[:parity_rows])
-                    parity_error = float(np.max(np.abs(pruned.astype(np.float64) -
-                                                       np.asarray(reference[:parity_rows], np.float64))))
-                except Exception as e:  # noqa: BLE001 -- a candidate that does not even load here fails the check
-                    in_process_error = check._one_line(str(e).strip().splitlines()[0] if str(e).strip()
-                                                       else type(e).__name__)
-            if in_process_error:
-                report = {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
-                          "reason": f"the candidate cannot be loaded and scored in process: {in_process_error}"}
-            elif not rows:
-                report = {"passed": False, "reason": "no eval rows to check the candidate with (the examples' "
-                                                     f"{props[EXAMPLES_SPLIT_KEY]} split is empty)",
-                          "model_name": model_name, "limits": limits.__dict__, "measured": {}}
-            elif not parity_error <= float(props[PARITY_TOLERANCE_KEY]):  # also NaN
-                report = {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
-                          "reason": f"pruned model disagrees with the trained model: max |Δprobability| = "
-                                    f"{parity_error:.3g} > tolerance {float(props[PARITY_TOLERANCE_KEY]):g} on "
-                                    f"{len(rows[:parity_rows])} eval rows"}
-            else:
-                report = check.check_candidate(staged, rows[:sample_rows], reference[:sample_rows], model_name,
-                                               limits, work_dir=os.path.join(work, "serve"))
-            report["parity_max_abs_error"] = parity_error
-            report["warmup_requests_written"] = warmups
+            # Started first: its start-up (Python, TensorFlow) overlaps the export and scoring here.
+            serve_dir = os.path.join(work, "serve")
+            server = check.start_serving(serve_dir, model_name, limits)
+            try:
+                report, parity_error, warmups, size_after, pruning_report = self._check(
+                    trained_dir, transform_graph.uri, rows, props, limits, model_name, work, serve_dir, server)
+            finally:
+                server.stop()
             if report["passed"]:
                 # The checked files become the blessing's model; the manifests prove they are the same.
+                staged = os.path.join(work, "candidate")
                 stamped = path_utils.stamped_model_path(blessing.uri)
                 io_utils.copy_dir(staged, stamped)
                 if pruning.manifest(stamped) != pruning.manifest(staged):
@@ -176,3 +149,49 @@ class Executor(base_executor.BaseExecutor):
             blessing.set_float_custom_property("parity_max_abs_error", parity_error)
         _write_report(report_artifact, report)
         logging.info("ServingCheck of %s: %s", model_name, check.summary_line(report))
+
+    @staticmethod
+    def _check(trained_dir: str, transform_graph_uri: str, rows: List[bytes], props: Dict[str, Any], limits,
+               model_name: str, work: str, serve_dir: str, server):
+        """Export the candidate to <work>/candidate, score it in process, then check it served by `server`:
+        (report, parity error, warmup requests written, SavedModel bytes, pruning report)."""
+        from components.serving_check import check
+        from components.pruned_pusher import pruning
+        staged = os.path.join(work, "candidate")
+        sample_rows, parity_rows = int(props[SAMPLE_ROWS_KEY]), int(props[PARITY_EXAMPLES_KEY])
+        # Reference scores: the trained model's, in this process.
+        spec, reference = pruning.trained_spec_and_scores(trained_dir, transform_graph_uri,
+                                                          rows[:max(parity_rows, sample_rows)])
+        # The candidate, exactly as the Pusher will publish it.
+        pruning_report = pruning.export_pruned(trained_dir, transform_graph_uri, staged,
+                                               min_compact_bytes=int(props[MIN_COMPACT_BYTES_KEY]), spec=spec)
+        size_after = pruning.dir_size(staged)  # the SavedModel, before assets.extra is added
+        warmups = pruning.write_warmup_requests(staged, rows, model_name, int(props[WARMUP_REQUESTS_KEY]))
+        parity_error, in_process_error = None, None
+        if rows:
+            import numpy as np
+            try:
+                pruned = pruning.score_examples(staged, rows[:parity_rows])
+                parity_error = float(np.max(np.abs(pruned.astype(np.float64) -
+                                                   np.asarray(reference[:parity_rows], np.float64))))
+            except Exception as e:  # noqa: BLE001 -- a candidate that does not even load here fails the check
+                in_process_error = check._one_line(str(e).strip().splitlines()[0] if str(e).strip()
+                                                   else type(e).__name__)
+        if in_process_error:
+            report = {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
+                      "reason": f"the candidate cannot be loaded and scored in process: {in_process_error}"}
+        elif not rows:
+            report = {"passed": False, "reason": "no eval rows to check the candidate with (the examples' "
+                                                 f"{props[EXAMPLES_SPLIT_KEY]} split is empty)",
+                      "model_name": model_name, "limits": limits.__dict__, "measured": {}}
+        elif not parity_error <= float(props[PARITY_TOLERANCE_KEY]):  # also NaN
+            report = {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
+                      "reason": f"pruned model disagrees with the trained model: max |Δprobability| = "
+                                f"{parity_error:.3g} > tolerance {float(props[PARITY_TOLERANCE_KEY]):g} on "
+                                f"{len(rows[:parity_rows])} eval rows"}
+        else:
+            report = check.check_candidate(staged, rows[:sample_rows], reference[:sample_rows], model_name,
+                                           limits, work_dir=serve_dir, server=server)
+        report["parity_max_abs_error"] = parity_error
+        report["warmup_requests_written"] = warmups
+        return report, parity_error, warmups, size_after, pruning_report

@@ -178,6 +178,23 @@ def test_ports_taken_before_the_server_binds_them_are_chosen_again(good, monkeyp
     assert len(calls) == 4  # two ports, twice
 
 
+def test_a_server_started_before_the_check_is_checked_and_stopped(good, tmp_path):
+    work = str(tmp_path / "serve")
+    server = check.start_serving(work, MODEL_NAME)
+    report = check.check_candidate(good["path"], good["rows"], good["scores"], MODEL_NAME, work_dir=work,
+                                   server=server)
+    assert report["passed"], report["reason"]
+    assert report["measured"]["startup_s"] > 0 and report["measured"]["warmup_requests"] == SAMPLE
+    assert server.proc.poll() is not None
+
+
+def test_a_server_started_before_the_check_comes_with_its_work_dir(good, tmp_path):
+    server = check.start_serving(str(tmp_path / "serve"), MODEL_NAME)
+    with pytest.raises(ValueError, match="work_dir"):
+        check.check_candidate(good["path"], good["rows"], good["scores"], MODEL_NAME, server=server)
+    assert server.proc.poll() is not None
+
+
 # -- the executors -------------------------------------------------------------------------------------
 
 def _check_artifacts(trained, out_root, blessed=True):
@@ -298,8 +315,12 @@ def _break_export(monkeypatch, how):
                                           ("wrong-shape", "probability has shape [1, 1]")])
 def test_broken_export_is_not_blessed_and_nothing_is_pushed(trained, tmp_path, monkeypatch, how, reason):
     _break_export(monkeypatch, how)
+    started, real_start = [], check.start_serving
+    monkeypatch.setattr(check, "start_serving", lambda *a, **k: started.append(real_start(*a, **k)) or started[-1])
     inputs, blessing, report = run_serving_check(trained, str(tmp_path), parity_examples=1)
     assert not report["passed"] and reason in report["reason"], report["reason"]
+    # The serving process started before the export is gone, whether the check reached it or not.
+    assert len(started) == 1 and started[0].proc.poll() is not None
     assert blessing.get_int_custom_property("blessed") == 0 and blessing.get_int_custom_property("has_model") == 0
     assert os.path.exists(os.path.join(blessing.uri, "INFRA_NOT_BLESSED"))
     assert not os.path.exists(os.path.join(blessing.uri, "stamped_model"))
