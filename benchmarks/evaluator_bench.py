@@ -26,7 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 CASES = ("narrowed", "full")
 METRICS_RTOL = 1e-9
@@ -114,20 +114,39 @@ def add_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", out))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser, "evaluator")
-    args = parser.parse_args(argv)
-    load_before = os.getloadavg()[0]
+def run_cases(args: argparse.Namespace, cases: Sequence[str],
+              evaluate_case: Callable[[str, int, Any, str], Dict]) -> Tuple[List[Dict], float]:
+    """Each of `cases` for every model count of `args` and repeat, cases alternating:
+    (runs, each with its "case", rows evaluated). `evaluate_case(case, models, examples, tmp)` runs one."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         examples = eval_examples_artifact(args.examples, args.files, tmp, args.copies)
         for models in args.models:
             for _ in range(args.repeats):
-                for case in CASES:
-                    runs.append(evaluate(case, models, examples, args.model, args.schema, tmp))
-                    print(f"{case:9s} models={models}  {runs[-1]['wall_s']:7.1f} s", flush=True)
-        rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+                for case in cases:
+                    runs.append(dict(evaluate_case(case, models, examples, tmp), case=case))
+                    print(f"{case:16s} models={models}  {runs[-1]['wall_s']:7.1f} s", flush=True)
+    rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+    return runs, rows
+
+
+def write_outputs(report: Dict, lines: List[str], out: str) -> None:
+    """OUT.json (`report`) and OUT.txt (`lines`); prints the lines."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(out + ".txt", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, "evaluator")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    runs, rows = run_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
+        case, models, examples, args.model, args.schema, tmp))
     report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator), schema narrowed vs none",
               "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
               "eval_files": args.files, "rows_evaluated": rows, "repeats": args.repeats,
@@ -161,9 +180,6 @@ def write_report(report: Dict, out: str) -> None:
                         "speed_up": round(walls["full"] / walls["narrowed"], 2),
                         "metrics_max_relative_difference": diff, "metrics_agree": diff <= METRICS_RTOL})
     report["summary"] = summary
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
     machine = report["machine"]
     lines = [report["benchmark"],
              f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}); "
@@ -175,9 +191,7 @@ def write_report(report: Dict, out: str) -> None:
              "models  narrowed_s  full_s  speed-up  metrics max rel. diff  agree"]
     lines += [f"{s['models']:6d}  {s['narrowed_s']:10.1f}  {s['full_s']:6.1f}  {s['speed_up']:7.2f}x  "
               f"{s['metrics_max_relative_difference']:21.1e}  {'yes' if s['metrics_agree'] else 'NO'}" for s in summary]
-    with open(out + ".txt", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(report, lines, out)
 
 
 if __name__ == "__main__":

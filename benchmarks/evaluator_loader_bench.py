@@ -16,13 +16,11 @@ batches by timing, so its float sums differ in their last digits from run to run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import tempfile
 from typing import Dict, List, Optional
 
-from benchmarks.evaluator_bench import add_arguments, eval_examples_artifact, evaluate, max_relative_difference
+from benchmarks.evaluator_bench import add_arguments, evaluate, max_relative_difference, run_cases, write_outputs
 
 CASES = ("pipeline", "tfma_loader")
 METRICS_RTOL = 1e-8
@@ -59,30 +57,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     add_arguments(parser, "evaluator_loader")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        examples = eval_examples_artifact(args.examples, args.files, tmp, args.copies)
-        for models in args.models:
-            for _ in range(args.repeats):
-                for case in CASES:
-                    run = evaluate("narrowed", models, examples, args.model, args.schema, tmp,
-                                   tfma_loader=case == "tfma_loader")
-                    runs.append(dict(run, case=case))
-                    print(f"{case:12s} models={models}  {run['wall_s']:7.1f} s", flush=True)
-    rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+    runs, rows = run_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
+        "narrowed", models, examples, args.model, args.schema, tmp, tfma_loader=case == "tfma_loader"))
     report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator, narrowed schema, the pipeline's eval_config): "
                            "the pipeline's model loader (components.eval_model) vs TFMA's own",
               "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
               "eval_files": args.files, "copies": args.copies, "rows_evaluated": rows, "repeats": args.repeats,
               "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
               "runs": runs, "summary": summarize(runs)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    lines = report_lines(report)
-    with open(args.out + ".txt", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(report, report_lines(report), args.out)
 
 
 if __name__ == "__main__":

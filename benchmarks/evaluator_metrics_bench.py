@@ -17,13 +17,11 @@ two runs of one case on a scale day's eval file).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import tempfile
 from typing import Dict, List, Optional
 
-from benchmarks.evaluator_bench import add_arguments, eval_examples_artifact, evaluate, max_relative_difference
+from benchmarks.evaluator_bench import add_arguments, evaluate, max_relative_difference, run_cases, write_outputs
 
 CASES = ("pipeline", "tfma")
 LOG_LOSS = "binary_crossentropy"
@@ -76,16 +74,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     add_arguments(parser, "evaluator_metrics")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        examples = eval_examples_artifact(args.examples, args.files, tmp, args.copies)
-        for models in args.models:
-            for _ in range(args.repeats):
-                for case in CASES:
-                    run = evaluate("narrowed", models, examples, args.model, args.schema, tmp, case_config(case))
-                    runs.append(dict(run, case=case))
-                    print(f"{case:16s} models={models}  {run['wall_s']:7.1f} s", flush=True)
-    rows = max(v for k, v in runs[0]["metrics"].items() if k.startswith("overall/example_count/"))
+    runs, rows = run_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
+        "narrowed", models, examples, args.model, args.schema, tmp, case_config(case)))
     report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator, narrowed schema): the pipeline's metrics "
                            "(components.eval_metrics) vs TFMA's own (tf_keras BinaryCrossentropy, AUC, Calibration, "
                            "MeanLabel, MeanPrediction)",
@@ -97,9 +87,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def write_report(report: Dict, out: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
     lines = [report["benchmark"],
              f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}, "
              f"each read {report.get('copies', 1)} time(s)); "
@@ -112,9 +99,7 @@ def write_report(report: Dict, out: str) -> None:
     lines += [f"{s['models']:6d}  {s['pipeline_s']:10.1f}  {s['tfma_s']:6.1f}  {s['speed_up']:7.2f}x  "
               f"{s['log_loss_max_relative_difference']:18.1e}  {s['other_max_relative_difference']:15.1e}  "
               f"{'yes' if s['metrics_agree'] else 'NO'}" for s in report["summary"]]
-    with open(out + ".txt", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(report, lines, out)
 
 
 if __name__ == "__main__":
