@@ -115,17 +115,17 @@ class Executor(base_executor.BaseExecutor):
 
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="serving-check-") as work:
+            staged, serve_dir = os.path.join(work, "candidate"), os.path.join(work, "serve")
             # Started first: its start-up (Python, TensorFlow) overlaps the export and scoring here.
-            serve_dir = os.path.join(work, "serve")
             server = check.start_serving(serve_dir, model_name, limits)
             try:
-                report, parity_error, warmups, size_after, pruning_report = self._check(
-                    trained_dir, transform_graph.uri, rows, props, limits, model_name, work, serve_dir, server)
+                report, size_after, pruning_report = self._check(
+                    trained_dir, transform_graph.uri, rows, props, limits, model_name, staged, serve_dir, server)
             finally:
                 server.stop()
+            parity_error, warmups = report["parity_max_abs_error"], report["warmup_requests_written"]
             if report["passed"]:
                 # The checked files become the blessing's model; the manifests prove they are the same.
-                staged = os.path.join(work, "candidate")
                 stamped = path_utils.stamped_model_path(blessing.uri)
                 io_utils.copy_dir(staged, stamped)
                 if pruning.manifest(stamped) != pruning.manifest(staged):
@@ -152,12 +152,11 @@ class Executor(base_executor.BaseExecutor):
 
     @staticmethod
     def _check(trained_dir: str, transform_graph_uri: str, rows: List[bytes], props: Dict[str, Any], limits,
-               model_name: str, work: str, serve_dir: str, server):
-        """Export the candidate to <work>/candidate, score it in process, then check it served by `server`:
-        (report, parity error, warmup requests written, SavedModel bytes, pruning report)."""
+               model_name: str, staged: str, serve_dir: str, server):
+        """Export the candidate to `staged`, score it in process, then check it served by `server`:
+        (report, with its parity error and warmup requests written; SavedModel bytes; pruning report)."""
         from components.serving_check import check
         from components.pruned_pusher import pruning
-        staged = os.path.join(work, "candidate")
         sample_rows, parity_rows = int(props[SAMPLE_ROWS_KEY]), int(props[PARITY_EXAMPLES_KEY])
         # Reference scores: the trained model's, in this process.
         spec, reference = pruning.trained_spec_and_scores(trained_dir, transform_graph_uri,
@@ -194,4 +193,4 @@ class Executor(base_executor.BaseExecutor):
                                            limits, work_dir=serve_dir, server=server)
         report["parity_max_abs_error"] = parity_error
         report["warmup_requests_written"] = warmups
-        return report, parity_error, warmups, size_after, pruning_report
+        return report, size_after, pruning_report
