@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import List
+from typing import List, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -164,11 +164,31 @@ def vocabulary(tokens: tf.Tensor, frequency_threshold: int, vocab_filename: str)
     """``tft.vocabulary(tokens, frequency_threshold=..., vocab_filename=...)`` for string `tokens` of
     any shape, counted by `TokenCountsFn`: the path of the same vocabulary file, for
     ``tft.apply_vocabulary``."""
-    flat = tf.reshape(tokens, [-1])
+    unique, _, counts = tf.unique_with_counts(tf.reshape(tokens, [-1]))
+    return _write_vocabulary(unique, counts, frequency_threshold, vocab_filename)
+
+
+def vocabulary_of_fields(fields: Sequence[Tuple[str, tf.Tensor]], frequency_threshold: int,
+                         vocab_filename: str) -> tf.Tensor:
+    """`vocabulary` of the tokens ``prefix + value`` of every (prefix, string values) in `fields`:
+    the same file, counted field by field. Each field's distinct values are counted first and only
+    those get their prefix: no token is built, hashed or matched per row. Should two fields' tokens
+    be equal, their counts are summed when merged (`TokenCounts.merge`)."""
+    uniques, counts = [], []
+    for prefix, values in fields:
+        unique, _, count = tf.unique_with_counts(tf.reshape(values, [-1]))
+        uniques.append(tf.constant(prefix) + unique)
+        counts.append(count)
+    return _write_vocabulary(tf.concat(uniques, 0), tf.concat(counts, 0), frequency_threshold, vocab_filename)
+
+
+def _write_vocabulary(unique: tf.Tensor, counts: tf.Tensor, frequency_threshold: int,
+                      vocab_filename: str) -> tf.Tensor:
     # What tft.vocabulary leaves out of a text vocabulary: empty tokens and tokens with \n or \r.
+    # Matched on the distinct tokens, not on every row's.
     regex = tft.analyzers.get_vocab_newline_characters_regex(tf.string, "text")
-    flat = tf.boolean_mask(flat, tf.logical_not(tf.strings.regex_full_match(flat, regex)))
-    unique, _, counts = tf.unique_with_counts(flat)
+    keep = tf.logical_not(tf.strings.regex_full_match(unique, regex))
+    unique, counts = tf.boolean_mask(unique, keep), tf.boolean_mask(counts, keep)
     path, = tft.experimental.ptransform_analyzer(
         [fingerprints(unique), unique, tf.cast(counts, tf.int64)],
         WriteVocabulary(frequency_threshold, vocab_filename),

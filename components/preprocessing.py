@@ -6,7 +6,7 @@
   with the spec's frequency threshold, so every id is exactly one (field, value) pair and a single
   analyzer pass serves every field instead of one analyzer per field. It is counted by the spec's
   ``vocabulary_counter``: ``numpy`` (`components.frequent_values`) or ``tft.vocabulary``; the same
-  file either way, each batch's distinct tokens counted in the graph. Values
+  file either way, each batch's distinct values counted in the graph. Values
   under the threshold and unseen values get -1; the model maps ids to per-field embedding rows
   (`components.vocabulary.FieldRows`), -1 to the field's OOV row. Missing values are the explicit
   token ``__MISSING__`` so they get their own id when frequent.
@@ -71,10 +71,11 @@ def transform_features(inputs, spec: DatasetSpec):
             outputs[name] = tf.strings.to_hash_bucket_fast(_dense(inputs[name], MISSING_TOKEN), col.hash_buckets)
     fields = vocab_fields(spec)
     if fields:
-        tokens = tf.stack([tf.constant(f + FIELD_SEPARATOR) + _dense(inputs[f], MISSING_TOKEN) for f in fields],
-                          axis=1)
+        values = [(f + FIELD_SEPARATOR, _dense(inputs[f], MISSING_TOKEN)) for f in fields]
+        tokens = tf.stack([tf.constant(prefix) + v for prefix, v in values], axis=1)
         if spec.vocabulary_counter == "numpy":
-            vocabulary = frequent_values.vocabulary(tokens, spec.frequency_threshold, VOCABULARY_NAME)
+            # Counted field by field: the analysis builds no token per row.
+            vocabulary = frequent_values.vocabulary_of_fields(values, spec.frequency_threshold, VOCABULARY_NAME)
         else:
             # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
             # counts each batch's distinct tokens in the graph (unique_with_counts) and hands Beam

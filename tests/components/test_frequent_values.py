@@ -105,3 +105,47 @@ def test_fingerprints_are_stable():
     assert keys.dtype == np.int64 and np.all(keys >= 0)
     assert keys[0] == keys[3] != keys[1]
     assert keys.tolist() == frequent_values.fingerprints(tokens).numpy().tolist()
+
+
+def test_vocabulary_of_fields_writes_the_file_of_the_stacked_tokens(tmp_path):
+    """Counted field by field, the vocabulary is the file of `vocabulary` over every row's tokens and
+    of tft.vocabulary's: with values left out of a text vocabulary (empty tokens cannot occur, a
+    prefix is never empty; line breaks can), two fields whose prefixes make equal tokens ("a" + "bc"
+    and "ab" + "c"), and the threshold met only by summing across batches."""
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    rng = np.random.default_rng(0)
+    pool = [b"bc", b"c", b"x", b"y\nz", b"w\r", b"", b"\x1f", b"long" * 20]
+    rows = [{"f": pool[rng.integers(0, len(pool))], "g": pool[rng.integers(0, len(pool))]} for _ in range(300)]
+    fields = (("f", "a"), ("g", "ab"))
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(
+        {name: tf.io.FixedLenFeature([], tf.string) for name, _ in fields}))
+
+    def preprocessing_fn(inputs):
+        values = [(prefix, inputs[name]) for name, prefix in fields]
+        tokens = tf.stack([tf.constant(prefix) + v for prefix, v in values], axis=1)
+        vocabularies = {
+            "by_fields": frequent_values.vocabulary_of_fields(values, 12, "by_fields"),
+            "stacked": frequent_values.vocabulary(tokens, 12, "stacked"),
+            "tft": tft.vocabulary(tokens, frequency_threshold=12, vocab_filename="tft"),
+        }
+        return {name: tft.apply_vocabulary(tokens, path) for name, path in vocabularies.items()}
+
+    out = str(tmp_path / "transform_fn")
+    with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
+        with tft_beam.Context(temp_dir=str(tmp_path / "tmp"), desired_batch_size=7):
+            data = p | beam.Create(rows)
+            transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(preprocessing_fn)
+            _ = transform_fn | tft_beam.WriteTransformFn(out)
+    output = tft.TFTransformOutput(out)
+
+    def lines(name):
+        with open(output.vocabulary_file_by_name(name), "rb") as f:
+            return f.read().split(b"\n")[:-1]
+
+    assert lines("by_fields") == lines("stacked") == lines("tft")
+    assert b"abc" in lines("by_fields")  # "a" + "bc" and "ab" + "c", counted together
+    assert not any(b"\r" in line for line in lines("by_fields")) and len(lines("by_fields")) > 5
