@@ -47,7 +47,11 @@ _INTERNAL_KEY = tfx_executor._TRANSFORM_INTERNAL_FEATURE_FOR_KEY  # pylint: disa
 
 class _WriteTransformedFn(beam.DoFn):
     """(RecordBatch, unary pass-through features) -> tf.Examples appended to one gzipped TFRecord
-    file per bundle, a batch at a time; outputs the file's (temporary) path when the bundle ends."""
+    file per bundle, a batch at a time; outputs the file's (temporary) path when the bundle ends.
+
+    A batch is encoded and framed on one thread and compressed on another (numpy, Arrow and zlib
+    release the GIL), while this one goes on to the next batch's TensorFlow work: at most one batch
+    waits at each, and a failure there is raised here, at the next batch or when the bundle ends."""
 
     def __init__(self, schema, output_prefix: str):
         self._schema = schema
@@ -58,32 +62,53 @@ class _WriteTransformedFn(beam.DoFn):
 
         self._writing = writing
         self._encoder = example_coder.RecordBatchToExamplesEncoder(self._schema)
-        # gzip on its own thread, beside the next batch's TensorFlow work (zlib releases the GIL)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transform_gzip")
+        self._encode_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transform_encode")
+        self._gzip_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transform_gzip")
 
     def teardown(self):
-        self._pool.shutdown(wait=True)
+        self._encode_pool.shutdown(wait=True)
+        self._gzip_pool.shutdown(wait=True)
 
     def start_bundle(self):
         self._writer = None
         self._path = None
+        self._pending = None
+
+    def _wait(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _encode_and_write(self, record_batch: pa.RecordBatch) -> None:
+        examples = encode_examples(record_batch)  # scalar features: vectorised
+        if examples is None:
+            examples = pa.array(self._encoder.encode(record_batch), pa.binary())
+        self._writer.write(examples)
 
     def process(self, element: Tuple[pa.RecordBatch, dict]) -> Iterable[str]:
         record_batch, _ = element
         if not record_batch.num_rows:
             return
-        examples = encode_examples(record_batch)  # scalar features: vectorised
-        if examples is None:
-            examples = pa.array(self._encoder.encode(record_batch), pa.binary())
         if self._writer is None:
             self._path = f"{self._prefix}{_BUNDLE_MARKER}{uuid.uuid4().hex}.gz"
-            self._writer = self._writing.SplitWriter([self._path], [1], self._pool)
-        self._writer.write(examples)
+            self._writer = self._writing.SplitWriter([self._path], [1], self._gzip_pool)
+        self._wait_or_abort()
+        self._pending = self._encode_pool.submit(self._encode_and_write, record_batch)
         return
         yield  # pylint: disable=unreachable
 
+    def _wait_or_abort(self):
+        """Waits for the batch in flight; if it failed, removes the bundle's file and raises."""
+        try:
+            self._wait()
+        except BaseException:
+            self._writer.abort()
+            self._writer = None
+            raise
+
     def finish_bundle(self):
         if self._writer is not None:
+            self._wait_or_abort()
             self._writer.close()
             self._writer = None
             yield GlobalWindows.windowed_value(self._path)

@@ -231,3 +231,64 @@ def test_vectorised_encoder_parses_to_tfx_bsl_encoders_examples():
     # not one value per row: left to tfx_bsl
     ragged = pa.LargeListArray.from_arrays(pa.array(np.array([0, 2, 2, 3], np.int64)), pa.array([1, 2, 3]))
     assert encode_examples(pa.RecordBatch.from_arrays([ragged], ["x"])) is None
+
+
+def _scalar_batch(first, n):
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = pa.array(np.arange(n + 1, dtype=np.int64))
+    ids = np.arange(first, first + n, dtype=np.int64)
+    return pa.RecordBatch.from_arrays([pa.LargeListArray.from_arrays(offsets, pa.array(ids)),
+                                       pa.LargeListArray.from_arrays(offsets, pa.array(ids.astype(np.float32)))],
+                                      ["id", "x"])
+
+
+def _bundle(fn, batches):
+    fn.start_bundle()
+    for batch in batches:
+        assert list(fn.process((batch, {})) or []) == []
+    return [value.value for value in fn.finish_bundle()]
+
+
+def test_transformed_writer_keeps_the_order_of_batches_encoded_on_its_threads(tmp_path):
+    """Batches are encoded and compressed on the writer's threads; the bundle's one file holds every
+    row of every batch, in the order the batches came."""
+    from components import fast_transform
+
+    fn = fast_transform._WriteTransformedFn(None, str(tmp_path / "out"))
+    fn.setup()
+    try:
+        paths = _bundle(fn, [_scalar_batch(k * 1000, 1000) for k in range(7)])
+    finally:
+        fn.teardown()
+    assert len(paths) == 1 and os.listdir(tmp_path) == [os.path.basename(paths[0])]
+    ids = [tf.train.Example.FromString(r.numpy()).features.feature["id"].int64_list.value[0]
+           for r in tf.data.TFRecordDataset(paths[0], compression_type="GZIP")]
+    assert ids == list(range(7000))
+
+
+@pytest.mark.parametrize("failing,batches", [(2, 4), (3, 3)], ids=["raised-at-the-next-batch", "raised-at-the-bundle-end"])
+def test_transformed_writer_raises_a_failed_encoding_and_leaves_no_file(tmp_path, monkeypatch, failing, batches):
+    """A batch that fails on the encoder thread fails the bundle (at the next batch, or when the
+    bundle ends) and its file, half written, is removed."""
+    from components import fast_transform
+
+    encode = fast_transform.encode_examples
+    calls = []
+
+    def flaky(record_batch):
+        calls.append(record_batch.num_rows)
+        if len(calls) == failing:
+            raise RuntimeError("encoder failed")
+        return encode(record_batch)
+
+    monkeypatch.setattr(fast_transform, "encode_examples", flaky)
+    fn = fast_transform._WriteTransformedFn(None, str(tmp_path / "out"))
+    fn.setup()
+    try:
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            _bundle(fn, [_scalar_batch(k * 10, 10) for k in range(batches)])
+    finally:
+        fn.teardown()
+    assert os.listdir(tmp_path) == []
