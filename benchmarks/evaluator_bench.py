@@ -130,6 +130,35 @@ def run_cases(args: argparse.Namespace, cases: Sequence[str],
     return runs, rows
 
 
+def compare_cases(args, cases: Sequence[str], evaluate_case: Callable, benchmark: str) -> Dict:
+    """Runs `cases` alternating (`run_cases`); the report of the comparison so far: what ran on what,
+    the runs, and the 1-min load average before and after (the caller adds its "summary")."""
+    load_before = os.getloadavg()[0]
+    runs, rows = run_cases(args, cases, evaluate_case)
+    return {"benchmark": benchmark, "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
+            "eval_files": args.files, "copies": args.copies, "rows_evaluated": rows, "repeats": args.repeats,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)], "runs": runs}
+
+
+def median_walls(runs: List[Dict], cases: Sequence[str]) -> List[Tuple[int, List[Dict], Dict[str, float]]]:
+    """Per model count, ascending: (models, its runs, {case: median wall s})."""
+    out = []
+    for models in sorted({r["models"] for r in runs}):
+        same = [r for r in runs if r["models"] == models]
+        out.append((models, same, {case: statistics.median(r["wall_s"] for r in same if r["case"] == case)
+                                   for case in cases}))
+    return out
+
+
+def comparison_header(report: Dict) -> List[str]:
+    """The first lines of a `compare_cases` report's text: what ran on what, and how it was timed."""
+    return [report["benchmark"],
+            f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}, "
+            f"each read {report.get('copies', 1)} time(s)); model {report['model']}",
+            f"executor Do() wall s, median of {report['repeats']}, cases alternating; DirectRunner in memory; "
+            f"1-min load average {report['load_average'][0]} before, {report['load_average'][1]} after"]
+
+
 def write_outputs(report: Dict, lines: List[str], out: str) -> None:
     """OUT.json (`report`) and OUT.txt (`lines`); prints the lines."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

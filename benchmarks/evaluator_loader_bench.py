@@ -16,11 +16,10 @@ batches by timing, so its float sums differ in their last digits from run to run
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 from typing import Dict, List, Optional
 
-from benchmarks.evaluator_bench import add_arguments, evaluate, max_relative_difference, run_cases, write_outputs
+from benchmarks.evaluator_bench import (add_arguments, compare_cases, comparison_header, evaluate, max_relative_difference,
+                                        median_walls, write_outputs)
 
 CASES = ("pipeline", "tfma_loader")
 METRICS_RTOL = 1e-8
@@ -28,9 +27,7 @@ METRICS_RTOL = 1e-8
 
 def summarize(runs: List[Dict]) -> List[Dict]:
     out = []
-    for models in sorted({r["models"] for r in runs}):
-        same = [r for r in runs if r["models"] == models]
-        walls = {case: statistics.median(r["wall_s"] for r in same if r["case"] == case) for case in CASES}
+    for models, same, walls in median_walls(runs, CASES):
         worst = max_relative_difference(same)
         out.append({"models": models, **{f"{case}_s": walls[case] for case in CASES},
                     "speed_up": round(walls["tfma_loader"] / walls["pipeline"], 2),
@@ -39,13 +36,9 @@ def summarize(runs: List[Dict]) -> List[Dict]:
 
 
 def report_lines(report: Dict) -> List[str]:
-    lines = [report["benchmark"],
-             f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}, "
-             f"each read {report['copies']} time(s)); model {report['model']}",
-             f"executor Do() wall s, median of {report['repeats']}, cases alternating; DirectRunner in memory; "
-             f"1-min load average {report['load_average'][0]} before, {report['load_average'][1]} after",
-             f"agree: every metric within {METRICS_RTOL:g} relative", "",
-             "models  pipeline_s  tfma_loader_s  speed-up  metrics rel. diff  agree"]
+    lines = comparison_header(report) + [
+        f"agree: every metric within {METRICS_RTOL:g} relative", "",
+        "models  pipeline_s  tfma_loader_s  speed-up  metrics rel. diff  agree"]
     lines += [f"{s['models']:6d}  {s['pipeline_s']:10.1f}  {s['tfma_loader_s']:13.1f}  {s['speed_up']:7.2f}x  "
               f"{s['metrics_max_relative_difference']:17.1e}  {'yes' if s['metrics_agree'] else 'NO'}"
               for s in report["summary"]]
@@ -56,15 +49,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, "evaluator_loader")
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()[0]
-    runs, rows = run_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
-        "narrowed", models, examples, args.model, args.schema, tmp, tfma_loader=case == "tfma_loader"))
-    report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator, narrowed schema, the pipeline's eval_config): "
-                           "the pipeline's model loader (components.eval_model) vs TFMA's own",
-              "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
-              "eval_files": args.files, "copies": args.copies, "rows_evaluated": rows, "repeats": args.repeats,
-              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-              "runs": runs, "summary": summarize(runs)}
+    report = compare_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
+        "narrowed", models, examples, args.model, args.schema, tmp, tfma_loader=case == "tfma_loader"),
+        "TFX Evaluator executor (BaselineEvaluator, narrowed schema, the pipeline's eval_config): "
+        "the pipeline's model loader (components.eval_model) vs TFMA's own")
+    report["summary"] = summarize(report["runs"])
     write_outputs(report, report_lines(report), args.out)
 
 

@@ -17,11 +17,10 @@ two runs of one case on a scale day's eval file).
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 from typing import Dict, List, Optional
 
-from benchmarks.evaluator_bench import add_arguments, evaluate, max_relative_difference, run_cases, write_outputs
+from benchmarks.evaluator_bench import (add_arguments, compare_cases, comparison_header, evaluate, max_relative_difference,
+                                        median_walls, write_outputs)
 
 CASES = ("pipeline", "tfma")
 LOG_LOSS = "binary_crossentropy"
@@ -57,9 +56,7 @@ def agreement(runs: List[Dict]) -> Dict[str, float]:
 
 def summarize(runs: List[Dict]) -> List[Dict]:
     out = []
-    for models in sorted({r["models"] for r in runs}):
-        same = [r for r in runs if r["models"] == models]
-        walls = {case: statistics.median(r["wall_s"] for r in same if r["case"] == case) for case in CASES}
+    for models, same, walls in median_walls(runs, CASES):
         worst = agreement(same)
         out.append({"models": models, **{f"{case}_s": walls[case] for case in CASES},
                     "speed_up": round(walls["tfma"] / walls["pipeline"], 2),
@@ -73,29 +70,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, "evaluator_metrics")
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()[0]
-    runs, rows = run_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
-        "narrowed", models, examples, args.model, args.schema, tmp, case_config(case)))
-    report = {"benchmark": "TFX Evaluator executor (BaselineEvaluator, narrowed schema): the pipeline's metrics "
-                           "(components.eval_metrics) vs TFMA's own (tf_keras BinaryCrossentropy, AUC, Calibration, "
-                           "MeanLabel, MeanPrediction)",
-              "examples": os.path.abspath(args.examples), "model": os.path.abspath(args.model),
-              "eval_files": args.files, "copies": args.copies, "rows_evaluated": rows, "repeats": args.repeats,
-              "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-              "runs": runs, "summary": summarize(runs)}
+    report = compare_cases(args, CASES, lambda case, models, examples, tmp: evaluate(
+        "narrowed", models, examples, args.model, args.schema, tmp, case_config(case)),
+        "TFX Evaluator executor (BaselineEvaluator, narrowed schema): the pipeline's metrics "
+        "(components.eval_metrics) vs TFMA's own (tf_keras BinaryCrossentropy, AUC, Calibration, "
+        "MeanLabel, MeanPrediction)")
+    report["summary"] = summarize(report["runs"])
     write_report(report, args.out)
 
 
 def write_report(report: Dict, out: str) -> None:
-    lines = [report["benchmark"],
-             f"{report['rows_evaluated']:,.0f} eval rows ({report['eval_files']} file(s) of {report['examples']}, "
-             f"each read {report.get('copies', 1)} time(s)); "
-             f"model {report['model']}",
-             f"executor Do() wall s, median of {report['repeats']}, cases alternating; DirectRunner in memory; "
-             f"1-min load average {report['load_average'][0]} before, {report['load_average'][1]} after",
-             f"agree: log loss within {LOG_LOSS_RTOL:g} relative (float32 vs float64 sums), every other metric "
-             f"within {METRICS_RTOL:g}", "",
-             "models  pipeline_s  tfma_s  speed-up  log loss rel. diff  other rel. diff  agree"]
+    lines = comparison_header(report) + [
+        f"agree: log loss within {LOG_LOSS_RTOL:g} relative (float32 vs float64 sums), every other metric "
+        f"within {METRICS_RTOL:g}", "",
+        "models  pipeline_s  tfma_s  speed-up  log loss rel. diff  other rel. diff  agree"]
     lines += [f"{s['models']:6d}  {s['pipeline_s']:10.1f}  {s['tfma_s']:6.1f}  {s['speed_up']:7.2f}x  "
               f"{s['log_loss_max_relative_difference']:18.1e}  {s['other_max_relative_difference']:15.1e}  "
               f"{'yes' if s['metrics_agree'] else 'NO'}" for s in report["summary"]]

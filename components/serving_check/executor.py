@@ -176,18 +176,19 @@ class Executor(base_executor.BaseExecutor):
             except Exception as e:  # noqa: BLE001 -- a candidate that does not even load here fails the check
                 in_process_error = check._one_line(str(e).strip().splitlines()[0] if str(e).strip()
                                                    else type(e).__name__)
+        def failed(reason: str) -> Dict[str, Any]:
+            return {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
+                    "reason": reason}
+
         if in_process_error:
-            report = {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
-                      "reason": f"the candidate cannot be loaded and scored in process: {in_process_error}"}
+            report = failed(f"the candidate cannot be loaded and scored in process: {in_process_error}")
         elif not rows:
-            report = {"passed": False, "reason": "no eval rows to check the candidate with (the examples' "
-                                                 f"{props[EXAMPLES_SPLIT_KEY]} split is empty)",
-                      "model_name": model_name, "limits": limits.__dict__, "measured": {}}
+            report = failed("no eval rows to check the candidate with (the examples' "
+                            f"{props[EXAMPLES_SPLIT_KEY]} split is empty)")
         elif not parity_error <= float(props[PARITY_TOLERANCE_KEY]):  # also NaN
-            report = {"passed": False, "model_name": model_name, "limits": limits.__dict__, "measured": {},
-                      "reason": f"pruned model disagrees with the trained model: max |Δprobability| = "
-                                f"{parity_error:.3g} > tolerance {float(props[PARITY_TOLERANCE_KEY]):g} on "
-                                f"{len(rows[:parity_rows])} eval rows"}
+            report = failed(f"pruned model disagrees with the trained model: max |Δprobability| = "
+                            f"{parity_error:.3g} > tolerance {float(props[PARITY_TOLERANCE_KEY]):g} on "
+                            f"{len(rows[:parity_rows])} eval rows")
         else:
             report = check.check_candidate(staged, rows[:sample_rows], reference[:sample_rows], model_name,
                                            limits, work_dir=serve_dir, server=server)
