@@ -3,7 +3,7 @@ Adam vs tf_keras Adam, XLA on and off, at about 1e4 and 1e6 total embedding rows
 
     TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python -m benchmarks.trainer_bench [--quick] \
         [--out DIR] [--cells PATTERN,...] [--steps 600] [--steps-1e6 150] [--batch-size 256] \
-        [--repeats 1] [--eager]
+        [--repeats 1] [--eager] [--steps-per-execution N]
 
 Writes <out>/trainer_<device>.json (machine, load average before and after, TF version, every run
 and every cell) and <out>/trainer_<device>.txt (the table and the ratios Group Adam / Adam and XLA
@@ -17,7 +17,8 @@ What a cell runs is the Trainer's own code (components/training.py, what run_fn 
 ``components.models.build_model`` (26 categorical inputs that are already row ids, 13 float inputs,
 embedding_dim 8, hidden units [64, 32]), the optimizer from ``training.make_optimizer`` (``optim.create``) with the
 pipeline's defaults (learning rate 0.005, l1 = l2 = 0, l21 = 1e-3 for Group Adam), compiled as the
-Trainer compiles (BinaryCrossentropy, AUC metric, ``jit_compile``), fitted with the Trainer's per-step
+Trainer compiles (BinaryCrossentropy, AUC metric, ``jit_compile``, ``TrainerConfig.steps_per_execution``
+steps per call into TensorFlow unless ``--steps-per-execution`` says otherwise), fitted with the Trainer's per-step
 callback (stop on a non-finite loss; no TensorBoard callback, no validation). Only the input differs:
 synthetic in-memory batches, cached before timing, instead of Transform's TFRecords, so the input
 pipeline costs ~nothing (the batch dimension stays unknown when tracing, as in the Trainer). The
@@ -112,6 +113,7 @@ def synthetic_data(examples: int, rows_per_field: int, seed: int = 0):
 
 
 def child_main(args) -> None:
+    import dataclasses
     import resource
     import statistics
 
@@ -140,8 +142,10 @@ def child_main(args) -> None:
     table_rows = {f: rows_per_field for f in CAT_FIELDS}
     model = models.build_model(args.model, INT_FIELDS, CAT_FIELDS, table_rows,
                                embedding_dim=EMBEDDING_DIM, hidden_units=HIDDEN_UNITS)
-    training.compile_model(model, TrainerConfig(**TRAINER_CONFIG, optimizer=args.optimizer),
-                           jit_compile=args.xla == "xla_on", run_eagerly=args.eager or None)
+    config = TrainerConfig(**TRAINER_CONFIG, optimizer=args.optimizer)
+    if args.steps_per_execution:  # else the Trainer's default
+        config = dataclasses.replace(config, steps_per_execution=args.steps_per_execution)
+    training.compile_model(model, config, jit_compile=args.xla == "xla_on", run_eagerly=args.eager or None)
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -341,7 +345,8 @@ def run_cell(cell: Dict[str, str], steps: int, args, timeout_s: float) -> Dict:
            "--model", cell["model"], "--optimizer", cell["optimizer"], "--xla", cell["xla"],
            "--size", cell["size"], "--steps", str(steps), "--warmup-steps", str(args.warmup_steps),
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--examples", str(args.examples)] + (["--eager"] if args.eager else [])
+           "--examples", str(args.examples)] + (["--eager"] if args.eager else []) + \
+        (["--steps-per-execution", str(args.steps_per_execution)] if args.steps_per_execution else [])
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     run = dict(cell, cell=cell_name(**cell), load_average_before=round(os.getloadavg()[0], 2))
     started = time.perf_counter()
@@ -498,6 +503,7 @@ def format_text(record: Dict) -> str:
         "compare cells within this run",
         f"batch {record['batch_size']}, embedding_dim {EMBEDDING_DIM}, hidden {HIDDEN_UNITS}, warm-up "
         f"{record['warmup_steps']} steps (not timed), timed steps {record['steps']}, "
+        f"{record.get('steps_per_execution', 1)} step(s) per call into TensorFlow (steps_per_execution), "
         f"{record['repeats']} run(s) per cell (median); {len(record['runs'])} child processes in "
         f"{record['wall_s'] / 60:.1f} min"
         + ("; QUICK" if record["quick"] else "") + ("; EAGER (run_eagerly, not the Trainer's numbers)"
@@ -623,6 +629,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--eager", action="store_true",
                         help="compile with run_eagerly=True: no tracing, so a cell starts in seconds (for "
                              "smoke tests of the harness; its numbers are not the Trainer's)")
+    parser.add_argument("--steps-per-execution", type=int, default=0,
+                        help="training steps per call into TensorFlow (0: the Trainer's default, "
+                             "TrainerConfig.steps_per_execution)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
     parser.add_argument("--compare", nargs="+", metavar="LABEL=JSON[,JSON...]",
                         help="no training: write --out (a .txt path) comparing the runs of several revisions")
@@ -677,6 +686,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     selected = [c for c in all_cells() if any(fnmatch.fnmatchcase(cell_name(**c), p) for p in patterns)]
     if not selected:
         raise SystemExit(f"error: no cell matches {args.cells!r}; cells are e.g. {cell_name(**all_cells()[0])}")
+    from components.trainer_config import TrainerConfig  # no TensorFlow in this process
     load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     runs: List[Dict] = []
@@ -707,6 +717,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "wall_s": round(time.perf_counter() - started, 1),
         "quick": args.quick,
         "eager": args.eager,
+        "steps_per_execution": args.steps_per_execution or TrainerConfig().steps_per_execution,
         "batch_size": args.batch_size,
         "steps": steps_by_size,
         "warmup_steps": args.warmup_steps,

@@ -120,6 +120,7 @@ class SparsityTarget(keras.callbacks.Callback):
         self.controllers: Dict[str, Controller] = {}
         self.members: Dict[str, List[str]] = {}
         self.steps = 0
+        self._steps_before_epoch = 0
         self.steps_in_first_epoch: Optional[int] = None
         self.epochs = 1
         self.start_l21: Dict[str, float] = {}
@@ -130,7 +131,7 @@ class SparsityTarget(keras.callbacks.Callback):
         self.epochs = int((self.params or {}).get("epochs") or 1)
         if self.total_steps is None and (self.params or {}).get("steps"):
             self.total_steps = int(self.params["steps"]) * self.epochs
-        self.steps = 0
+        self.steps = self._steps_before_epoch = 0
 
     def _tables(self) -> Dict[str, Any]:
         from components import models
@@ -169,14 +170,26 @@ class SparsityTarget(keras.callbacks.Callback):
             return min(1.0, self.steps / self.total_steps)
         return 0.0  # first epoch of unknown length
 
+    def max_steps_per_execution(self) -> int:
+        """The most training steps per call into TensorFlow (`training.StepsPerExecution`): control
+        acts between calls, so no more than one interval."""
+        return self.interval()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps_before_epoch = self.steps
+
     def on_epoch_end(self, epoch, logs=None):
         if self.total_steps is None and self.steps_in_first_epoch is None:
             self.steps_in_first_epoch = self.steps
             self.total_steps = self.steps * self.epochs
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps % self.interval() == 0:
+        # `batch` is the epoch's last batch so far: a call into TensorFlow may run several steps.
+        steps = self._steps_before_epoch + batch + 1
+        interval = self.interval()
+        passed_a_control_point = steps // interval > self.steps // interval
+        self.steps = steps
+        if passed_a_control_point:
             self.control()
 
     def table_states(self, fields: List[str]) -> List[TableState]:

@@ -54,6 +54,13 @@ class TrainerConfig:
     max_embedding_bytes_per_table: Dict[str, int] = dataclasses.field(default_factory=dict)
     train_steps: Optional[int] = None  # None = epochs over the train split
     eval_steps: Optional[int] = None
+    # Training steps per call into TensorFlow (Keras' steps_per_execution): each call costs 1-2 ms of
+    # Python and dispatch, as much as a whole step of a small model on CPU
+    # (benchmarks/results/trainer_cpu_steps_per_execution.txt).
+    # Keras needs an epoch's length for it: the Trainer counts the splits' records first. Per-batch
+    # callbacks (the NaN stop) see every call's last batch; the sparsity controller limits it to its
+    # interval; several replicas or parameter servers run one step per call (components/training.py).
+    steps_per_execution: int = 32
     jit_compile: Union[bool, str] = "auto"  # true, false or "auto" (resolve_jit_compile)
     distribution: str = "auto"  # one of DISTRIBUTIONS (components.training.distribution_strategy)
     seed: int = 42
@@ -62,7 +69,7 @@ class TrainerConfig:
     def resolve_jit_compile(self, has_gpu: bool) -> bool:
         """Whether to compile the train step with XLA: `jit_compile`, where "auto" is on with a GPU and
         off without. On CPU the compiled Group Adam step trained no faster than the uncompiled one in
-        any cell of benchmarks/results/trainer_cpu.txt (0.78-0.87x) and its first epoch took 4-5 s more."""
+        any cell of benchmarks/results/trainer_cpu.txt (0.56-0.84x) and its first epoch took 5-9 s more."""
         return has_gpu if self.jit_compile == "auto" else bool(self.jit_compile)
 
     def to_json(self) -> str:

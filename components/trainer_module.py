@@ -27,7 +27,8 @@ from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
 from components.trainer_config import DISTRIBUTIONS, PS_TARGET_ERROR, TrainerConfig
 from components.training import (NON_FINITE_FEATURE, model_kind, NonFiniteLossError, StopOnNonFiniteLoss,
-                                 build_model, compile_model, input_dataset, resolve_jit_compile)
+                                 build_model, compile_model, input_dataset, resolve_jit_compile,
+                                 runs_steps_per_execution)
 from components.vocabulary import FieldVocabulary
 
 SPARSITY_FILE = "sparsity.json"
@@ -205,6 +206,14 @@ def run_fn(fn_args: FnArgs):
         train = distributed.sharded_by_batches(strategy, train_dataset())
         if fn_args.train_steps:
             train = train.repeat()
+        if cfg.steps_per_execution > 1 and runs_steps_per_execution(strategy):
+            # Several steps per call need the splits' lengths up front (training.StepsPerExecution);
+            # tf.data fails the epoch if a split turns out longer or shorter.
+            if not fn_args.train_steps:
+                train = train.apply(tf.data.experimental.assert_cardinality(
+                    distributed.split_batches(fn_args.train_files, cfg.batch_size)))
+            evaluation = evaluation.apply(tf.data.experimental.assert_cardinality(
+                distributed.split_batches(fn_args.eval_files, cfg.batch_size)))
     logging.info("training %s with %s on %d embedding tables (%d rows)", cfg.model, cfg.optimizer,
                  len(table_rows), sum(table_rows.values()))
     fit_started = time.time()

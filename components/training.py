@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow_transform.tf_metadata import schema_utils
@@ -14,7 +15,7 @@ from tfx_bsl.public import tfxio
 from tfx_bsl.tfxio import dataset_util
 
 import optim
-from components import models
+from components import distributed, models
 from components.dataset_spec import DatasetSpec
 from components.preprocessing import LABEL_KEY
 from components.trainer_config import TrainerConfig
@@ -162,3 +163,62 @@ def compile_model(model, config: TrainerConfig, jit_compile: bool, run_eagerly=N
             return train_step(data)
 
     model.train_step = tf.autograph.experimental.do_not_convert(train_step_after_its_batch)
+    _fit_with_steps_per_execution(model, config.steps_per_execution)
+
+
+def _fit_with_steps_per_execution(model, steps: int) -> None:
+    """`model.fit` runs up to `steps` steps per call into TensorFlow (Keras' steps_per_execution) on one
+    replica when it knows how many batches its training and validation data have; evaluate, predict
+    and any other fit run one step per call, as Keras' default.
+
+    Keras refuses several steps per call over data of unknown length: it learns an epoch's length from
+    where the data ran out, counted in whole calls, and a last call that ran out part way would count
+    as none (later epochs would skip those batches). The Trainer counts its splits (`run_fn`)."""
+    if steps <= 1:
+        return
+    fit = model.fit
+
+    def fit_with_steps_per_execution(x=None, y=None, *args, callbacks=None, **kwargs):
+        callbacks = list(callbacks or [])
+        if (runs_steps_per_execution(model.distribute_strategy)
+                and _length_known(x, kwargs.get("steps_per_epoch"))
+                and _length_known(kwargs.get("validation_data"), kwargs.get("validation_steps"))):
+            limits = [c.max_steps_per_execution for c in callbacks if hasattr(c, "max_steps_per_execution")]
+            callbacks.insert(0, StepsPerExecution(steps, limits))
+            model.steps_per_execution = steps  # before fit builds its train function, which reads it
+        try:
+            return fit(x, y, *args, callbacks=callbacks, **kwargs)
+        finally:
+            model.steps_per_execution = 1
+
+    model.fit = fit_with_steps_per_execution
+
+
+def runs_steps_per_execution(strategy) -> bool:
+    """Whether fit under `strategy` runs several steps per call: on one replica. Over several, a
+    partial last batch splits unevenly and the replicas' gradient exchange inside Keras' loop of steps
+    fails on the shapes; parameter servers run each call as a scheduled closure."""
+    return strategy.num_replicas_in_sync == 1 and not distributed.is_parameter_server(strategy)
+
+
+def _length_known(data, steps) -> bool:
+    if data is None or steps is not None:
+        return True
+    if isinstance(data, tf.data.Dataset):
+        return int(data.cardinality()) >= 0
+    return isinstance(data, (np.ndarray, tf.Tensor, list, tuple, dict))
+
+
+class StepsPerExecution(keras.callbacks.Callback):
+    """Sets the model's steps per call into TensorFlow at each epoch's start: `steps`, or less where
+    another callback acts between calls (`limits`: callables, e.g. `SparsityTarget`'s interval)."""
+
+    def __init__(self, steps: int, limits=()):
+        super().__init__()
+        self.steps, self.limits = int(steps), list(limits)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        steps = self.steps
+        for limit in self.limits:
+            steps = min(steps, int(limit()))
+        self.model.steps_per_execution = max(1, steps)

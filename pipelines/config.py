@@ -369,6 +369,7 @@ _RULES: Dict[str, Rule] = {
     "trainer.max_embedding_bytes_per_table": _mapping_of(_byte_count),
     "trainer.train_steps": _optional(_integer(1)),
     "trainer.eval_steps": _optional(_integer(1)),
+    "trainer.steps_per_execution": _integer(1),
     "trainer.jit_compile": _boolean_or_auto,
     "trainer.distribution": _one_of(DISTRIBUTIONS),
     "trainer.seed": _integer(0, 2**32 - 1),  # numpy's seed range (keras.utils.set_random_seed)

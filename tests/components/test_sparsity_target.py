@@ -245,3 +245,23 @@ def test_variables_are_read_and_assigned_in_one_call_or_one_by_one_under_a_strat
     np.testing.assert_array_equal(read.values()[1], np.zeros((5, 3), np.float32))
     assign.assign(0.0123)
     assert [v.numpy() for v in l21] == [0.0123] * 3
+
+
+def test_control_points_are_counted_in_steps_when_a_call_runs_several():
+    # With several steps per call into TensorFlow Keras reports each call's last batch: control
+    # comes at the first call past each multiple of the interval, which also caps the steps per call.
+    callback = st.SparsityTarget({st.GLOBAL: Target(sparsity=0.5)}, interval=3)
+    controls = []
+    callback.control = lambda: controls.append(callback.steps)
+    callback.set_params({"epochs": 2, "steps": 5})
+    callback.on_train_begin()
+    assert callback.max_steps_per_execution() == 3
+    callback.on_epoch_begin(0)
+    for batch in (1, 3, 4):  # calls of 2, 2 and 1 steps
+        callback.on_train_batch_end(batch)
+    callback.on_epoch_end(0)
+    callback.on_epoch_begin(1)
+    for batch in (2, 4):
+        callback.on_train_batch_end(batch)
+    assert controls == [4, 8, 10]
+    assert callback.steps == 10

@@ -54,6 +54,11 @@ def test_committed_results_cover_every_cell(record):
         assert math.isfinite(cell["loss_last"]) and 0.0 <= cell["auc_last"] <= 1.0, name
 
 
+def test_committed_run_trained_as_the_trainer_does(record):
+    from components.trainer_config import TrainerConfig
+    assert record["steps_per_execution"] == TrainerConfig().steps_per_execution > 1
+
+
 def test_recorded_ratios_follow_from_the_cells(record):
     recomputed = trainer_bench.ratios(record["cells"])
     assert set(recomputed) == set(record["ratios"])

@@ -39,6 +39,67 @@ def test_a_dataset_of_unknown_length_adds_no_step(optimizer):
         np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.name)
 
 
+class _Calls(tf.keras.callbacks.Callback):
+    """The batch index Keras reports after each call into TensorFlow."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(batch)
+
+
+def _data(rows, seed=0):
+    rng = np.random.RandomState(seed)
+    features = {f: rng.randint(0, 20, rows).astype(np.int64) for f in FIELDS}
+    features["I1"] = rng.rand(rows).astype(np.float32)
+    labels = (rng.rand(rows) < 0.3).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((features, labels)).batch(16)
+
+
+def _fit_calls(dataset, steps_per_execution, validation=None, epochs=2, callbacks=()):
+    tf.keras.utils.set_random_seed(0)
+    model = models.build_model("dnn", ["I1"], FIELDS, {f: 20 for f in FIELDS}, embedding_dim=4,
+                               hidden_units=[8])
+    config = TrainerConfig(optimizer="group_adam", l21=1e-3, steps_per_execution=steps_per_execution)
+    training.compile_model(model, config, jit_compile=False)
+    calls = _Calls()
+    history = model.fit(dataset, epochs=epochs, validation_data=validation, verbose=0,
+                        callbacks=[calls, *callbacks])
+    return model, calls.ends, history.history
+
+
+def test_several_steps_per_call_train_the_same_model():
+    train, validation = _data(5 * 16 + 3), _data(40, seed=1)  # 6 and 3 batches, the last ones partial
+    one, one_calls, one_history = _fit_calls(train, 1, validation)
+    four, four_calls, four_history = _fit_calls(train, 4, validation)
+    assert one_calls == [0, 1, 2, 3, 4, 5] * 2
+    assert four_calls == [3, 5] * 2  # 4 steps, then the epoch's 2 left
+    assert int(one.optimizer.iterations.numpy()) == int(four.optimizer.iterations.numpy()) == 12
+    for x, y in zip(one.weights + one.optimizer.variables(), four.weights + four.optimizer.variables()):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6, atol=1e-7, err_msg=x.name)
+    np.testing.assert_allclose(one_history["val_auc"], four_history["val_auc"], rtol=1e-6)
+    assert int(four.steps_per_execution.numpy()) == 1  # evaluate and predict after fit: one step per call
+
+
+def test_a_fit_over_data_of_unknown_length_runs_one_step_per_call():
+    # Keras refuses several steps per call there (it would learn the epoch's length in whole calls).
+    unknown = _data(5 * 16 + 3).filter(lambda x, y: True)
+    model, calls, _ = _fit_calls(unknown, 4)
+    assert calls == [0, 1, 2, 3, 4, 5] * 2
+    assert int(model.optimizer.iterations.numpy()) == 12
+
+
+def test_a_callback_acting_between_calls_limits_the_steps_per_call():
+    class EveryTwoSteps(tf.keras.callbacks.Callback):
+        def max_steps_per_execution(self):
+            return 2
+
+    _, calls, _ = _fit_calls(_data(5 * 16 + 3), 4, epochs=1, callbacks=[EveryTwoSteps()])
+    assert calls == [1, 3, 5]
+
+
 def test_relative_embedding_adds_the_oov_row_to_known_values():
     """A known value's vector is its row plus the OOV row, an unseen value's the OOV row; the table's
     gradient stays row-sparse (the batch's rows and the OOV row)."""
