@@ -289,16 +289,15 @@ def parameter_server_steps(train_steps: Optional[int], train_files, batch_size: 
     over the training split in global batches."""
     if train_steps:
         return int(train_steps)
-    rows = count_records(train_files)
-    if rows == 0:
+    batches = split_batches(train_files, batch_size)
+    if batches == 0:
         raise ValueError(f"the training split {train_files} holds no examples")
-    return split_batches(train_files, batch_size, rows)
+    return batches
 
 
-def split_batches(files, batch_size: int, rows: Optional[int] = None) -> int:
-    """Batches in one pass over a split's files (the last one partial), counting its records unless
-    `rows` is given."""
-    return math.ceil((count_records(files) if rows is None else rows) / batch_size)
+def split_batches(files, batch_size: int) -> int:
+    """Batches in one pass over a split's files (the last one partial): its records counted."""
+    return math.ceil(count_records(files) / batch_size)
 
 
 def coordinator_callbacks(strategy, callbacks):

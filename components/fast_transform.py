@@ -74,11 +74,6 @@ class _WriteTransformedFn(beam.DoFn):
         self._path = None
         self._pending = None
 
-    def _wait(self):
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
     def _encode_and_write(self, record_batch: pa.RecordBatch) -> None:
         examples = encode_examples(record_batch)  # scalar features: vectorised
         if examples is None:
@@ -99,8 +94,10 @@ class _WriteTransformedFn(beam.DoFn):
 
     def _wait_or_abort(self):
         """Waits for the batch in flight; if it failed, removes the bundle's file and raises."""
+        pending, self._pending = self._pending, None
         try:
-            self._wait()
+            if pending is not None:
+                pending.result()
         except BaseException:
             self._writer.abort()
             self._writer = None
