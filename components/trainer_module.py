@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -165,6 +166,41 @@ def _non_finite_input(error: Exception):
         " (ExampleGen/Transform). No model was exported.")
 
 
+class SplitChangedError(RuntimeError):
+    """A split's files held a different number of batches when read than when counted before fit."""
+
+
+# tf.data's message when a dataset runs past or short of its asserted cardinality.
+_CARDINALITY_MISMATCH = re.compile(
+    r"expected to contain (\d+) elements but contained (only|at least) (\d+) elements")
+
+
+def _split_changed(error):
+    """The one-line SplitChangedError for a split whose files changed between the Trainer's count and
+    its read: `error` from tf.data (`tf.data.experimental.assert_cardinality` in `run_fn`), or None
+    for files found changed after fit. None for any other error."""
+    if error is None:
+        detail = "their sizes or times differ from when their batches were counted"
+    else:
+        match = _CARDINALITY_MISMATCH.search(getattr(error, "message", None) or str(error))
+        if match is None:
+            return None
+        counted, how, read = match.groups()
+        detail = f"{counted} batches counted before training, {how} {read} read"
+    return SplitChangedError(
+        f"training stopped: a split's files changed while the Trainer read them ({detail}); rerun the"
+        " Trainer on data that is not being rewritten. No model was exported.")
+
+
+def _file_stamps(patterns):
+    """(path, size, modification time) of every file matching `patterns`, sorted."""
+    stamps = []
+    for path in sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)}):
+        stat = tf.io.gfile.stat(path)
+        stamps.append((path, stat.length, stat.mtime_nsec))
+    return stamps
+
+
 def run_fn(fn_args: FnArgs):
     cfg = TrainerConfig.from_json(fn_args.custom_config["trainer"])
     if distributed.serve_if_cluster_task(cfg.distribution):
@@ -197,6 +233,7 @@ def run_fn(fn_args: FnArgs):
     evaluation = distributed.sharded_by_batches(strategy, input_dataset(
         fn_args.eval_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, False))
     epochs, steps_per_epoch = (cfg.epochs if not fn_args.train_steps else 1), fn_args.train_steps or None
+    counted_files = None
     if distributed.is_parameter_server(strategy):
         # Each worker reads its own batches, repeated: an epoch is a pass over the split's batches.
         train = distributed.train_dataset_creator(train_dataset)
@@ -207,8 +244,11 @@ def run_fn(fn_args: FnArgs):
         if fn_args.train_steps:
             train = train.repeat()
         if cfg.steps_per_execution > 1 and runs_steps_per_execution(strategy):
-            # Several steps per call need the splits' lengths up front (training.StepsPerExecution);
-            # tf.data fails the epoch if a split turns out longer or shorter.
+            # Several steps per call need the splits' lengths up front (training.StepsPerExecution).
+            # A split rewritten after its count must not train on part of it: tf.data fails the epoch
+            # if it turns out shorter, and the files are checked unchanged after fit (Keras stops an
+            # epoch at the counted batches, so a longer split would lose its last ones silently).
+            counted_files = _file_stamps(list(fn_args.train_files) + list(fn_args.eval_files))
             if not fn_args.train_steps:
                 train = train.apply(tf.data.experimental.assert_cardinality(
                     distributed.split_batches(fn_args.train_files, cfg.batch_size)))
@@ -235,12 +275,19 @@ def run_fn(fn_args: FnArgs):
                 verbose=2,
             )
             last_epoch = history.epoch[-1] if history.epoch else 0
+            if counted_files is not None and _file_stamps([path for path, _, _ in counted_files]) != counted_files:
+                raise _split_changed(None)
             restored_best = keep_best.restore_best(last_epoch) if keep_best else False
     except tf.errors.InvalidArgumentError as error:
         non_finite = _non_finite_input(error)
         if non_finite is None:
             raise
         raise non_finite from None
+    except tf.errors.FailedPreconditionError as error:
+        changed = _split_changed(error)
+        if changed is None:
+            raise
+        raise changed from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if restored_best:

@@ -118,6 +118,36 @@ def test_non_finite_feature_stops_training_and_exports_no_model(inputs, tmp_path
     assert not os.path.exists(tmp_path / "model" / "warm_start")
 
 
+@pytest.mark.parametrize("change", ["shorter", "longer"])
+def test_a_split_rewritten_while_training_stops_with_one_line(inputs, tmp_path, monkeypatch, change):
+    """The Trainer counts each split's batches before fit (several steps per call need them). The train
+    split rewritten right after its count: shorter, tf.data fails the epoch; longer, Keras would stop
+    the epoch at the counted batches and leave the rest unread, so the files are checked after fit."""
+    from components import distributed
+    count = distributed.split_batches
+
+    def count_then_rewrite(files, batch_size):
+        batches = count(files, batch_size)
+        if "Split-train" in files[0]:
+            path = tf.io.gfile.glob(files[0])[0]
+            records = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+            with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+                for record in (records[:len(records) // 2] if change == "shorter" else records * 2):
+                    writer.write(record)
+        return batches
+
+    monkeypatch.setattr(distributed, "split_batches", count_then_rewrite)
+    detail = (r"\d+ batches counted before training, only \d+ read" if change == "shorter"
+              else "their sizes or times differ from when their batches were counted")
+    # A directory of its own (the override leaves I1 as it is): the rewrite touches no other test's data.
+    with pytest.raises(RuntimeError, match=rf"^training stopped: a split's files changed while the Trainer read"
+                                           rf" them \({detail}\);.*No model was exported\.$") as raised:
+        _train(inputs, tmp_path, feature_overrides={"I1": inputs["features"]["I1"]})
+    assert type(raised.value).__name__ == "SplitChangedError"
+    assert "\n" not in str(raised.value)
+    assert not os.path.exists(tmp_path / "model" / "Format-Serving")
+
+
 def test_non_finite_weights_are_found_by_name():
     from components.trainer_module import non_finite_variables
     good = tf.Variable(tf.ones([4, 3]), name="good")

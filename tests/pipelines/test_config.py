@@ -37,6 +37,8 @@ BAD = [
     ("trainer.epochs", True, "integer"),
     ("trainer.epochs", 2.0, "integer"),
     ("trainer.batch_size", 0, ">= 1"),
+    ("trainer.steps_per_execution", 0, ">= 1"),
+    ("trainer.steps_per_execution", 2.5, "integer"),
     ("trainer.embedding_dim", 0, ">= 1"),
     ("trainer.embedding_dims", {"C1": 0}, "trainer.embedding_dims.C1"),
     ("trainer.hidden_units", [64, -1], "trainer.hidden_units[1]"),
