@@ -35,8 +35,10 @@ each optimizer keeps its own state):
   lazy_reference_step         a plain lazy Group Adam written out here (tf.unique, unsorted_segment_sum,
                               the same math on the distinct rows, 4 gathers, 4 scatters); always
                               uncompiled (tf.unique under XLA takes 44 ms on CPU)
-  distinct_rows .. scatter_update_4_tables
-                              the parts of the step, each its own call: uncompiled ones (those of
+  distinct_rows .. scatter_rows
+                              the parts of the step, each its own call (gather and scatter: the
+                              batch's rows of the table and of the optimizer's row_state slot, which
+                              holds m, v and z side by side): uncompiled ones (those of
                               group_adam_uncompiled_step) in the XLA-off table, compiled ones (those
                               of group_adam_step) in the XLA-on table
   train_step_group_adam       lookup + Dense head + gradients + GroupAdam, as the Trainer runs it
@@ -68,7 +70,7 @@ LAMBDAS = {"l1": 1e-5, "l2": 1e-5, "l21": 1e-4}  # "l's > 0"; the other Group Ad
 LEARNING_RATE = 1e-3
 MODES = ("xla_off", "xla_on")
 STEPS = ("group_adam_step", "group_adam_l0_step")  # the steps the targets are about
-PARTS = ("distinct_rows", "gather_4_tables", "group_step_math", "scatter_update_4_tables")
+PARTS = ("distinct_rows", "gather_rows", "group_step_math", "scatter_rows")
 CASES = (
     "group_adam_step", "group_adam_l0_step", "group_adam_uncompiled_step", "lazy_reference_step",
 ) + PARTS + ("train_step_group_adam", "keras_adam_step")
@@ -143,7 +145,8 @@ class LazyGroupAdam:
 
 
 def _parts(batches, tables, compiled):
-    """The parts of the Group Adam step on `tables` (w, z, m, v): {name: (body, [args per batch])}.
+    """The parts of the Group Adam step on `tables` (w and its row_state [rows, 3, d]: m, v, z side by
+    side): {name: (body, [args per batch])}.
 
     The inputs of each part are computed beforehand, per batch, by the parts before it.
     """
@@ -157,16 +160,18 @@ def _parts(batches, tables, compiled):
             distinct, totals = gs.unique_rows(values, ids)
         rows_state = [tf.gather(t, distinct) for t in tables]
         parts["distinct_rows"].append((values, ids))
-        parts["gather_4_tables"].append((distinct,))
+        parts["gather_rows"].append((distinct,))
         parts["group_step_math"].append((*rows_state, totals))
-        parts["scatter_update_4_tables"].append((distinct, *rows_state))
+        parts["scatter_rows"].append((distinct, *rows_state))
 
-    def math_only(w_rows, z_rows, m_rows, v_rows, totals):
+    def math_only(w_rows, state_rows, totals):
+        m_rows, v_rows, z_rows = tf.unstack(state_rows, axis=1)
         m_new, v_new = gs.adam_moments(m_rows, v_rows, totals, 1 - 0.9, 1 - 0.999)
-        return gs.group_lasso_step(
+        w_new, z_new = gs.group_lasso_step(
             w_rows, z_rows, m_new * LEARNING_RATE, tf.sqrt(v_rows) + 1e-7, tf.sqrt(v_new) + 1e-7,
             1e-8, 1e-8, 4e-7,
         )
+        return w_new, tf.stack([m_new, v_new, z_new], axis=1)
 
     def scatter_only(distinct, *rows_state):
         for t, r in zip(tables, rows_state):
@@ -174,9 +179,9 @@ def _parts(batches, tables, compiled):
 
     bodies = {
         "distinct_rows": dedupe,
-        "gather_4_tables": lambda distinct: [tf.gather(t, distinct) for t in tables],
+        "gather_rows": lambda distinct: [tf.gather(t, distinct) for t in tables],
         "group_step_math": math_only,
-        "scatter_update_4_tables": scatter_only,
+        "scatter_rows": scatter_only,
     }
     return {name: (bodies[name], parts[name]) for name in PARTS}
 
@@ -223,13 +228,8 @@ def build_cases(rows, rank_bound):
         "train_step_group_adam": (train_step, batches),
         "keras_adam_step": (apply(keras_adam), batches),
     }
-    key = group_adam._var_key(table)
-    tables = (
-        table,
-        group_adam._duals[group_adam._dual_index[key]],
-        group_adam._slot_variables["m"][group_adam._index_dict[key]],
-        group_adam._slot_variables["v"][group_adam._index_dict[key]],
-    )
+    assert group_adam.row_state_names == ("m", "v", "z")
+    tables = (table, group_adam.row_state(table))
     cases = {}
     for mode in MODES:
         compiled = mode == "xla_on"
@@ -472,7 +472,8 @@ def _table_text(record):
         "group_adam_uncompiled_step: GroupAdam(jit_compile=False), tf.unique, XLA off only; "
         "lazy_reference_step: a plain lazy Group Adam (tf.unique + unsorted_segment_sum, the same math "
         "on the distinct rows), always uncompiled; keras_adam_step: tf_keras Adam, which updates every "
-        "row of the table. The parts (distinct_rows .. scatter_update_4_tables) are each its own "
+        "row of the table. The parts (distinct_rows .. scatter_rows; gather and scatter: the rows of the "
+        "table and of Group Adam's row_state slot, m, v and z side by side) are each its own "
         "tf.function call (~0.1-0.5 ms dispatch each), so they do not add up to the step exactly: "
         "uncompiled (tf.unique, on the distinct rows) with XLA off, compiled (static-shape hash "
         "dedupe; gather, math, scatter on the distinct rows) with XLA on."

@@ -128,7 +128,7 @@ def _previous_table_state(self, field: str):
     row_bytes = 0
     for part in _parts(table):
         w = _numpy(part)
-        z = _numpy(optimizer._duals[optimizer._dual_index[optimizer._var_key(part)]])
+        z = optimizer.split_row_state(_numpy(optimizer.row_state(part)), w.ndim)["z"]
         flat_w, flat_z = w.reshape(w.shape[0], -1), z.reshape(z.shape[0], -1)
         nonzero = np.any(flat_w != 0, axis=1)
         stepped = np.any(flat_z != 0, axis=1)

@@ -201,8 +201,8 @@ class SparsityTarget(keras.callbacks.Callback):
         key = ("tables", tuple(fields))
         if key not in self._variables:
             parts = [part for field in fields for part in _parts(tables[field])]
-            duals = [optimizer._duals[optimizer._dual_index[optimizer._var_key(part)]] for part in parts]
-            self._variables[key] = _Variables([v for pair in zip(parts, duals) for v in pair])
+            states = [optimizer.row_state(part) for part in parts]
+            self._variables[key] = _Variables([v for pair in zip(parts, states) for v in pair])
         values = iter(self._variables[key].values())
         scales: Dict[Any, float] = {}
         states = []
@@ -210,7 +210,8 @@ class SparsityTarget(keras.callbacks.Callback):
             critical, zero, rows, fixed = [], 0, 0, 0
             row_bytes = 0
             for part in _parts(tables[field]):
-                w, z = next(values), next(values)
+                w = next(values)
+                z = optimizer.split_row_state(next(values), w.ndim)["z"]
                 flat_w, flat_z = w.reshape(w.shape[0], -1), z.reshape(z.shape[0], -1)
                 nonzero = np.any(flat_w != 0, axis=1)
                 stepped = np.any(flat_z != 0, axis=1)

@@ -5,6 +5,7 @@ After training, the Trainer saves its state beside the exported model, in ``<mod
 * ``state.index`` / ``state.data-*``: a TF checkpoint bundle (``SaveV2``) of every trainable weight
   and every optimizer variable (slots ``m``, ``v``, the Group optimizers' dual ``z``, the step
   counter), keyed by variable name (``embedding_C1/embeddings``, ``m/embedding_C1/embeddings``, ...);
+  a Group optimizer's ``row_state`` slot (m, v and z of a table side by side) is saved as its parts;
 * ``vocabulary.txt``: the Transform vocabulary those tables were indexed by (``<field>\\x1f<value>``);
 * ``meta.json``: model kind, optimizer, steps, table rows.
 
@@ -68,6 +69,33 @@ class _PerShard:
             v.assign(value)
 
 
+class _RowStatePart:
+    """One part (a moment, or the dual z) of a Group optimizer's row_state slot, read and assigned as a
+    variable of its own (`GroupOptimizer.row_state`): the state keeps one entry per part, so states
+    saved before the parts shared a slot restore, and a sharded slot is still saved shard by shard."""
+
+    def __init__(self, state, index: int):
+        self.state, self.index, self.dtype = state, index, state.dtype
+        dims = state.shape.as_list()
+        self._axis = 1 if len(dims) > 1 else 0
+        self.shape = tf.TensorShape(dims[:self._axis] + dims[self._axis + 1:])
+        if sharded.is_sharded(state):
+            self.is_sharded_variable = True
+            self._var_offsets = state._var_offsets
+            self.variables = [_RowStatePart(shard, index) for shard in sharded.shards(state)]
+
+    def read_value(self):
+        return tf.gather(self.state.read_value(), self.index, axis=self._axis)
+
+    def numpy(self):
+        return self.read_value().numpy()
+
+    def assign(self, value):
+        parts = tf.unstack(self.state.read_value(), axis=self._axis)
+        parts[self.index] = tf.convert_to_tensor(value, self.dtype)
+        self.state.assign(tf.stack(parts, axis=self._axis))
+
+
 def _state_variables(model, optimizer, with_optimizer: bool = True) -> List[Tuple[str, tf.Variable]]:
     """(key, variable) of every trainable weight and, with_optimizer, every optimizer variable.
 
@@ -85,10 +113,14 @@ def _state_variables(model, optimizer, with_optimizer: bool = True) -> List[Tupl
             name = _name(variable)
             weight = next((n for n in names if name.endswith("/" + n)), None)
             if weight is None:
-                key = name.split("/")[-1]  # iteration (and any scalar state)
+                keyed.setdefault(name.split("/")[-1], []).append(variable)  # iteration (any scalar state)
+                continue
+            slot = name[:-len(weight) - 1].split("/")[-1]
+            if slot == "row_state":
+                for index, part in enumerate(optimizer.row_state_names):
+                    keyed.setdefault(f"{part}/{weight}", []).append(_RowStatePart(variable, index))
             else:
-                key = f"{name[:-len(weight) - 1].split('/')[-1]}/{weight}"
-            keyed.setdefault(key, []).append(variable)
+                keyed.setdefault(f"{slot}/{weight}", []).append(variable)
         for key, variables in keyed.items():
             out.append((key, variables[0] if len(variables) == 1 else _PerShard(variables)))
     return out

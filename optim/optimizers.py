@@ -72,6 +72,12 @@ def _scatter_rows(variable, ids, rows):
     return variable.scatter_update(tf.IndexedSlices(rows, ids))
 
 
+def _join(parts, rank):
+    """Parts of a row_state (each shaped like its variable, or like rows of it) side by side along
+    axis 1 (axis 0 for a scalar variable's)."""
+    return tf.stack(parts, axis=1 if rank else 0)
+
+
 def _under_parameter_servers():
     """Whether the step runs under ParameterServerStrategy: a table shard, its slots and the step
     counter then live on different tasks, which one XLA computation cannot reach (optim.sharded)."""
@@ -158,7 +164,7 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
 
     def is_regularized(self, variable):
         """Whether this (built) optimizer applies the sparse group lasso to `variable`."""
-        return self._var_key(variable) in getattr(self, "_dual_index", {})
+        return self._var_key(variable) in getattr(self, "_state_index", {})
 
     def _should_regularize(self, variable):
         if self._regularize_pattern is not None and self._regularize_pattern.search(variable.name):
@@ -172,23 +178,49 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         if getattr(self, "_built", False):
             return
         self._built = True
+        # A regularized variable's moments and dual z live side by side in one slot, "row_state"
+        # (`row_state_names` along its axis 1): a step reads and writes each of its rows once, not once
+        # per slot (benchmarks/slot_layout.py). Other variables get one slot per moment, as in tf_keras.
         self._slot_variables = {name: [] for name in self._slot_names}
+        self._row_states = []
+        self._state_index = {}
         for variable in var_list:
+            regularized = self._should_regularize(variable)
+            if regularized:
+                self._state_index[self._var_key(variable)] = len(self._row_states)
+                self._row_states.append(self._add_row_state(variable))
             for name in self._slot_names:
-                self._slot_variables[name].append(
-                    self.add_variable_from_reference(
-                        variable, name, initial_value=self._slot_initial_value(name, variable)
-                    )
-                )
-        # Dual accumulators z only for the regularized variables (one more table-sized slot each).
-        self._duals = []
-        self._dual_index = {}
-        for variable in var_list:
-            if self._should_regularize(variable):
-                self._dual_index[self._var_key(variable)] = len(self._duals)
-                self._duals.append(self.add_variable_from_reference(variable, "z"))
+                self._slot_variables[name].append(None if regularized else self.add_variable_from_reference(
+                    variable, name, initial_value=self._slot_initial_value(name, variable)))
         # The group-lasso strength of each regularized variable (`l21_variable`).
         self._l21_variables = [self._add_l21_variable(v) for v in var_list if self.is_regularized(v)]
+
+    @property
+    def row_state_names(self):
+        """The per-row state of a regularized variable, in its row_state slot's order: the moments,
+        then the dual accumulator z."""
+        return tuple(self._slot_names) + ("z",)
+
+    def _add_row_state(self, variable):
+        names = self.row_state_names
+        shape = [int(variable.shape[0]), len(names)] + [int(d) for d in variable.shape[1:]] if (
+            variable.shape.rank) else [len(names)]
+        initial = [self._slot_initial_value(name, variable) for name in self._slot_names]
+        if all(value is None for value in initial):
+            return self.add_variable_from_reference(variable, "row_state", shape=shape)
+        zeros = tf.zeros(variable.shape, variable.dtype)
+        return self.add_variable_from_reference(variable, "row_state", initial_value=_join(
+            [zeros if value is None else value for value in initial] + [zeros], variable.shape.rank))
+
+    def row_state(self, variable):
+        """The slot holding the per-row state of regularized `variable` ([rows, len(row_state_names),
+        ...]: each row's moments and dual side by side); `split_row_state` names its parts."""
+        return self._row_states[self._state_index[self._var_key(variable)]]
+
+    def split_row_state(self, value, rank):
+        """{name: part} of a value of a row_state slot (a tensor or a NumPy array), or of rows of it, for
+        a variable of rank `rank`."""
+        return {name: value[:, i] if rank else value[i] for i, name in enumerate(self.row_state_names)}
 
     def _add_l21_variable(self, variable):
         # A scalar optimizer variable, read inside the (compiled) step: it may change between steps
@@ -206,7 +238,7 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         Starts at the constructor's `l21`; assign to it to change the strength of that variable's
         group lasso from the next step on (Algorithm 1 at the new lambda: z keeps its meaning).
         """
-        return self._l21_variables[self._dual_index[self._var_key(variable)]]
+        return self._l21_variables[self._state_index[self._var_key(variable)]]
 
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
         grads_and_vars = list(grads_and_vars)
@@ -304,23 +336,18 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
     # skipping it saves re-parsing this module's source for every traced step.
     @tf.autograph.experimental.do_not_convert
     def update_step(self, gradient, variable):
-        slots = self._slots(variable)
         hyper = self._hyperparameters(variable.dtype)
-        dual_index = self._dual_index.get(self._var_key(variable))
-        if dual_index is None:
-            self._vanilla_update(gradient, variable, slots, hyper)
+        if not self.is_regularized(variable):
+            self._vanilla_update(gradient, variable, self._slots(variable), hyper)
         elif isinstance(gradient, tf.IndexedSlices):
             self._sparse_group_update(gradient, variable, hyper)
         else:
-            self._dense_group_update(gradient, variable, self._duals[dual_index], slots, hyper)
+            self._dense_group_update(gradient, variable, hyper)
 
     def _slots(self, variable):
-        """{slot name: slot variable} of `variable`."""
+        """{slot name: slot variable} of a variable that is not regularized."""
         index = self._index_dict[self._var_key(variable)]
         return {name: self._slot_variables[name][index] for name in self._slot_names}
-
-    def _dual(self, variable):
-        return self._duals[self._dual_index[self._var_key(variable)]]
 
     def _vanilla_update(self, gradient, variable, slots, hyper):
         gradient = tf.convert_to_tensor(gradient)  # sums duplicate ids of a stray IndexedSlices
@@ -355,27 +382,27 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         )
         return w_new, z_new, new
 
-    def _dense_group_update(self, gradient, variable, dual, slots, hyper):
-        old = {name: slot.read_value() for name, slot in slots.items()}
-        w_new, z_new, new = self._group_rows(
-            gradient, variable.read_value(), dual.read_value(), old, hyper, variable
-        )
-        for name, slot in slots.items():
-            slot.assign(new[name])
-        dual.assign(z_new)
+    def _dense_group_update(self, gradient, variable, hyper):
+        state = self.row_state(variable)
+        rank = variable.shape.rank
+        old = self.split_row_state(state.read_value(), rank)
+        w_new, z_new, new = self._group_rows(gradient, variable.read_value(), old["z"], old, hyper, variable)
+        state.assign(self._joined_state(new, z_new, rank))
         variable.assign(w_new)
+
+    def _joined_state(self, moments, z, rank):
+        return _join([moments[name] for name in self._slot_names] + [z], rank)
 
     def _update_rows(self, variable, ids, rows_gradient, hyper):
         """The group step on rows `ids` of a regularized `variable` (gather -> step -> scatter), given
         each row's summed gradient; an id twice must come with the same gradient row twice."""
-        slots, dual = self._slots(variable), self._dual(variable)
-        old = {name: _gather_rows(slot, ids) for name, slot in slots.items()}
+        state = self.row_state(variable)
+        rank = variable.shape.rank
+        old = self.split_row_state(_gather_rows(state, ids), rank)
         w_new, z_new, new = self._group_rows(
-            rows_gradient, _gather_rows(variable, ids), _gather_rows(dual, ids), old, hyper, variable
+            rows_gradient, _gather_rows(variable, ids), old["z"], old, hyper, variable
         )
-        for name, slot in slots.items():
-            _scatter_rows(slot, ids, new[name])
-        _scatter_rows(dual, ids, z_new)
+        _scatter_rows(state, ids, self._joined_state(new, z_new, rank))
         _scatter_rows(variable, ids, w_new)
 
     def _sparse_group_update(self, gradient, variable, hyper):
@@ -451,8 +478,8 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         totals = tf.gather(totals, order)
         counts = tf.math.bincount(table_of_key, minlength=tables, maxlength=tables)
         table_of_row = tf.gather(table_of_key, order)
-        slots = {name: [self._slots(v)[name] for v in variables] for name in self._slot_names}
-        duals = [self._dual(v) for v in variables]
+        states = [self.row_state(v) for v in variables]
+        rank = variables[0].shape.rank
 
         def gathered(tables_):
             return tf.concat([_gather_rows(v, i) for v, i in zip(tables_, ids)], 0)
@@ -460,13 +487,11 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
         # Each table's group threshold repeated over its rows.
         threshold = tf.gather(tf.stack([self._group_threshold(v, hyper) for v in variables]), table_of_row)
         threshold = tf.reshape(threshold, [-1] + [1] * (variables[0].shape.rank - 1))
+        old = self.split_row_state(gathered(states), rank)
         w_new, z_new, new = self._group_rows(
-            totals, gathered(variables), gathered(duals),
-            {name: gathered(slots[name]) for name in self._slot_names}, hyper, variables[0],
-            group_threshold=threshold,
+            totals, gathered(variables), old["z"], old, hyper, variables[0], group_threshold=threshold,
         )
-        for tables_, rows in [(slots[name], new[name]) for name in self._slot_names] + [
-                (duals, z_new), (variables, w_new)]:
+        for tables_, rows in ((states, self._joined_state(new, z_new, rank)), (variables, w_new)):
             for variable, table_ids, part in zip(tables_, ids, tf.split(rows, counts, num=tables)):
                 _scatter_rows(variable, table_ids, part)
 

@@ -54,6 +54,10 @@ def _table(model, field):
 
 
 def _slot(optimizer, slot, field):
+    """A slot of a field's table: its own variable, or a part of a Group optimizer's row_state."""
+    state = [v for v in optimizer.variables() if f"row_state/embedding_{field}/" in v.name]
+    if state:
+        return optimizer.split_row_state(state[0].numpy(), state[0].shape.rank - 1)[slot]
     return [v for v in optimizer.variables() if f"{slot}/embedding_{field}/" in v.name][0].numpy()
 
 

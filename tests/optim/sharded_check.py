@@ -49,10 +49,7 @@ def tiny_model(table_layer):
 
 def slots(optimizer, variable):
     """name -> the optimizer's per-row state for `variable` (m, v, ... and the dual z), as arrays."""
-    index = optimizer._index_dict[optimizer._var_key(variable)]
-    out = {name: optimizer._slot_variables[name][index] for name in optimizer._slot_names}
-    out["z"] = optimizer._duals[optimizer._dual_index[optimizer._var_key(variable)]]
-    return out
+    return optimizer.split_row_state(optimizer.row_state(variable), variable.shape.rank)
 
 
 def main(out_path):
@@ -105,7 +102,8 @@ def main(out_path):
     sharded_state = {name: np.concatenate([slots(optimizer, shard)[name].numpy() for shard in shards])
                      for name in ("m", "v", "z")}
     reference_state = {name: value.numpy() for name, value in slots(reference, variable).items()}
-    devices = [{"shard": shard.device, **{name: slots(optimizer, shard)[name].device for name in ("m", "v", "z")}}
+    # m, v and z of a shard's rows live in its row_state slot.
+    devices = [{"shard": shard.device, **{name: optimizer.row_state(shard).device for name in ("m", "v", "z")}}
                for shard in shards]
 
     # Warm start: the sharded model's state restores into an unsharded model, and into the sharded one.

@@ -69,8 +69,9 @@ def _run(optimizer, table, gradients):
 
 
 def _slot(optimizer, var, name):
-    if name == "z":
-        return optimizer._duals[optimizer._dual_index[optimizer._var_key(var)]]
+    """The value of `var`'s slot `name` (a moment, or the dual z of a regularized variable)."""
+    if optimizer.is_regularized(var):
+        return optimizer.split_row_state(optimizer.row_state(var), var.shape.rank)[name]
     return optimizer._slot_variables[name][optimizer._index_dict[optimizer._var_key(var)]]
 
 
@@ -398,10 +399,37 @@ def test_only_sparse_gradients_and_regex_matches_are_regularized():
     default = optim.GroupAdam(0.01, l21=0.1)
     default.apply_gradients(grads)
     assert [default.is_regularized(v) for v in (table, kernel, bias)] == [True, False, False]
-    assert len(default._duals) == 1
+    assert len(default._row_states) == 1  # a dual z only where regularized
     selected = optim.GroupAdam(0.01, l21=0.1, regularize="kernel")
     selected.apply_gradients(grads)
     assert [selected.is_regularized(v) for v in (table, kernel, bias)] == [True, True, False]
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda: optim.GroupAdam(0.01, l21=0.1), ("m", "v", "z")),
+    (lambda: optim.GroupAMSGrad(0.01, l21=0.1), ("m", "v", "vhat", "z")),
+    (lambda: optim.GroupAdagrad(0.01, l21=0.1, initial_accumulator_value=0.5), ("accumulator", "z")),
+    (lambda: optim.GroupMomentum(0.01, l21=0.1), ("m", "z")),
+])
+def test_a_regularized_table_keeps_its_row_state_in_one_slot(make, names):
+    """The moments and the dual of each row side by side ([rows, parts, d]); other variables keep one
+    slot per moment. Initial values per part: Adagrad's accumulator starts at its initial value."""
+    table = tf.Variable(_initial_table(), name="table")
+    kernel = tf.Variable(np.ones((3, 2), np.float32), name="dense_kernel")
+    opt = make()
+    opt.apply_gradients([(_slices(np.array([0, 1]), np.ones((2, DIM), np.float32)), table),
+                         (tf.ones((3, 2)), kernel)])
+    assert opt.row_state_names == names
+    state = opt.row_state(table)
+    assert state.shape == (table.shape[0], len(names), DIM)
+    assert "row_state" in state.name
+    parts = opt.split_row_state(state.numpy(), 2)
+    untouched = parts[names[0]][2:]
+    assert np.all(untouched == (0.5 if names[0] == "accumulator" else 0.0))
+    assert np.all(parts["z"][2:] == 0) and np.all(parts["z"][:2] != 0)
+    assert not opt.is_regularized(kernel)
+    assert all(opt._slots(kernel)[name].shape == kernel.shape for name in names[:-1])
+    assert sum("row_state" in v.name for v in opt.variables()) == 1
 
 
 def test_explicit_build_before_any_gradient_regularizes_embedding_tables():
