@@ -163,7 +163,27 @@ def compile_model(model, config: TrainerConfig, jit_compile: bool, run_eagerly=N
             return train_step(data)
 
     model.train_step = tf.autograph.experimental.do_not_convert(train_step_after_its_batch)
+    # The optimizer's slots exist before fit traces its step: a tf.function whose first trace creates
+    # variables is traced a second time, and the optimizer's step is most of a trace.
+    model.optimizer.build(model.trainable_variables)
+    if not model.run_eagerly and runs_steps_per_execution(model.distribute_strategy):
+        for step in ("train_step", "test_step", "predict_step"):
+            setattr(model, step, _traced_once(getattr(model, step)))
     _fit_with_steps_per_execution(model, config.steps_per_execution)
+
+
+def _traced_once(step):
+    """`step` as one `tf.function`, which Keras' train/test/predict functions call.
+
+    Keras wraps each step in a new (XLA) function every time it traces its own function, and it traces
+    its loop of several steps per call twice (AutoGraph first traces the loop's body to learn what the
+    loop returns), so the whole step, optimizer included, was traced twice. Held in one function, the
+    step is traced once and the second trace of Keras' loop reuses it. The closure
+    keeps the function off the model's tracked attributes, so it is not saved with the model. On one
+    replica only: across replicas, the optimizer's gradient exchange cannot run inside a nested
+    function."""
+    function = tf.function(step, autograph=False, reduce_retracing=True)
+    return tf.autograph.experimental.do_not_convert(lambda data: function(data))
 
 
 def _fit_with_steps_per_execution(model, steps: int) -> None:

@@ -100,6 +100,30 @@ def test_a_callback_acting_between_calls_limits_the_steps_per_call():
     assert calls == [1, 3, 5]
 
 
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["xla_off", "xla_on"])
+def test_the_train_step_is_traced_once(monkeypatch, jit_compile):
+    # The first epoch's cost is mostly tracing (benchmarks/trainer_bench.py, first epoch s): the
+    # optimizer's slots made inside the first trace, and Keras' loop of steps traced twice, each
+    # traced the whole step again.
+    traces = []
+    keras_train_step = tf.keras.Model.train_step
+
+    def counted_train_step(self, data):
+        traces.append(data)
+        return keras_train_step(self, data)
+
+    monkeypatch.setattr(tf.keras.Model, "train_step", counted_train_step)
+    tf.keras.utils.set_random_seed(0)
+    model = models.build_model("dnn", ["I1"], FIELDS, {f: 20 for f in FIELDS}, embedding_dim=4,
+                               hidden_units=[8])
+    config = TrainerConfig(optimizer="group_adam", l21=1e-3, steps_per_execution=4)
+    training.compile_model(model, config, jit_compile=jit_compile)
+    assert len(model.optimizer.variables()) > 1  # slots made before fit
+    model.fit(_data(5 * 16 + 3), epochs=2, validation_data=_data(40, seed=1), verbose=0)
+    assert len(traces) == 1
+    assert int(model.optimizer.iterations.numpy()) == 12
+
+
 def test_relative_embedding_adds_the_oov_row_to_known_values():
     """A known value's vector is its row plus the OOV row, an unseen value's the OOV row; the table's
     gradient stays row-sparse (the batch's rows and the OOV row)."""
