@@ -26,17 +26,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # and Jupyter servers (and notebook converters) the lock carries for TFMA's notebook extras; no pipeline
 # step or the CronJob imports them (tests/pipelines/test_kubeflow.py checks). TFMA imports ipywidgets,
 # which imports the kernel's client side (ipykernel, jupyter_client, pyzmq): those stay. Not installed
-# either: kubernetes-validate (the tests' manifest check) and rfc3987-syntax with its parser lark (an
-# optional format check of jsonschema's): `import kubernetes`, which TFX's components import in every
-# step, imports kubernetes-validate where it is installed, which imports jsonschema, which compiles
-# rfc3987-syntax's grammar: ~4 s more in every step's process. A compiler only
+# either: rfc3987-syntax with its parser lark (an optional format check of jsonschema's, which compiles
+# its grammar at import). The tests' kubernetes-validate is not in this lock (requirements-test.lock):
+# `import kubernetes`, which TFX's components import in every step, imports it where it is installed. A compiler only
 # for the few pins without a manylinux wheel (e.g. pyfarmhash), removed afterwards.
 COPY requirements.lock /tmp/requirements.lock
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && echo "pip==24.3.1 --hash=sha256:3790624780082365f47549d032f3770eeb2b1e8bd1f7b2e02dace1afa361b4ed" > /tmp/pip.lock \
     && pip install --require-hashes --no-deps -r /tmp/pip.lock \
-    && grep -v -i -E '^(notebook|notebook_shim|jupyterlab|jupyterlab_server|jupyterlab_widgets|jupyterlab_pygments|jupyter_server|jupyter_server_terminals|jupyter-lsp|jupyter-events|jupyter_builder|terminado|widgetsnbextension|nbconvert|nbclient|Send2Trash|argon2-cffi|argon2-cffi-bindings|async-lru|json5|kubernetes-validate|rfc3987-syntax|lark)==' \
+    && grep -v -i -E '^(notebook|notebook_shim|jupyterlab|jupyterlab_server|jupyterlab_widgets|jupyterlab_pygments|jupyter_server|jupyter_server_terminals|jupyter-lsp|jupyter-events|jupyter_builder|terminado|widgetsnbextension|nbconvert|nbclient|Send2Trash|argon2-cffi|argon2-cffi-bindings|async-lru|json5|rfc3987-syntax|lark)==' \
        /tmp/requirements.lock > /tmp/image.lock \
     && pip install --require-hashes --no-deps -r /tmp/image.lock \
     && apt-get purge -y build-essential && apt-get autoremove -y \

@@ -50,6 +50,21 @@ if [ "$(readlink .venv 2>/dev/null)" != "$venv" ]; then
   ln -s "$venv" .venv
 fi
 
+# What only the tests import (requirements-test.lock), beside the venv rather than in it, so that the
+# pipeline's processes never import it; tests/conftest.py puts .test-deps on the tests' path.
+test_lock=requirements-test.lock
+test_deps="$cache_root/test-deps-$(cat "$lock" "$test_lock" | sha256sum | cut -c1-16)"
+if [ ! -f "$test_deps/.complete" ]; then
+  rm -rf "$test_deps"
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps --target "$test_deps" -r "$test_lock" \
+    2> >(grep -v 'is ignored: it is neither' >&2)
+  touch "$test_deps/.complete"
+fi
+if [ "$(readlink .test-deps 2>/dev/null)" != "$test_deps" ]; then
+  rm -rf .test-deps
+  ln -s "$test_deps" .test-deps
+fi
+
 # CI (CI=true) or SPARSECTR_INSTALL_CHROMIUM=1: headless Chromium for the run report's browser test,
 # from Debian's packages when this runs as root (idempotent; skipped, with one line, otherwise).
 if [ "${CI:-}" = "true" ] || [ "${SPARSECTR_INSTALL_CHROMIUM:-}" = "1" ]; then

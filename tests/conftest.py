@@ -1,11 +1,14 @@
 import logging
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# requirements-test.lock's packages (scripts/setup_env.sh): on the tests' path only, not the venv's.
+sys.path.append(os.path.join(REPO_ROOT, ".test-deps"))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 

@@ -29,3 +29,26 @@ def test_venv_is_cached_outside_the_checkout_by_lock_hash():
     digest = hashlib.sha256(open(os.path.join(REPO_ROOT, "requirements.lock"), "rb").read()).hexdigest()[:16]
     assert os.path.basename(target.rstrip("/")) == f"venv-{digest}"
     assert os.path.exists(os.path.join(target, ".complete"))
+
+
+def test_test_only_packages_live_beside_the_venv():
+    # In the venv, `import kubernetes` (every TFX component's process) would import them too.
+    import sys
+    from importlib import metadata
+
+    from scripts.lock_hashes import read_lock
+    _, test_pins = read_lock(os.path.join(REPO_ROOT, "requirements-test.lock"))
+    _, pins = read_lock(os.path.join(REPO_ROOT, "requirements.lock"))
+    assert test_pins and all(hashes for _, _, hashes in test_pins)
+    runtime = {name.lower() for name, _, _ in pins}
+    test_deps = os.path.join(REPO_ROOT, ".test-deps")
+    for name, version, _ in test_pins:
+        assert name.lower() not in runtime, name
+        found = list(metadata.distributions(name=name, path=[test_deps]))
+        assert [d.version for d in found] == [version], name
+    # This process has them (tests/conftest.py); a pipeline process does not.
+    import kubernetes_validate  # noqa: F401
+    code = "import importlib.util; print(importlib.util.find_spec('kubernetes_validate') is None)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=60)
+    assert proc.stdout.strip() == "True", proc.stderr
