@@ -28,8 +28,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # which imports the kernel's client side (ipykernel, jupyter_client, pyzmq): those stay. Not installed
 # either: rfc3987-syntax with its parser lark (an optional format check of jsonschema's, which compiles
 # its grammar at import). The tests' kubernetes-validate is not in this lock (requirements-test.lock):
-# `import kubernetes`, which TFX's components import in every step, imports it where it is installed. A compiler only
-# for the few pins without a manylinux wheel (e.g. pyfarmhash), removed afterwards.
+# `import kubernetes`, which TFX's components import in every step, imports it where it is installed.
+# A compiler only for the few pins without a manylinux wheel (e.g. pyfarmhash), removed afterwards.
 COPY requirements.lock /tmp/requirements.lock
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \

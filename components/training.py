@@ -178,10 +178,9 @@ def _traced_once(step):
     Keras wraps each step in a new (XLA) function every time it traces its own function, and it traces
     its loop of several steps per call twice (AutoGraph first traces the loop's body to learn what the
     loop returns), so the whole step, optimizer included, was traced twice. Held in one function, the
-    step is traced once and the second trace of Keras' loop reuses it. The closure
-    keeps the function off the model's tracked attributes, so it is not saved with the model. On one
-    replica only: across replicas, the optimizer's gradient exchange cannot run inside a nested
-    function."""
+    step is traced once and the second trace of Keras' loop reuses it. The closure keeps the function
+    off the model's tracked attributes, so it is not saved with the model. On one replica only: across
+    replicas, the optimizer's gradient exchange cannot run inside a nested function."""
     function = tf.function(step, autograph=False, reduce_retracing=True)
     return tf.autograph.experimental.do_not_convert(lambda data: function(data))
 

@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 from tests.conftest import REPO_ROOT
 
@@ -33,7 +34,6 @@ def test_venv_is_cached_outside_the_checkout_by_lock_hash():
 
 def test_test_only_packages_live_beside_the_venv():
     # In the venv, `import kubernetes` (every TFX component's process) would import them too.
-    import sys
     from importlib import metadata
 
     from scripts.lock_hashes import read_lock
