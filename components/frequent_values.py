@@ -176,7 +176,7 @@ def vocabulary_of_fields(fields: Sequence[Tuple[str, tf.Tensor]], frequency_thre
     be equal, their counts are summed when merged (`TokenCounts.merge`)."""
     uniques, counts = [], []
     for prefix, values in fields:
-        unique, _, count = tf.unique_with_counts(tf.reshape(values, [-1]))
+        unique, _, count = tf.unique_with_counts(values if values.shape.rank == 1 else tf.reshape(values, [-1]))
         uniques.append(tf.constant(prefix) + unique)
         counts.append(count)
     return _write_vocabulary(tf.concat(uniques, 0), tf.concat(counts, 0), frequency_threshold, vocab_filename)

@@ -43,39 +43,65 @@ def vocab_fields(spec: DatasetSpec):
     return [f for f in spec.categorical_columns if spec.column(f).encoding == "vocab"]
 
 
+def _dense_matrix(features, default):
+    """Scalar features of one dtype (VarLen: at most one value a row) -> dense [batch, len(features)],
+    `default` where a value is missing. A sparse feature costs two ops (its [batch, 1] shape and a
+    SparseToDense, which rejects a row with a second value): this graph is traced seven times per
+    Transform run, saved twice and loaded three times, and runs in every serving request, so its op
+    count is much of Transform's fixed cost."""
+    default = tf.convert_to_tensor(default, features[0].dtype)
+    width_index, one = tf.constant([[1]]), tf.constant([1], tf.int64)
+    columns = []
+    for x in features:
+        if isinstance(x, tf.sparse.SparseTensor):
+            # The feature's own batch size: a serving request whose features differ in length
+            # must fail, not be padded to one of them.
+            shape = tf.tensor_scatter_nd_update(x.dense_shape, width_index, one)  # [batch, 1]
+            x = tf.raw_ops.SparseToDense(sparse_indices=x.indices, output_shape=shape, sparse_values=x.values,
+                                         default_value=default, validate_indices=True)
+        elif isinstance(x, tf.RaggedTensor):
+            x = x.to_tensor(default_value=default, shape=[None, 1])
+        else:
+            x = tf.reshape(x, [-1, 1])
+        columns.append(x)
+    return tf.concat(columns, axis=1) if len(columns) > 1 else columns[0]
+
+
 def _dense(x, default):
-    """Sparse/ragged (VarLen, possibly empty) feature -> dense [batch] tensor with `default` for missing."""
-    if isinstance(x, tf.sparse.SparseTensor):
-        x = tf.sparse.to_dense(
-            tf.SparseTensor(x.indices, x.values, [x.dense_shape[0], 1]), default_value=default)
-    elif isinstance(x, tf.RaggedTensor):
-        x = x.to_tensor(default_value=default, shape=[None, 1])
-    return tf.reshape(x, [-1])
+    """One sparse/ragged (VarLen, possibly empty) feature -> dense [batch], `default` for missing."""
+    return _dense_columns([x], default)[0]
+
+
+def _dense_columns(features, default):
+    """`_dense_matrix`'s columns: a dense [batch] tensor per feature."""
+    return tf.unstack(_dense_matrix(features, default), num=len(features), axis=1) if features else []
 
 
 def transform_features(inputs, spec: DatasetSpec):
     outputs = {}
-    for name in spec.int_columns:
-        raw = tf.cast(_dense(inputs[name], tf.constant(0, inputs[name].dtype)), tf.float32)
+    zero = tf.constant(0.0)
+    for name, raw in zip(spec.int_columns, _dense_columns([inputs[n] for n in spec.int_columns], 0)):
         # Criteo's integer fields hold a few negatives: clip them (ExampleGen counts them per field).
-        outputs[name] = tf.math.log1p(tf.maximum(raw, 0.0))
+        outputs[name] = tf.math.log1p(tf.maximum(tf.cast(raw, tf.float32), zero))
     if bucket_fields(spec):
         # elementwise: per-field boundaries from one quantiles analyzer over all int fields.
         stacked = tf.stack([outputs[name] for name in spec.int_columns], axis=1)
         buckets = tft.bucketize(stacked, spec.quantile_buckets, elementwise=True)
         for j, name in enumerate(bucket_fields(spec)):
             outputs[name] = tf.cast(buckets[:, j], tf.int64)
-    for name in spec.categorical_columns:
-        col = spec.column(name)
-        if col.encoding == "hash":
-            outputs[name] = tf.strings.to_hash_bucket_fast(_dense(inputs[name], MISSING_TOKEN), col.hash_buckets)
+    hashed = [name for name in spec.categorical_columns if spec.column(name).encoding == "hash"]
+    for name, value in zip(hashed, _dense_columns([inputs[n] for n in hashed], MISSING_TOKEN)):
+        outputs[name] = tf.strings.to_hash_bucket_fast(value, spec.column(name).hash_buckets)
     fields = vocab_fields(spec)
     if fields:
-        values = [(f + FIELD_SEPARATOR, _dense(inputs[f], MISSING_TOKEN)) for f in fields]
-        tokens = tf.stack([tf.constant(prefix) + v for prefix, v in values], axis=1)
+        prefixes = [f + FIELD_SEPARATOR for f in fields]
+        dense = _dense_matrix([inputs[f] for f in fields], MISSING_TOKEN)
+        tokens = tf.constant([prefixes]) + dense
         if spec.vocabulary_counter == "numpy":
             # Counted field by field: the analysis builds no token per row.
-            vocabulary = frequent_values.vocabulary_of_fields(values, spec.frequency_threshold, VOCABULARY_NAME)
+            values = tf.unstack(dense, num=len(fields), axis=1)
+            vocabulary = frequent_values.vocabulary_of_fields(
+                list(zip(prefixes, values)), spec.frequency_threshold, VOCABULARY_NAME)
         else:
             # Unit weights: the same counts, vocabulary and ids as without weights, but TFT then
             # counts each batch's distinct tokens in the graph (unique_with_counts) and hands Beam
@@ -84,9 +110,8 @@ def transform_features(inputs, spec: DatasetSpec):
             vocabulary = tft.vocabulary(tokens, frequency_threshold=spec.frequency_threshold,
                                         vocab_filename=VOCABULARY_NAME, weights=tf.ones_like(tokens, dtype=tf.float32))
         ids = tft.apply_vocabulary(tokens, vocabulary, default_value=-1)
-        for j, name in enumerate(fields):
-            outputs[name] = ids[:, j]
-    outputs[LABEL_KEY] = tf.cast(_dense(inputs[spec.label], tf.constant(0, tf.int64)), tf.int64)
+        outputs.update(zip(fields, tf.unstack(ids, num=len(fields), axis=1)))
+    outputs[LABEL_KEY] = tf.cast(_dense_columns([inputs[spec.label]], 0)[0], tf.int64)
     return outputs
 
 
