@@ -109,7 +109,7 @@ class _Clock:
 
 
 def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
-                     vocabulary_counter: Optional[str] = None) -> Dict:
+                     vocabulary_counter: Optional[str] = None, preprocessing_fn: Optional[str] = None) -> Dict:
     import dataclasses
     import hashlib
     import json as json_
@@ -144,7 +144,7 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
     executor.Do({"examples": [artifacts["examples"]], "schema": [artifacts["schema"]]},
                 {"transform_graph": [artifacts["transform_graph"]],
                  "transformed_examples": [artifacts["transformed_examples"]]},
-                {"preprocessing_fn": "components.preprocessing.preprocessing_fn",
+                {"preprocessing_fn": preprocessing_fn or "components.preprocessing.preprocessing_fn",
                  "custom_config": json_.dumps({"dataset_spec": spec.to_json()}),
                  "disable_statistics": 1, "force_tf_compat_v1": 0})
     result = clock.stop()
@@ -190,7 +190,8 @@ def child_main(args) -> None:
     elif args.stage == "parse_floor":
         result = _child_parse_floor(args.data)
     else:
-        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.vocabulary_counter)
+        result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.vocabulary_counter,
+                                  args.preprocessing_fn)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -231,7 +232,8 @@ def _mode_rank(mode: str) -> int:
 
 
 def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float,
-              out_dir: Optional[str] = None, vocabulary_counter: Optional[str] = None) -> Dict:
+              out_dir: Optional[str] = None, vocabulary_counter: Optional[str] = None,
+              preprocessing_fn: Optional[str] = None) -> Dict:
     import psutil
 
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
@@ -240,6 +242,8 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
         cmd += ["--out-dir", out_dir]
     if vocabulary_counter:
         cmd += ["--vocabulary-counter", vocabulary_counter]
+    if preprocessing_fn:
+        cmd += ["--preprocessing-fn", preprocessing_fn]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -380,6 +384,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "the spec's default only)")
     parser.add_argument("--examples", help=argparse.SUPPRESS)
     parser.add_argument("--vocabulary-counter", choices=VOCABULARY_COUNTERS, help=argparse.SUPPRESS)
+    parser.add_argument("--preprocessing-fn", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
