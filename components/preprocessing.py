@@ -110,7 +110,7 @@ def transform_features(inputs, spec: DatasetSpec):
                                         vocab_filename=VOCABULARY_NAME, weights=tf.ones_like(tokens, dtype=tf.float32))
         ids = tft.apply_vocabulary(tokens, vocabulary, default_value=-1)
         outputs.update(zip(fields, tf.unstack(ids, num=len(fields), axis=1)))
-    outputs[LABEL_KEY] = tf.cast(_dense_columns([inputs[spec.label]], 0)[0], tf.int64)
+    outputs[LABEL_KEY] = tf.cast(_dense(inputs[spec.label], 0), tf.int64)
     return outputs
 
 
