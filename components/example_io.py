@@ -215,7 +215,8 @@ def encode_examples(record_batch: pa.RecordBatch) -> Optional[pa.Array]:
     ``list`` of float32 / int64 / binary with one value per row (null: the feature is absent) --
     what Transform outputs for scalar features; features in name order. None for anything else
     (the caller then uses tfx_bsl's encoder). Each row parses to the Example tfx_bsl's
-    ``RecordBatchToExamplesEncoder`` writes (a test compares them), at ~1 us a row instead of ~10."""
+    ``RecordBatchToExamplesEncoder`` writes (a test compares them), in about 40% of its time (5.0-5.5
+    against 11.3-13.4 us a row for Criteo's 40 transformed columns, 65,536 rows, ad hoc)."""
     import pyarrow.compute as pc
 
     from components.click_log_example_gen import block_parsing, line_parser
