@@ -7,13 +7,19 @@ replaced where TFX does per-row Beam work:
 * input (``_CreateTFXIO``): tf.Example TFRecords are read by ``example_io.BulkTFExampleRecord``
   (one Beam element per file, ``tf.data`` + ``tf.io.parse_example`` in batches) instead of
   tfx_bsl's per-record ``ReadFromTFRecord`` + ``ExamplesToRecordBatchDecoder``; the RecordBatches
-  are equal (tests), so the analysis and the transform see the same data.
-* materialization (``_EncodeAndWrite``, TFRecord format): each transformed RecordBatch is encoded
+  are equal (tests), so the analysis and the transform see the same data. Other payloads (e.g.
+  Parquet) keep TFX's own TFXIO.
+* materialization (``_EncodeAndWrite``): each transformed RecordBatch is encoded
   in bulk (``example_io.encode_examples`` for scalar features, which parse to what tfx_bsl's
   encoder writes; tfx_bsl's encoder otherwise) and written, a batch at a time, to one gzipped TFRecord
   file per bundle instead of one Beam element per example through ``WriteToTFRecord``; a last
   step renames the committed bundles' files to ``Split-<name>/transformed_examples-NNNNN-of-
   NNNNN.gz`` (and deletes those of retried bundles). The Trainer reads ``Split-<name>/*``.
+
+  TFX materializes in the input's file format (Parquet input: Parquet output, one pandas row at a
+  time) but never records that format on the ``transformed_examples`` artifact, which every reader
+  (the Trainer's, TFX's ``tfxio_utils``) then takes for gzipped TFRecords of tf.Examples; this
+  executor writes exactly that whatever it reads, so the artifact says what its files hold.
 
 Everything else (analysis, cache, statistics, the transform graph and its outputs) is TFX's code.
 TFX's executor builds its ``TransformProcessor`` inside ``Do``; this executor has it build the
@@ -33,7 +39,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 from tfx.components.transform import component as transform_component
 from tfx.components.transform import executor as tfx_executor
-from tfx.components.transform import labels
 from tfx.dsl.components.base import executor_spec
 from tfx_bsl.coders import example_coder
 from tfx_bsl.tfxio.tf_example_record import TFExampleRecord
@@ -147,9 +152,7 @@ class BulkTransformProcessor(tfx_executor.TransformProcessor):
     @staticmethod
     @beam.ptransform_fn
     def _EncodeAndWrite(pcoll, schema, file_format: str, output_path: str):
-        if file_format != labels.FORMAT_TFRECORD:
-            return pcoll | "EncodeAndWriteTFX" >> tfx_executor.TransformProcessor._EncodeAndWrite(  # pylint: disable=protected-access
-                schema=schema, file_format=file_format, output_path=output_path)
+        del file_format  # always gzipped TFRecords of tf.Examples (module docstring)
         return (pcoll
                 | "CheckNoKeys" >> beam.Map(_no_internal_keys)
                 | "EncodeAndWriteBatches" >> beam.ParDo(_WriteTransformedFn(schema, output_path))

@@ -138,28 +138,48 @@ def assert_same_rows(ours, theirs):
                 assert a[key] == b[key], key
 
 
-def test_bulk_transform_executor_equals_tfx_executor(example_gen_outputs, tmp_path):
+@pytest.fixture(scope="module")
+def criteo_schema_dir(tmp_path_factory):
+    from components.schema import schema_text
+
+    schema_dir = tmp_path_factory.mktemp("schema")
+    (schema_dir / "schema.pbtxt").write_text(schema_text(load_spec("criteo")))
+    return str(schema_dir)
+
+
+@pytest.fixture(scope="module")
+def bulk_transform_outputs(example_gen_outputs, criteo_schema_dir, tmp_path_factory):
+    """This executor's (transform graph uri, transformed examples uri) on the criteo output."""
+    from components import fast_transform
+
+    return _run_transform(fast_transform.Executor, example_gen_outputs["criteo"], criteo_schema_dir,
+                          str(tmp_path_factory.mktemp("ours")))
+
+
+def _vocabulary(graph_uri):
+    import tensorflow_transform as tft
+
+    from components import preprocessing
+
+    with open(tft.TFTransformOutput(graph_uri).vocabulary_file_by_name(preprocessing.VOCABULARY_NAME), "rb") as f:
+        return f.read()
+
+
+def test_bulk_transform_executor_equals_tfx_executor(example_gen_outputs, criteo_schema_dir,
+                                                     bulk_transform_outputs, tmp_path):
     """The whole TFX Transform executor, TFX's vs this one, on ClickLogExampleGen's criteo output:
     the same vocabulary and transform graph outputs, the same transformed examples per split."""
     import tensorflow_transform as tft
     from tfx.components.transform import executor as tfx_executor
 
-    from components import fast_transform, preprocessing
-    from components.schema import schema_text
+    from components import fast_transform
 
-    schema_dir = tmp_path / "schema"
-    schema_dir.mkdir()
-    (schema_dir / "schema.pbtxt").write_text(schema_text(load_spec("criteo")))
     examples = example_gen_outputs["criteo"]
-    ours = _run_transform(fast_transform.Executor, examples, str(schema_dir), str(tmp_path / "ours"))
-    theirs = _run_transform(tfx_executor.Executor, examples, str(schema_dir), str(tmp_path / "tfx"))
+    ours = bulk_transform_outputs
+    theirs = _run_transform(tfx_executor.Executor, examples, criteo_schema_dir, str(tmp_path / "tfx"))
     assert tfx_executor.TransformProcessor is not fast_transform.BulkTransformProcessor  # restored
 
-    def vocabulary(graph_uri):
-        with open(tft.TFTransformOutput(graph_uri).vocabulary_file_by_name(preprocessing.VOCABULARY_NAME), "rb") as f:
-            return f.read()
-
-    assert vocabulary(ours[0]) == vocabulary(theirs[0])
+    assert _vocabulary(ours[0]) == _vocabulary(theirs[0])
     assert (tft.TFTransformOutput(ours[0]).transformed_feature_spec()
             == tft.TFTransformOutput(theirs[0]).transformed_feature_spec())
     for split in ("train", "eval"):
@@ -168,6 +188,52 @@ def test_bulk_transform_executor_equals_tfx_executor(example_gen_outputs, tmp_pa
         assert len(our_rows) > 50
         assert_same_rows(our_rows, their_rows)
         assert [os.path.basename(f) for f in our_files] == ["transformed_examples-00000-of-00001.gz"]
+
+
+def _as_parquet_examples(examples, out_dir):
+    """The same examples as a TFX Parquet payload (what a ParquetExampleGen or an ImportExampleGen
+    of Parquet files hands on): one Parquet file per TFRecord file, the RecordBatches TFX decodes."""
+    import pyarrow.parquet as pq
+    from tfx.components.util import examples_utils
+    from tfx.proto import example_gen_pb2
+    from tfx.types import standard_artifacts
+
+    schema = curated_schema(load_spec("criteo"))
+    arrow_schema = BulkTFExampleRecord("unused", schema=schema).ArrowSchema()
+    reader = _ReadFileFn(schema, arrow_schema, 1000)
+    reader.setup()
+    for path in sorted(glob.glob(os.path.join(examples.uri, "Split-*", "*.gz"))):
+        split_dir = os.path.join(out_dir, os.path.basename(os.path.dirname(path)))
+        os.makedirs(split_dir, exist_ok=True)
+        with pq.ParquetWriter(os.path.join(split_dir, os.path.basename(path)[:-3] + ".parquet"), arrow_schema) as w:
+            for batch in reader.process(path):
+                w.write_batch(batch)
+    parquet = standard_artifacts.Examples()
+    parquet.uri = out_dir
+    parquet.split_names = examples.split_names
+    examples_utils.set_payload_format(parquet, example_gen_pb2.PayloadFormat.FORMAT_PARQUET)
+    examples_utils.set_file_format(parquet, example_gen_pb2.FileFormat.Name(
+        example_gen_pb2.FileFormat.FILE_FORMAT_PARQUET))
+    return parquet
+
+
+def test_parquet_examples_are_transformed_to_the_tfrecords_the_artifact_declares(
+        example_gen_outputs, criteo_schema_dir, bulk_transform_outputs, tmp_path):
+    """Parquet input goes through TFX's own TFXIO; the output is gzipped TFRecords of tf.Examples
+    (what the transformed_examples artifact, which records no format, is read as), equal to the
+    output of the same examples as tf.Example TFRecords. TFX's path would write Parquet here."""
+    from components import fast_transform
+
+    parquet = _as_parquet_examples(example_gen_outputs["criteo"], str(tmp_path / "parquet"))
+    graph_uri, transformed_uri = _run_transform(fast_transform.Executor, parquet, criteo_schema_dir,
+                                                str(tmp_path / "out"))
+    assert _vocabulary(graph_uri) == _vocabulary(bulk_transform_outputs[0])
+    for split in ("train", "eval"):
+        rows, files = _rows(os.path.join(transformed_uri, f"Split-{split}"))
+        expected, _ = _rows(os.path.join(bulk_transform_outputs[1], f"Split-{split}"))
+        assert len(rows) > 50
+        assert_same_rows(rows, expected)
+        assert [os.path.basename(f) for f in files] == ["transformed_examples-00000-of-00001.gz"]
 
 
 def test_transform_component_is_tfx_transform_with_the_bulk_executor():
