@@ -109,7 +109,10 @@ class _Clock:
 
 
 def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
-                     vocabulary_counter: Optional[str] = None, preprocessing_fn: Optional[str] = None) -> Dict:
+                     vocabulary_counter: Optional[str] = None, preprocessing_fn: Optional[str] = None,
+                     parquet: bool = False) -> Dict:
+    """Transform's executor on `examples_dir` (ExampleGen's gzipped tf.Example TFRecords, or with
+    `parquet` the same splits as TFX's Parquet payload)."""
     import dataclasses
     import hashlib
     import json as json_
@@ -138,6 +141,13 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
         artifacts[key] = kind()
         artifacts[key].uri = uri
     artifacts["examples"].split_names = '["train", "eval"]'
+    if parquet:
+        from tfx.components.util import examples_utils
+        from tfx.proto import example_gen_pb2
+
+        examples_utils.set_payload_format(artifacts["examples"], example_gen_pb2.PayloadFormat.FORMAT_PARQUET)
+        examples_utils.set_file_format(artifacts["examples"], example_gen_pb2.FileFormat.Name(
+            example_gen_pb2.FileFormat.FILE_FORMAT_PARQUET))
     executor = fast_transform.Executor(BaseBeamExecutor.Context(
         beam_pipeline_args=beam_args(mode, workers), tmp_dir=os.path.join(out_dir, ".tmp"), unique_id="bench"))
     clock = _Clock()

@@ -8,7 +8,9 @@ each step that runs once per batch of rows (``STEPS``). The train split goes thr
 (the analysis, then the transform) and the eval split through one, so most steps see more rows than
 the data has. After Transform, the same process reads the ExampleGen files again with nothing but
 ``tf.data`` (TFRecord framing and gunzip, batches of 65,536), the floor of any pass over them, and
-the generated CSV files with ``ingest_bench``'s pyarrow parse floor.
+the generated CSV files with ``ingest_bench``'s pyarrow parse floor. A second process then runs
+the same Transform on the same examples as TFX's Parquet payload (``to_parquet``), which skips the
+tf.Example parsing, for its executor time beside the first.
 
 The encode and gzip steps run on their own threads beside the main one, so the steps' seconds
 overlap and do not add up to the executor's wall time; nested steps are part of the step above them.
@@ -143,11 +145,45 @@ def read_floor(examples_dir: str, repeats: int) -> Dict:
     return {**best, "repeats": repeats}
 
 
-def _child(examples_dir: str, data_dir: str) -> None:
+def to_parquet(examples_dir: str, out_dir: str) -> Dict:
+    """ExampleGen's splits as TFX's Parquet payload: each gzipped TFRecord file of tf.Examples
+    rewritten as one Parquet file of the RecordBatches Transform decodes from it; the bytes of each."""
+    import pyarrow.parquet as pq
+
+    from components.dataset_spec import load_spec
+    from components.example_io import BulkTFExampleRecord, _ReadFileFn
+    from components.schema import curated_schema
+
+    schema = curated_schema(load_spec("criteo"))
+    arrow_schema = BulkTFExampleRecord("unused", schema=schema).ArrowSchema()
+    reader = _ReadFileFn(schema, arrow_schema, 65536)
+    reader.setup()
+    sizes = {"tfrecord_bytes": 0, "parquet_bytes": 0}
+    for path in sorted(glob.glob(os.path.join(examples_dir, "Split-*", "*.gz"))):
+        split_dir = os.path.join(out_dir, os.path.basename(os.path.dirname(path)))
+        os.makedirs(split_dir, exist_ok=True)
+        target = os.path.join(split_dir, os.path.basename(path)[:-len(".gz")] + ".parquet")
+        with pq.ParquetWriter(target, arrow_schema) as writer:
+            for batch in reader.process(path):
+                writer.write_batch(batch)
+        sizes["tfrecord_bytes"] += os.path.getsize(path)
+        sizes["parquet_bytes"] += os.path.getsize(target)
+    return sizes
+
+
+def _child(examples_dir: str, data_dir: str, payload: str) -> None:
     from benchmarks import ingest_bench
 
-    install_clocks()
     with tempfile.TemporaryDirectory(prefix="transform_profile-") as out:
+        if payload == "parquet":
+            sizes = to_parquet(examples_dir, os.path.join(out, "parquet"))
+            install_clocks()
+            result = ingest_bench._child_transform(os.path.join(out, "parquet"), os.path.join(out, "transform"),  # pylint: disable=protected-access
+                                                   "in_memory", 1, parquet=True)
+            result.update(sizes, steps=step_totals())
+            print("RESULT " + json.dumps(result), flush=True)
+            return
+        install_clocks()
         result = ingest_bench._child_transform(examples_dir, out, "in_memory", 1)  # pylint: disable=protected-access
     result["steps"] = step_totals()
     result["read_floor"] = read_floor(examples_dir, ingest_bench.PARSE_FLOOR_REPEATS)
@@ -155,6 +191,19 @@ def _child(examples_dir: str, data_dir: str) -> None:
     result["parse_floor"] = {"rows": parse_floor["rows"], "seconds": round(parse_floor["seconds"], 3),
                              "repeats": parse_floor["repeats"]}
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def _run_child(examples: str, data: str, payload: str, timeout_s: float) -> Dict:
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.transform_profile", "--child", "--examples", examples,
+                           "--data", data, "--payload", payload],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=timeout_s, check=False)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"Transform child ({payload}): exit {proc.returncode}: {tail}")
+    return json.loads(line[len("RESULT "):])
 
 
 def run(rows: int, files: int, workdir: str, timeout_s: float) -> Dict:
@@ -166,18 +215,12 @@ def run(rows: int, files: int, workdir: str, timeout_s: float) -> Dict:
         gen = ingest_bench.run_child("examplegen", "in_memory", 1, data, examples, timeout_s)
         if "error" in gen:
             raise RuntimeError(f"ExampleGen: {gen['error']}")
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.transform_profile", "--child", "--examples", examples,
-                           "--data", data],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout_s, check=False)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"Transform child: exit {proc.returncode}: {tail}")
-    result = json.loads(line[len("RESULT "):])
-    result.update({"generated_rows": rows, "files": files, "cpus": os.cpu_count(),
+    result = _run_child(examples, data, "tf_example", timeout_s)
+    parquet = _run_child(examples, data, "parquet", timeout_s)
+    if (parquet["rows"], parquet["vocabulary_sha256"]) != (result["rows"], result["vocabulary_sha256"]):
+        raise RuntimeError("Transform on the Parquet payload wrote other rows or another vocabulary")
+    result.update({"generated_rows": rows, "files": files, "cpus": os.cpu_count(), "parquet": parquet,
                    "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
     return result
 
@@ -219,6 +262,20 @@ def format_report(result: Dict) -> str:
         f"{reads_at_floor / parse['seconds']:.1f}x the parse floor",
         f"encode and gzip threads: {output_threads:.1f} s, {output_threads / parse['seconds']:.1f}x the parse floor",
     ]
+    parquet = result.get("parquet")
+    if parquet:
+        graph = parquet["steps"]["run_graph"]
+        lines += [
+            "",
+            f"the same examples as TFX's Parquet payload (read by tfx_bsl's ParquetTFXIO; "
+            f"{parquet['parquet_bytes'] / 2**20:.0f} MiB against {parquet['tfrecord_bytes'] / 2**20:.0f} MiB of gzipped "
+            f"TFRecords), the next child process: the same {parquet['rows']:,} rows and vocabulary written",
+            f"  executor Do() {parquet['seconds']:.1f} s against {result['seconds']:.1f} s from the TFRecords: "
+            f"{parquet['seconds'] / result['seconds']:.2f}x; {parquet['seconds'] / parse['seconds']:.1f}x against "
+            f"{result['seconds'] / parse['seconds']:.1f}x the parse floor",
+            f"  run_graph {graph['seconds']:.2f} s ({graph['seconds'] / graph['rows'] * 1e6:.2f} us/row) against "
+            f"{steps['run_graph']['seconds']:.2f} s",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -233,9 +290,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--examples", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--payload", choices=("tf_example", "parquet"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.examples, args.data)
+        _child(args.examples, args.data, args.payload)
         return
     with tempfile.TemporaryDirectory(prefix="transform_profile-") as tmp:
         result = run(args.rows, args.files, args.workdir or tmp, args.timeout)

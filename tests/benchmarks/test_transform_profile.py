@@ -71,3 +71,7 @@ def test_docs_quote_the_committed_run():
         docs = f.read()
     assert f"{floor:.1f} us a row" in docs
     assert f"{read:.1f} us a row" in docs
+    parquet = result["parquet"]
+    assert parquet["rows"] == result["rows"] and parquet["vocabulary_sha256"] == result["vocabulary_sha256"]
+    assert f"Do() {parquet['seconds']:.1f} s against {result['seconds']:.1f} s" in docs
+    assert f"{parquet['seconds'] / result['seconds']:.2f}x" in docs

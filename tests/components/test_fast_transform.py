@@ -191,23 +191,16 @@ def test_bulk_transform_executor_equals_tfx_executor(example_gen_outputs, criteo
 
 
 def _as_parquet_examples(examples, out_dir):
-    """The same examples as a TFX Parquet payload (what a ParquetExampleGen or an ImportExampleGen
-    of Parquet files hands on): one Parquet file per TFRecord file, the RecordBatches TFX decodes."""
-    import pyarrow.parquet as pq
+    """The same examples as TFX's Parquet payload (what a ParquetExampleGen or an ImportExampleGen
+    of Parquet files hands on), written by the Transform benchmark's converter."""
     from tfx.components.util import examples_utils
     from tfx.proto import example_gen_pb2
     from tfx.types import standard_artifacts
 
-    schema = curated_schema(load_spec("criteo"))
-    arrow_schema = BulkTFExampleRecord("unused", schema=schema).ArrowSchema()
-    reader = _ReadFileFn(schema, arrow_schema, 1000)
-    reader.setup()
-    for path in sorted(glob.glob(os.path.join(examples.uri, "Split-*", "*.gz"))):
-        split_dir = os.path.join(out_dir, os.path.basename(os.path.dirname(path)))
-        os.makedirs(split_dir, exist_ok=True)
-        with pq.ParquetWriter(os.path.join(split_dir, os.path.basename(path)[:-3] + ".parquet"), arrow_schema) as w:
-            for batch in reader.process(path):
-                w.write_batch(batch)
+    from benchmarks.transform_profile import to_parquet
+
+    sizes = to_parquet(examples.uri, out_dir)
+    assert sizes["parquet_bytes"] > 0 and sizes["tfrecord_bytes"] > 0
     parquet = standard_artifacts.Examples()
     parquet.uri = out_dir
     parquet.split_names = examples.split_names
