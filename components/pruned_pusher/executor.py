@@ -70,9 +70,8 @@ class Executor(tfx_pusher_executor.Executor):
             return
 
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
-        split_uri = artifact_utils.get_split_uri([examples], props[EXAMPLES_SPLIT_KEY])
-        rows = pruning.read_examples([os.path.join(split_uri, "*")],
-                                     max(int(props[PARITY_EXAMPLES_KEY]), int(props[WARMUP_REQUESTS_KEY])))
+        rows = pruning.read_split_examples(examples, props[EXAMPLES_SPLIT_KEY],
+                                           max(int(props[PARITY_EXAMPLES_KEY]), int(props[WARMUP_REQUESTS_KEY])))
         transform_graph = artifact_utils.get_single_instance(input_dict[TRANSFORM_GRAPH_KEY])
         # The Trainer's warm-start state (components.warm_start) travels inside the pushed version, so
         # the next scheduled run finds it beside the model it continues.

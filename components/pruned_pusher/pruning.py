@@ -511,6 +511,24 @@ def write_warmup_requests(saved_model_dir: str, serialized: Sequence[bytes], mod
     return len(rows)
 
 
+def read_split_examples(examples, split: str, limit: int) -> List[bytes]:
+    """Up to `limit` serialized tf.Examples of `split` of an Examples artifact; a clear error before
+    any work when its payload is not gzipped TFRecords of tf.Examples (e.g. TFX's Parquet payload):
+    TF Serving's requests and the warmup file hold serialized tf.Examples."""
+    from tfx.components.util import examples_utils
+    from tfx.proto import example_gen_pb2
+    from tfx.types import artifact_utils
+
+    payload = examples_utils.get_payload_format(examples)
+    file_format = examples_utils.get_file_format(examples)
+    if payload != example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE or file_format != "tfrecords_gzip":
+        raise ValueError(
+            f"examples at {examples.uri} are {example_gen_pb2.PayloadFormat.Name(payload)} in {file_format} files; "
+            "serving requests are built from tf.Examples in gzipped TFRecords (ClickLogExampleGen's output)")
+    split_uri = artifact_utils.get_split_uri([examples], split)
+    return read_examples([os.path.join(split_uri, "*")], limit)
+
+
 def read_examples(file_patterns: Iterable[str], limit: int) -> List[bytes]:
     """Up to `limit` serialized tf.Examples from (gzipped) TFRecord files, as ExampleGen writes them."""
     rows: List[bytes] = []

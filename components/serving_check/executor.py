@@ -107,10 +107,9 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         trained_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
-        split_uri = artifact_utils.get_split_uri([examples], props[EXAMPLES_SPLIT_KEY])
         sample_rows, parity_rows = int(props[SAMPLE_ROWS_KEY]), int(props[PARITY_EXAMPLES_KEY])
-        rows = pruning.read_examples([os.path.join(split_uri, "*")],
-                                     max(parity_rows, sample_rows, int(props[WARMUP_REQUESTS_KEY])))
+        rows = pruning.read_split_examples(examples, props[EXAMPLES_SPLIT_KEY],
+                                           max(parity_rows, sample_rows, int(props[WARMUP_REQUESTS_KEY])))
         transform_graph = artifact_utils.get_single_instance(input_dict[TRANSFORM_GRAPH_KEY])
 
         started = time.monotonic()

@@ -263,6 +263,27 @@ def test_not_blessed_pushes_nothing(trained, tmp_path):
     assert not os.path.exists(base)
 
 
+def test_examples_that_are_not_tf_example_tfrecords_fail_with_one_line_and_push_nothing(trained, tmp_path):
+    # TFX's Parquet payload (e.g. a Parquet ExampleGen wired in): requests need serialized tf.Examples.
+    from tfx.components.util import examples_utils
+    from tfx.proto import example_gen_pb2, pusher_pb2
+    from tfx.utils import proto_utils
+
+    from components.pruned_pusher.executor import Executor
+
+    inputs, outputs, pushed = _artifacts(trained, str(tmp_path))
+    examples_utils.set_payload_format(inputs["examples"][0], example_gen_pb2.PayloadFormat.FORMAT_PARQUET)
+    examples_utils.set_file_format(inputs["examples"][0], "parquet")
+    base = str(tmp_path / "serving")
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base))
+    with pytest.raises(ValueError, match=r"FORMAT_PARQUET in parquet files; serving requests are built from "
+                                         r"tf\.Examples in gzipped TFRecords"):
+        Executor().Do(inputs, outputs, {"push_destination": proto_utils.proto_to_json(destination),
+                                        "model_name": MODEL_NAME, "keep_versions": 3, "parity_tolerance": 1e-6,
+                                        "parity_examples": 1000, "warmup_requests": 50, "examples_split": "eval"})
+    assert not os.path.exists(base)
+
+
 def test_parity_failure_names_the_measured_error(trained, pushed, tmp_path):
     # A pruned model that scores differently: the pushed one with one kept row of a table changed.
     version_dir = pushed["artifact"].get_string_custom_property("pushed_destination")

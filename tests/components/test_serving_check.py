@@ -336,6 +336,25 @@ def test_model_the_gates_did_not_bless_is_not_checked(trained, tmp_path):
     assert blessing.get_int_custom_property("blessed") == 0
 
 
+def test_examples_that_are_not_tf_example_tfrecords_fail_before_serving_starts(trained, tmp_path, monkeypatch):
+    from tfx.components.util import examples_utils
+    from tfx.proto import example_gen_pb2
+
+    from components.serving_check import check
+    from components.serving_check.executor import Executor
+
+    def no_server(*args, **kwargs):
+        raise AssertionError("the serving process was started")
+
+    monkeypatch.setattr(check, "start_serving", no_server)
+    inputs, outputs = _check_artifacts(trained, str(tmp_path))
+    examples_utils.set_payload_format(inputs["examples"][0], example_gen_pb2.PayloadFormat.FORMAT_PARQUET)
+    examples_utils.set_file_format(inputs["examples"][0], "parquet")
+    with pytest.raises(ValueError, match="FORMAT_PARQUET in parquet files"):
+        Executor().Do(inputs, outputs, {"model_name": MODEL_NAME, "warmup_requests": 50, "sample_rows": 30})
+    assert not os.path.exists(os.path.join(outputs["blessing"][0].uri, "INFRA_BLESSED"))
+
+
 @pytest.mark.parametrize("how", ["good", "wrong-shape"])
 def test_local_dag_runner_pushes_only_a_servable_candidate(trained, tmp_path, monkeypatch, how):
     """ServingCheck -> PrunedPusher orchestrated by LocalDagRunner (ML Metadata, real channels)."""
