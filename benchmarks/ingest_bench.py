@@ -110,9 +110,10 @@ class _Clock:
 
 def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
                      vocabulary_counter: Optional[str] = None, preprocessing_fn: Optional[str] = None,
-                     parquet: bool = False) -> Dict:
+                     parquet: bool = False, materialize: bool = True) -> Dict:
     """Transform's executor on `examples_dir` (ExampleGen's gzipped tf.Example TFRecords, or with
-    `parquet` the same splits as TFX's Parquet payload)."""
+    `parquet` the same splits as TFX's Parquet payload); without `materialize`, the analysis and the
+    transform graph only, no transformed examples (TFX's Transform(materialize=False))."""
     import dataclasses
     import hashlib
     import json as json_
@@ -150,10 +151,11 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
             example_gen_pb2.FileFormat.FILE_FORMAT_PARQUET))
     executor = fast_transform.Executor(BaseBeamExecutor.Context(
         beam_pipeline_args=beam_args(mode, workers), tmp_dir=os.path.join(out_dir, ".tmp"), unique_id="bench"))
+    outputs = {"transform_graph": [artifacts["transform_graph"]]}
+    if materialize:
+        outputs["transformed_examples"] = [artifacts["transformed_examples"]]
     clock = _Clock()
-    executor.Do({"examples": [artifacts["examples"]], "schema": [artifacts["schema"]]},
-                {"transform_graph": [artifacts["transform_graph"]],
-                 "transformed_examples": [artifacts["transformed_examples"]]},
+    executor.Do({"examples": [artifacts["examples"]], "schema": [artifacts["schema"]]}, outputs,
                 {"preprocessing_fn": preprocessing_fn or "components.preprocessing.preprocessing_fn",
                  "custom_config": json_.dumps({"dataset_spec": spec.to_json()}),
                  "disable_statistics": 1, "force_tf_compat_v1": 0})

@@ -10,7 +10,8 @@ the data has. After Transform, the same process reads the ExampleGen files again
 ``tf.data`` (TFRecord framing and gunzip, batches of 65,536), the floor of any pass over them, and
 the generated CSV files with ``ingest_bench``'s pyarrow parse floor. A second process then runs
 the same Transform on the same examples as TFX's Parquet payload (``to_parquet``), which skips the
-tf.Example parsing, for its executor time beside the first.
+tf.Example parsing, and a third the same Transform without materializing its output (the analysis
+and the transform graph only), for their executor times beside the first.
 
 The encode and gzip steps run on their own threads beside the main one, so the steps' seconds
 overlap and do not add up to the executor's wall time; nested steps are part of the step above them.
@@ -171,21 +172,80 @@ def to_parquet(examples_dir: str, out_dir: str) -> Dict:
     return sizes
 
 
-def _child(examples_dir: str, data_dir: str, payload: str) -> None:
+def trainer_input_rates(examples_dir: str, transform_dir: str, batch_size: int = 256, repeats: int = 2) -> Dict:
+    """Examples/s of one pass over the train split as the Trainer's input, the faster of `repeats`
+    (alternating): the transformed examples through ``components.training.input_dataset`` (what it
+    reads now), and ExampleGen's raw examples parsed and transformed per batch by the transform graph
+    (``TFTransformOutput.transform_features_layer``: what it would do without materialized output)."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from components import training
+
+    tft_output = tft.TFTransformOutput(os.path.join(transform_dir, "graph"))
+    schema = tft_output.transformed_metadata.schema
+    raw_spec = tft_output.raw_feature_spec()
+    layer = tft_output.transform_features_layer()
+
+    def transformed():
+        return training.input_dataset([os.path.join(transform_dir, "transformed", "Split-train", "*")], None, schema,
+                                      batch_size, seed=0, shuffle=False)
+
+    def on_the_fly():
+        def transform(serialized):
+            features = layer(tf.io.parse_example(serialized, raw_spec))
+            return features, features.pop(training.LABEL_KEY)
+
+        files = tf.data.Dataset.list_files(os.path.join(examples_dir, "Split-train", "*"), shuffle=False)
+        records = files.interleave(
+            lambda name: tf.data.TFRecordDataset(name, "GZIP").batch(training.READ_BLOCK_RECORDS),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+        return (records.batch(batch_size).map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+                .map(training.check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+
+    def one_pass(dataset):
+        @tf.function
+        def count():
+            n = tf.constant(0, tf.int64)
+            for _, labels in dataset:
+                n += tf.size(labels, out_type=tf.int64)
+            return n
+        started = time.perf_counter()
+        examples = int(count())
+        return examples, examples / (time.perf_counter() - started)
+
+    best = {"transformed": 0.0, "on_the_fly": 0.0}
+    examples = {}
+    for turn in range(repeats):
+        for name in (("transformed", "on_the_fly") if turn % 2 == 0 else ("on_the_fly", "transformed")):
+            examples[name], rate = one_pass(transformed() if name == "transformed" else on_the_fly())
+            best[name] = max(best[name], rate)
+    if examples["transformed"] != examples["on_the_fly"]:
+        raise RuntimeError(f"the two Trainer inputs read {examples} examples")
+    return {"examples": examples["transformed"], "batch_size": batch_size, "repeats": repeats,
+            "examples_per_s": {name: round(rate, 1) for name, rate in best.items()}}
+
+
+def _child(examples_dir: str, data_dir: str, variant: str) -> None:
     from benchmarks import ingest_bench
 
     with tempfile.TemporaryDirectory(prefix="transform_profile-") as out:
-        if payload == "parquet":
-            sizes = to_parquet(examples_dir, os.path.join(out, "parquet"))
+        if variant in ("parquet", "analysis_only"):
+            sizes = {}
+            if variant == "parquet":
+                sizes = to_parquet(examples_dir, os.path.join(out, "parquet"))
+                examples_dir = os.path.join(out, "parquet")
             install_clocks()
-            result = ingest_bench._child_transform(os.path.join(out, "parquet"), os.path.join(out, "transform"),  # pylint: disable=protected-access
-                                                   "in_memory", 1, parquet=True)
+            result = ingest_bench._child_transform(examples_dir, os.path.join(out, "transform"), "in_memory", 1,  # pylint: disable=protected-access
+                                                   parquet=variant == "parquet",
+                                                   materialize=variant != "analysis_only")
             result.update(sizes, steps=step_totals())
             print("RESULT " + json.dumps(result), flush=True)
             return
         install_clocks()
         result = ingest_bench._child_transform(examples_dir, out, "in_memory", 1)  # pylint: disable=protected-access
-    result["steps"] = step_totals()
+        result["steps"] = step_totals()
+        result["trainer_input"] = trainer_input_rates(examples_dir, out)
     result["read_floor"] = read_floor(examples_dir, ingest_bench.PARSE_FLOOR_REPEATS)
     parse_floor = ingest_bench._child_parse_floor(data_dir)  # pylint: disable=protected-access
     result["parse_floor"] = {"rows": parse_floor["rows"], "seconds": round(parse_floor["seconds"], 3),
@@ -193,16 +253,16 @@ def _child(examples_dir: str, data_dir: str, payload: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _run_child(examples: str, data: str, payload: str, timeout_s: float) -> Dict:
+def _run_child(examples: str, data: str, variant: str, timeout_s: float) -> Dict:
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.transform_profile", "--child", "--examples", examples,
-                           "--data", data, "--payload", payload],
+                           "--data", data, "--variant", variant],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           timeout=timeout_s, check=False)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"Transform child ({payload}): exit {proc.returncode}: {tail}")
+        raise RuntimeError(f"Transform child ({variant}): exit {proc.returncode}: {tail}")
     return json.loads(line[len("RESULT "):])
 
 
@@ -220,7 +280,11 @@ def run(rows: int, files: int, workdir: str, timeout_s: float) -> Dict:
     parquet = _run_child(examples, data, "parquet", timeout_s)
     if (parquet["rows"], parquet["vocabulary_sha256"]) != (result["rows"], result["vocabulary_sha256"]):
         raise RuntimeError("Transform on the Parquet payload wrote other rows or another vocabulary")
+    analysis_only = _run_child(examples, data, "analysis_only", timeout_s)
+    if analysis_only["vocabulary_sha256"] != result["vocabulary_sha256"] or analysis_only["rows"]:
+        raise RuntimeError("Transform without materializing made another vocabulary or wrote rows")
     result.update({"generated_rows": rows, "files": files, "cpus": os.cpu_count(), "parquet": parquet,
+                   "analysis_only": analysis_only,
                    "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
     return result
 
@@ -276,6 +340,29 @@ def format_report(result: Dict) -> str:
             f"  run_graph {graph['seconds']:.2f} s ({graph['seconds'] / graph['rows'] * 1e6:.2f} us/row) against "
             f"{steps['run_graph']['seconds']:.2f} s",
         ]
+    analysis_only = result.get("analysis_only")
+    if analysis_only:
+        read_only = analysis_only["steps"]["read"]
+        lines += [
+            "",
+            f"the same Transform without materializing (TFX's Transform(materialize=False): the analysis pass and the "
+            f"transform graph, the same vocabulary; no transformed examples), the next child process:",
+            f"  executor Do() {analysis_only['seconds']:.1f} s against {result['seconds']:.1f} s: "
+            f"{analysis_only['seconds'] / result['seconds']:.2f}x; {read_only['rows']:,} row reads; "
+            f"{analysis_only['seconds'] / parse['seconds']:.1f}x the parse floor",
+        ]
+    trainer_input = result.get("trainer_input")
+    if trainer_input:
+        rates = trainer_input["examples_per_s"]
+        extra = trainer_input["examples"] * (1 / rates["on_the_fly"] - 1 / rates["transformed"])
+        lines += [
+            "",
+            f"the Trainer's input, one pass over the train split ({trainer_input['examples']:,} examples, batch "
+            f"{trainer_input['batch_size']}, the faster of {trainer_input['repeats']} alternating passes; first process):",
+            f"  transformed examples (components.training.input_dataset, now): {rates['transformed']:,.0f} examples/s",
+            f"  raw examples parsed and transformed per batch by the transform graph: {rates['on_the_fly']:,.0f} "
+            f"examples/s ({rates['transformed'] / rates['on_the_fly']:.2f}x slower): {extra:.1f} s more per epoch",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -290,10 +377,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--examples", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--payload", choices=("tf_example", "parquet"), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=("tf_example", "parquet", "analysis_only"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.examples, args.data, args.payload)
+        _child(args.examples, args.data, args.variant)
         return
     with tempfile.TemporaryDirectory(prefix="transform_profile-") as tmp:
         result = run(args.rows, args.files, args.workdir or tmp, args.timeout)

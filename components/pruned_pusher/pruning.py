@@ -521,7 +521,9 @@ def read_split_examples(examples, split: str, limit: int) -> List[bytes]:
 
     payload = examples_utils.get_payload_format(examples)
     file_format = examples_utils.get_file_format(examples)
-    if payload != example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE or file_format != "tfrecords_gzip":
+    # TFX spells the TFRecord file format both ways.
+    if (payload != example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE
+            or file_format not in ("tfrecords_gzip", "FORMAT_TFRECORDS_GZIP")):
         raise ValueError(
             f"examples at {examples.uri} are {example_gen_pb2.PayloadFormat.Name(payload)} in {file_format} files; "
             "serving requests are built from tf.Examples in gzipped TFRecords (ClickLogExampleGen's output)")

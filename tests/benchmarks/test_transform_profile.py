@@ -75,3 +75,8 @@ def test_docs_quote_the_committed_run():
     assert parquet["rows"] == result["rows"] and parquet["vocabulary_sha256"] == result["vocabulary_sha256"]
     assert f"Do() {parquet['seconds']:.1f} s against {result['seconds']:.1f} s" in docs
     assert f"{parquet['seconds'] / result['seconds']:.2f}x" in docs
+    analysis_only = result["analysis_only"]
+    assert analysis_only["vocabulary_sha256"] == result["vocabulary_sha256"] and analysis_only["rows"] == 0
+    assert f"Do() {analysis_only['seconds']:.1f} s against {result['seconds']:.1f} s" in docs
+    rates = result["trainer_input"]["examples_per_s"]
+    assert f"{rates['on_the_fly']:,.0f} examples/s against {rates['transformed']:,.0f}" in docs
