@@ -28,7 +28,7 @@ from components import distributed, export_signatures, models, warm_start
 from components.dataset_spec import DatasetSpec
 from components.trainer_config import DISTRIBUTIONS, PS_TARGET_ERROR, TrainerConfig
 from components.training import (NON_FINITE_FEATURE, model_kind, NonFiniteLossError, StopOnNonFiniteLoss,
-                                 build_model, compile_model, input_dataset, resolve_jit_compile,
+                                 build_model, compile_model, holds_raw_examples, input_dataset, resolve_jit_compile,
                                  runs_steps_per_execution)
 from components.vocabulary import FieldVocabulary
 
@@ -226,12 +226,19 @@ def run_fn(fn_args: FnArgs):
         warm = _warm_start(fn_args, cfg, model, vocabulary)
 
     schema = tft_output.transformed_metadata.schema
+    # ExampleGen's examples when Transform did not materialize its output: transformed per batch here.
+    transform_per_batch = tft_output if holds_raw_examples(fn_args.train_files, tft_output) else None
+    if transform_per_batch is not None and distributed.is_parameter_server(strategy):
+        raise ValueError("parameter-server training reads transformed examples: run Transform with "
+                         "data.materialize_transformed: true")
 
     def train_dataset():
-        return input_dataset(fn_args.train_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, True)
+        return input_dataset(fn_args.train_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, True,
+                             transform_output=transform_per_batch)
 
     evaluation = distributed.sharded_by_batches(strategy, input_dataset(
-        fn_args.eval_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, False))
+        fn_args.eval_files, fn_args.data_accessor, schema, cfg.batch_size, cfg.seed, False,
+        transform_output=transform_per_batch))
     epochs, steps_per_epoch = (cfg.epochs if not fn_args.train_steps else 1), fn_args.train_steps or None
     counted_files = None
     if distributed.is_parameter_server(strategy):

@@ -68,7 +68,8 @@ READ_BLOCK_RECORDS = 128
 SHUFFLE_BUFFER_RECORDS = 10_000  # tfx_bsl's default: shuffling mixes the records as it did there
 
 
-def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: int, shuffle: bool):
+def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: int, shuffle: bool,
+                  transform_output=None):
     """The Trainer's batches of transformed examples over `file_pattern` (TFRecords of tf.Examples,
     as Transform writes them) with the transformed `schema`: one pass, the last batch kept, float
     features checked finite.
@@ -77,7 +78,14 @@ def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: in
     are read in blocks of records (READ_BLOCK_RECORDS) instead of record by record, then shuffled
     and parsed per batch as tfxio does. A schema with tensor representations of its own (sparse or
     ragged outputs) goes through the data accessor.
+
+    With `transform_output` (a ``tft.TFTransformOutput``) the files hold the raw examples instead
+    (ExampleGen's, when Transform did not materialize its output): each batch is parsed with the raw
+    feature spec and transformed by the transform graph, as the serving signature does.
     """
+    if transform_output is not None:
+        return _transformed_batches(file_pattern, transform_output, batch_size, seed, shuffle).map(
+            check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     if schema.tensor_representation_group:
         dataset = data_accessor.tf_dataset_factory(
             file_pattern,
@@ -90,8 +98,7 @@ def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: in
     return dataset.map(check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _tf_example_batches(file_pattern, schema, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
-    feature_spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+def _record_batches(file_pattern, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
     patterns = tf.convert_to_tensor(file_pattern)
     compression = dataset_util.detect_compression_type(patterns)
     files = tf.data.Dataset.list_files(patterns, shuffle=shuffle, seed=seed)
@@ -101,12 +108,62 @@ def _tf_example_batches(file_pattern, schema, batch_size: int, seed: int, shuffl
     ).unbatch()
     if shuffle:
         records = records.shuffle(SHUFFLE_BUFFER_RECORDS, seed)
+    return records.batch(batch_size)
+
+
+def _tf_example_batches(file_pattern, schema, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
+    feature_spec = schema_utils.schema_as_feature_spec(schema).feature_spec
 
     def parse(serialized):
         features = tf.io.parse_example(serialized, feature_spec)
         return features, features.pop(LABEL_KEY)
 
-    return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return _record_batches(file_pattern, batch_size, seed, shuffle).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _transformed_batches(file_pattern, transform_output, batch_size: int, seed: int, shuffle: bool):
+    raw_spec = transform_output.raw_feature_spec()
+    layer = transform_output.transform_features_layer()
+
+    def transform(serialized):
+        features = layer(tf.io.parse_example(serialized, raw_spec))
+        return features, features.pop(LABEL_KEY)
+
+    return _record_batches(file_pattern, batch_size, seed, shuffle).map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+_KIND_SAMPLE_RECORDS = 100
+
+
+def holds_raw_examples(file_pattern, transform_output) -> bool:
+    """Whether the examples under `file_pattern` are those Transform reads (raw: ExampleGen's) rather
+    than those it writes, told by the value kinds of the features of the first file's first
+    _KIND_SAMPLE_RECORDS examples (a raw categorical is bytes, its transformed id int64); examples
+    that fit both, or none, count as transformed."""
+    def kinds(feature_spec):
+        return {name: {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}.get(spec.dtype)
+                for name, spec in feature_spec.items()}
+
+    found = {}
+    paths = sorted({path for pattern in ([file_pattern] if isinstance(file_pattern, str) else file_pattern)
+                    for path in tf.io.gfile.glob(pattern)})
+    for path in paths[:1]:
+        compression = "GZIP" if path.endswith(".gz") else ""
+        for record in tf.data.TFRecordDataset(path, compression).take(_KIND_SAMPLE_RECORDS):
+            for name, feature in tf.train.Example.FromString(record.numpy()).features.feature.items():
+                found[name] = feature.WhichOneof("kind")
+    if not found:
+        return False
+
+    def fits(feature_spec):
+        expected = kinds(feature_spec)
+        return all(expected.get(name) == kind for name, kind in found.items())
+
+    transformed, raw = fits(transform_output.transformed_feature_spec()), fits(transform_output.raw_feature_spec())
+    if not transformed and not raw:
+        raise ValueError(f"the examples under {file_pattern} are neither Transform's input nor its output "
+                         f"(features {sorted(found)})")
+    return raw and not transformed
 
 
 def build_model(config: TrainerConfig, spec: DatasetSpec, vocabulary: FieldVocabulary):

@@ -56,6 +56,10 @@ class DataConfig:
     # Ground truth of generated data (its Bayes-optimal AUC goes into the summary).
     ground_truth: Optional[str] = None
     eval_split_buckets: int = 2  # eval hash buckets out of SPLIT_BUCKETS: train:eval = 8:2
+    # Transform writes the transformed examples the Trainer reads; false: it writes only its transform
+    # graph, which the Trainer applies to each batch of ExampleGen's examples (Transform in under half
+    # the time, each epoch a little slower: docs/ingestion.md). Not with parameter_server training.
+    materialize_transformed: bool = True
 
     @property
     def split_buckets(self) -> List[tuple]:
@@ -349,6 +353,7 @@ _RULES: Dict[str, Rule] = {
     "data.generator_preset": _one_of(GENERATOR_PRESETS),
     "data.ground_truth": _optional(_text),
     "data.eval_split_buckets": _integer(1, SPLIT_BUCKETS - 1),
+    "data.materialize_transformed": _boolean,
     "trainer.model": _one_of(MODELS),
     "trainer.embedding_dim": _integer(1),
     "trainer.embedding_dims": _mapping_of(_integer(1)),
@@ -419,8 +424,14 @@ def _check_targets(trainer: "TrainerConfig", key: str) -> None:
                                               f"l21), got {trainer.optimizer!r}")
 
 
-# Checks across keys of one section, after each key's own rule.
-_SECTION_CHECKS: Dict[str, Callable[[Any, str], None]] = {"trainer": _check_targets}
+def _check_sections(config, key: str) -> None:
+    if not config.data.materialize_transformed and config.trainer.distribution == "parameter_server":
+        raise ConfigError("data.materialize_transformed", "parameter_server training reads transformed examples: "
+                                                          "set it true, or train with another distribution")
+
+
+# Checks across keys of one section (the whole config: ""), after each key's own rule.
+_SECTION_CHECKS: Dict[str, Callable[[Any, str], None]] = {"trainer": _check_targets, "": _check_sections}
 
 
 def validate(config, where: str = "") -> Any:

@@ -129,13 +129,17 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         # StatisticsGen already profiles the raw data; Transform's own pre/post statistics doubled
         # its run time for no reader.
         disable_statistics=True,
+        materialize=config.data.materialize_transformed,
     )
     transform.add_upstream_node(validation_gate)
     # The baseline (and warm-start source): the newest version under the serving directory.
     latest_pushed = LatestPushedModel(model_base=os.path.join(config.serving_dir, config.serving.model_name))
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        # Without materialized output the Trainer transforms ExampleGen's examples per batch itself
+        # (components.training.input_dataset).
+        examples=(transform.outputs["transformed_examples"] if config.data.materialize_transformed
+                  else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),

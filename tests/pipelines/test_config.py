@@ -92,6 +92,15 @@ def test_bad_values_are_one_line_errors_naming_the_key(key, value, message):
     assert e.value.key.startswith(key)
 
 
+def test_transform_without_materializing_is_not_for_parameter_server_training():
+    with pytest.raises(ConfigError, match="data.materialize_transformed: parameter_server training reads "
+                                          "transformed examples"):
+        load_config(None, {"data": {"materialize_transformed": False}, "trainer": {"distribution": "parameter_server"}})
+    assert load_config(None, {"data": {"materialize_transformed": False}}).data.materialize_transformed is False
+    with pytest.raises(ConfigError, match="data.materialize_transformed"):
+        load_config(None, {"data": {"materialize_transformed": "no"}})
+
+
 def test_numbers_are_normalized():
     config = load_config(None, {"trainer": {"l21": 0, "learning_rate": "1e-3"}, "gates": {"min_auc": 1}})
     assert config.trainer.l21 == 0.0 and isinstance(config.trainer.l21, float)

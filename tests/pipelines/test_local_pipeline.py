@@ -197,7 +197,8 @@ def test_next_span_warm_starts_from_the_pushed_model_and_pushes_through_the_gate
     generator.generate(str(data), ROWS, span=1, truth_path=str(tmp_path / "truth.json"))
     config = tmp_path / "next.yaml"
     half = first["training"]["steps"] // 2
-    config.write_text(yaml.safe_dump({"data": {"input_pattern": "clicks-{SPAN:5}.tsv"},
+    # Transform writes no transformed examples here: the Trainer transforms ExampleGen's per batch.
+    config.write_text(yaml.safe_dump({"data": {"input_pattern": "clicks-{SPAN:5}.tsv", "materialize_transformed": False},
                                       # XLA is exercised by the first run; this one saves its compile time.
                                       "trainer": {"train_steps": half, "jit_compile": False},
                                       "gates": {"max_auc_drop": 0.0}}))
@@ -221,6 +222,8 @@ def test_next_span_warm_starts_from_the_pushed_model_and_pushes_through_the_gate
     versions = sorted(p.name for p in (out / "serving" / "ctr").iterdir() if p.name.isdigit())
     assert versions == sorted([first["push"]["version"], summary["push"]["version"]])
     assert "warm start: from" in proc.stdout
+    assert glob.glob(str(out / "**" / "Transform" / "transform_graph"), recursive=True)
+    assert not glob.glob(str(out / "**" / "Transform" / "transformed_examples"), recursive=True)
 
 
 # Our own lines: progress ('[  12.3s] Transform finished'), the summary ('sparsectr run ...' and its

@@ -32,3 +32,20 @@ def test_every_beam_step_skips_tfxs_sdist_on_a_direct_runner(tmp_path):
                   if issubclass(getattr(c.executor_spec, "executor_class", object), base_beam_executor.BaseBeamExecutor)}
     assert sorted(beam_steps) == ["ClickLogExampleGen", "Evaluator", "StatisticsGen", "Transform"]
     assert all(issubclass(cls, NoSdistOnDirectRunner) for cls in beam_steps.values()), beam_steps
+
+
+def test_without_materializing_the_trainer_reads_examplegens_examples_with_the_transform_graph(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.pipeline import create_pipeline
+
+    def nodes(materialize):
+        config = load_config(None, {"output_dir": str(tmp_path), "data": {"materialize_transformed": materialize}})
+        return {c.id: c for c in create_pipeline(config, str(tmp_path)).components}
+
+    for materialize, source in ((True, ("Transform", "transformed_examples")),
+                                (False, ("ClickLogExampleGen", "examples"))):
+        components = nodes(materialize)
+        examples = components["Trainer"].inputs["examples"]
+        assert (examples.producer_component_id, examples.output_key) == source
+        assert ("transformed_examples" in components["Transform"].outputs) is materialize
+        assert components["Trainer"].inputs["transform_graph"].producer_component_id == "Transform"
