@@ -78,5 +78,9 @@ def test_docs_quote_the_committed_run():
     analysis_only = result["analysis_only"]
     assert analysis_only["vocabulary_sha256"] == result["vocabulary_sha256"] and analysis_only["rows"] == 0
     assert f"Do() {analysis_only['seconds']:.1f} s against {result['seconds']:.1f} s" in docs
+    example_gen = result["example_gen"]
+    parse = result["parse_floor"]["seconds"]
+    without = (example_gen["seconds"] + analysis_only["seconds"]) / parse
+    assert f"{without:.1f}x" in docs and f"{(example_gen['seconds'] + result['seconds']) / parse:.1f}x" in docs
     rates = result["trainer_input"]["examples_per_s"]
     assert f"{rates['on_the_fly']:,.0f} examples/s against {rates['transformed']:,.0f}" in docs
