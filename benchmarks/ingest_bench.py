@@ -160,7 +160,9 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
                  "custom_config": json_.dumps({"dataset_spec": spec.to_json()}),
                  "disable_statistics": 1, "force_tf_compat_v1": 0})
     result = clock.stop()
-    files = tf.io.gfile.glob(os.path.join(out_dir, "transformed", "Split-*", "*"))
+    # Without materializing, the rows Transform analyzed and the Trainer will transform: ExampleGen's.
+    files = tf.io.gfile.glob(os.path.join(out_dir if materialize else examples_dir,
+                                          "transformed" if materialize else "", "Split-*", "*"))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(65536)
     result["rows"] = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
     with open(tft.TFTransformOutput(os.path.join(out_dir, "graph")).vocabulary_file_by_name(VOCABULARY_NAME), "rb") as f:
@@ -203,7 +205,7 @@ def child_main(args) -> None:
         result = _child_parse_floor(args.data)
     else:
         result = _child_transform(args.examples, args.out_dir, args.mode, args.workers, args.vocabulary_counter,
-                                  args.preprocessing_fn)
+                                  args.preprocessing_fn, materialize=not args.no_materialize)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -245,7 +247,7 @@ def _mode_rank(mode: str) -> int:
 
 def run_child(stage: str, mode: str, workers: int, data: str, examples: str, timeout_s: float,
               out_dir: Optional[str] = None, vocabulary_counter: Optional[str] = None,
-              preprocessing_fn: Optional[str] = None) -> Dict:
+              preprocessing_fn: Optional[str] = None, materialize: bool = True) -> Dict:
     import psutil
 
     cmd = [sys.executable, "-m", "benchmarks.ingest_bench", "--child", "--stage", stage, "--mode", mode,
@@ -256,6 +258,8 @@ def run_child(stage: str, mode: str, workers: int, data: str, examples: str, tim
         cmd += ["--vocabulary-counter", vocabulary_counter]
     if preprocessing_fn:
         cmd += ["--preprocessing-fn", preprocessing_fn]
+    if not materialize:
+        cmd += ["--no-materialize"]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -378,6 +382,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--transform-max-rows", type=int, default=None,
                         help="run the Transform stage only for sizes up to this many rows")
     parser.add_argument("--no-parse-floor", action="store_true", help="skip the parse-floor row")
+    parser.add_argument("--no-materialize", action="store_true",
+                        help="Transform without materializing (data.materialize_transformed: false)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per stage run")
     parser.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep ExampleGen/Transform outputs in the workdir")
@@ -442,7 +448,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 for variant in counters:
                     out_dir = os.path.join(workdir, f"transform-{size}-{mode}-{variant}")
                     record(run_child("transform", mode, args.workers, data, examples, args.timeout, out_dir,
-                                     vocabulary_counter=variant), size)
+                                     vocabulary_counter=variant, materialize=not args.no_materialize), size)
                     if not args.keep:
                         shutil.rmtree(out_dir, ignore_errors=True)
             if not args.keep:
@@ -450,7 +456,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "load_average_before": [round(x, 2) for x in load_before],
                "load_average_after": [round(x, 2) for x in os.getloadavg()]}
-    write_report(runs, [machine], args.files, args.out)
+    write_report(runs, [machine], args.files, args.out,
+                 transform=TRANSFORM_NOT_MATERIALIZED if args.no_materialize else TRANSFORM_MATERIALIZED)
 
 
 def combine(runs: List[Dict]) -> List[Dict]:
@@ -474,7 +481,15 @@ def combine(runs: List[Dict]) -> List[Dict]:
     return combined
 
 
-def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str) -> None:
+TRANSFORM_MATERIALIZED = ("the pipeline's Transform executor (components.fast_transform.Executor), transformed "
+                          "examples written")
+TRANSFORM_NOT_MATERIALIZED = ("the pipeline's Transform executor (components.fast_transform.Executor) without "
+                              "materializing (data.materialize_transformed: false): the analysis and the transform "
+                              "graph only; its rows are ExampleGen's, which the Trainer transforms per batch")
+
+
+def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str,
+                 transform: str = TRANSFORM_MATERIALIZED) -> None:
     report = {
         "benchmark": "ClickLogExampleGen + Transform ingestion on generated Criteo-layout logs",
         "machine": machines[0] if len(machines) == 1 else machines,
@@ -482,8 +497,7 @@ def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str) -
         "timing": "executor Do() wall time, excluding process and TensorFlow start-up; CPU s: user+system "
                   "of the stage's process and its Beam workers over the same span",
         "peak_memory": "max over 0.2 s samples of the summed RSS of the stage's process tree",
-        "transform": "the pipeline's Transform executor (components.fast_transform.Executor), transformed "
-                     "examples written",
+        "transform": transform,
         "before_issue_18_both_rows_per_s": {f"{k[0]} {k[1]}": v for k, v in BEFORE_ISSUE_18.items()},
         "runs": runs + combine(runs),
     }

@@ -112,3 +112,14 @@ def test_merge_refuses_reports_with_different_file_counts(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(data))
     with pytest.raises(SystemExit, match="8 files per set"):
         ingest_bench.merge([a, str(tmp_path / "b.json")], str(tmp_path / "out"))
+
+
+def test_the_no_materialize_run_is_committed_and_quoted():
+    with open(os.path.join(ingest_bench.REPO, "benchmarks", "results", "ingest_no_materialize.json")) as f:
+        report = json.load(f)
+    assert report["transform"] == ingest_bench.TRANSFORM_NOT_MATERIALIZED
+    runs = {(r["size"], r["stage"]): r for r in report["runs"]}
+    both, floor = runs[(1000000, "both")], runs[(1000000, "parse_floor")]
+    with open(os.path.join(ingest_bench.REPO, "docs", "ingestion.md")) as f:
+        docs = f.read()
+    assert f"{both['rows_per_s']:,.0f} rows/s, {both['seconds'] / floor['seconds']:.0f}x the parse floor" in docs
