@@ -161,8 +161,8 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
                  "disable_statistics": 1, "force_tf_compat_v1": 0})
     result = clock.stop()
     # Without materializing, the rows Transform analyzed and the Trainer will transform: ExampleGen's.
-    files = tf.io.gfile.glob(os.path.join(out_dir if materialize else examples_dir,
-                                          "transformed" if materialize else "", "Split-*", "*"))
+    rows_root = os.path.join(out_dir, "transformed") if materialize else examples_dir
+    files = tf.io.gfile.glob(os.path.join(rows_root, "Split-*", "*"))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(65536)
     result["rows"] = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
     with open(tft.TFTransformOutput(os.path.join(out_dir, "graph")).vocabulary_file_by_name(VOCABULARY_NAME), "rb") as f:

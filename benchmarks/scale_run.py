@@ -391,8 +391,8 @@ def unpruned_dir(work: str, day: int, optimizer: str) -> str:
 
 
 def _eval_examples(examples_uri: str, limit: int) -> List[bytes]:
-    from components.pruned_pusher import pruning
-    return pruning.read_examples([os.path.join(examples_uri, "Split-eval", "*")], limit)
+    from components.example_io import read_examples
+    return read_examples([os.path.join(examples_uri, "Split-eval", "*")], limit)
 
 
 def child_export(opts) -> Dict[str, Any]:

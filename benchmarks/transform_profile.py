@@ -174,9 +174,9 @@ def to_parquet(examples_dir: str, out_dir: str) -> Dict:
 
 def trainer_input_rates(examples_dir: str, transform_dir: str, batch_size: int = 256, repeats: int = 2) -> Dict:
     """Examples/s of one pass over the train split as the Trainer's input, the faster of `repeats`
-    (alternating): the transformed examples through ``components.training.input_dataset`` (what it
-    reads now), and ExampleGen's raw examples parsed and transformed per batch by the transform graph
-    (``TFTransformOutput.transform_features_layer``: what it would do without materialized output)."""
+    (alternating), both through ``components.training.input_dataset``: the transformed examples (the
+    default), and ExampleGen's raw examples parsed and transformed per batch by the transform graph
+    (``data.materialize_transformed: false``)."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
@@ -184,24 +184,14 @@ def trainer_input_rates(examples_dir: str, transform_dir: str, batch_size: int =
 
     tft_output = tft.TFTransformOutput(os.path.join(transform_dir, "graph"))
     schema = tft_output.transformed_metadata.schema
-    raw_spec = tft_output.raw_feature_spec()
-    layer = tft_output.transform_features_layer()
 
     def transformed():
         return training.input_dataset([os.path.join(transform_dir, "transformed", "Split-train", "*")], None, schema,
                                       batch_size, seed=0, shuffle=False)
 
     def on_the_fly():
-        def transform(serialized):
-            features = layer(tf.io.parse_example(serialized, raw_spec))
-            return features, features.pop(training.LABEL_KEY)
-
-        files = tf.data.Dataset.list_files(os.path.join(examples_dir, "Split-train", "*"), shuffle=False)
-        records = files.interleave(
-            lambda name: tf.data.TFRecordDataset(name, "GZIP").batch(training.READ_BLOCK_RECORDS),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-        return (records.batch(batch_size).map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-                .map(training.check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+        return training.input_dataset([os.path.join(examples_dir, "Split-train", "*")], None, schema, batch_size,
+                                      seed=0, shuffle=False, transform_output=tft_output)
 
     def one_pass(dataset):
         @tf.function

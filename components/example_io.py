@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -41,6 +41,21 @@ _TYPES = {schema_pb2.INT: "int64", schema_pb2.FLOAT: "float32", schema_pb2.BYTES
 
 def _compression(path: str) -> str:
     return "GZIP" if path.endswith(".gz") else ""
+
+
+def read_examples(file_patterns: Iterable[str], limit: int) -> List[bytes]:
+    """Up to `limit` serialized tf.Examples from (gzipped) TFRecord files, as ExampleGen writes them:
+    the files of each pattern in name order."""
+    import tensorflow as tf
+
+    rows: List[bytes] = []
+    for pattern in file_patterns:
+        for path in sorted(tf.io.gfile.glob(pattern)):
+            for record in tf.data.TFRecordDataset(path, compression_type=_compression(path)):
+                rows.append(record.numpy())
+                if len(rows) >= limit:
+                    return rows
+    return rows
 
 
 class _ReadFileFn(beam.DoFn):

@@ -17,6 +17,7 @@ from tfx_bsl.tfxio import dataset_util
 import optim
 from components import distributed, models
 from components.dataset_spec import DatasetSpec
+from components.example_io import read_examples
 from components.preprocessing import LABEL_KEY
 from components.trainer_config import TrainerConfig
 from components.vocabulary import FieldVocabulary
@@ -137,21 +138,17 @@ _KIND_SAMPLE_RECORDS = 100
 
 def holds_raw_examples(file_pattern, transform_output) -> bool:
     """Whether the examples under `file_pattern` are those Transform reads (raw: ExampleGen's) rather
-    than those it writes, told by the value kinds of the features of the first file's first
-    _KIND_SAMPLE_RECORDS examples (a raw categorical is bytes, its transformed id int64); examples
-    that fit both, or none, count as transformed."""
+    than those it writes, told by the value kinds of the features of the first _KIND_SAMPLE_RECORDS
+    examples (a raw categorical is bytes, its transformed id int64); examples that fit both, or
+    none, count as transformed."""
     def kinds(feature_spec):
         return {name: {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}.get(spec.dtype)
                 for name, spec in feature_spec.items()}
 
-    found = {}
-    paths = sorted({path for pattern in ([file_pattern] if isinstance(file_pattern, str) else file_pattern)
-                    for path in tf.io.gfile.glob(pattern)})
-    for path in paths[:1]:
-        compression = "GZIP" if path.endswith(".gz") else ""
-        for record in tf.data.TFRecordDataset(path, compression).take(_KIND_SAMPLE_RECORDS):
-            for name, feature in tf.train.Example.FromString(record.numpy()).features.feature.items():
-                found[name] = feature.WhichOneof("kind")
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    found = {name: feature.WhichOneof("kind")
+             for record in read_examples(patterns, _KIND_SAMPLE_RECORDS)
+             for name, feature in tf.train.Example.FromString(record).features.feature.items()}
     if not found:
         return False
 

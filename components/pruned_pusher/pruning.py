@@ -34,6 +34,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components import push_defaults
+from components.example_io import read_examples
 from components.models import embedding_layer_name
 from serving import file_lock
 from serving.model_versions import (SAVED_MODEL_PB, copy_files, copy_tree, is_complete,
@@ -529,19 +530,6 @@ def read_split_examples(examples, split: str, limit: int) -> List[bytes]:
             "serving requests are built from tf.Examples in gzipped TFRecords (ClickLogExampleGen's output)")
     split_uri = artifact_utils.get_split_uri([examples], split)
     return read_examples([os.path.join(split_uri, "*")], limit)
-
-
-def read_examples(file_patterns: Iterable[str], limit: int) -> List[bytes]:
-    """Up to `limit` serialized tf.Examples from (gzipped) TFRecord files, as ExampleGen writes them."""
-    rows: List[bytes] = []
-    for pattern in file_patterns:
-        for path in sorted(tf.io.gfile.glob(pattern)):
-            compression = "GZIP" if path.endswith(".gz") else ""
-            for record in tf.data.TFRecordDataset(path, compression_type=compression):
-                rows.append(record.numpy())
-                if len(rows) >= limit:
-                    return rows
-    return rows
 
 
 # -- sizes ---------------------------------------------------------------------------------------------
