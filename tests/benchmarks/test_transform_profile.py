@@ -76,7 +76,9 @@ def test_docs_quote_the_committed_run():
     assert f"Do() {parquet['seconds']:.1f} s against {result['seconds']:.1f} s" in docs
     assert f"{parquet['seconds'] / result['seconds']:.2f}x" in docs
     analysis_only = result["analysis_only"]
-    assert analysis_only["vocabulary_sha256"] == result["vocabulary_sha256"] and analysis_only["rows"] == 0
+    assert analysis_only["vocabulary_sha256"] == result["vocabulary_sha256"]
+    # 0 in the committed run (before ingest_bench counted ExampleGen's rows without materializing)
+    assert analysis_only["rows"] in (0, result["rows"])
     assert f"Do() {analysis_only['seconds']:.1f} s against {result['seconds']:.1f} s" in docs
     example_gen = result["example_gen"]
     parse = result["parse_floor"]["seconds"]
