@@ -136,3 +136,21 @@ def test_the_chief_model_wait_is_bounded(tmp_path):
         distributed.wait_for_chief_model(str(tmp_path / "Format-Serving"), timeout_s=0.3, poll_s=0.1)
     (tmp_path / "Format-Serving").mkdir()
     distributed.wait_for_chief_model(str(tmp_path / "Format-Serving"), timeout_s=0.3)
+
+
+def _write_records(path, count, gzip):
+    with tf.io.TFRecordWriter(str(path), options="GZIP" if gzip else None) as writer:
+        for i in range(count):
+            writer.write(f"record-{i}".encode())
+
+
+def test_records_are_counted_in_blocks_over_every_file_gzipped_or_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, "COUNT_BLOCK_RECORDS", 4)  # several blocks per file, a partial last one
+    _write_records(tmp_path / "a-00000.gz", 10, gzip=True)
+    _write_records(tmp_path / "a-00001.gz", 3, gzip=True)
+    _write_records(tmp_path / "b-00000", 5, gzip=False)
+    _write_records(tmp_path / "c-00000.gz", 0, gzip=True)
+    assert distributed.count_records(str(tmp_path / "a-*")) == 13
+    assert distributed.count_records([str(tmp_path / "a-*"), str(tmp_path / "b-*"), str(tmp_path / "c-*")]) == 18
+    assert distributed.count_records(str(tmp_path / "none-*")) == 0
+    assert distributed.split_batches([str(tmp_path / "*")], 4) == 5  # 18 records: 4 whole batches and a partial one
