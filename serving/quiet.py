@@ -72,6 +72,8 @@ HARMLESS_LOG_MESSAGES: Tuple[str, ...] = (
     r"AutoGraph could not transform <function",  # the function then runs as it is
     r"is deprecated and will be removed in a future version",
     r"Support for google-cloud-storage < 3\.0\.0 will be removed",
+    # TFT skips its analysis-free shortcut; every run analyzes (vocabularies), so it always says so.
+    r"Not using the in-place Transform because the following features require analyzing",
 )
 
 _harmless_logs: Pattern = re.compile("|".join(f"(?:{p})" for p in HARMLESS_LOG_MESSAGES))

@@ -26,6 +26,7 @@ NOISE = [
     "version (3.10.13). Google will not post any further updates to google.api_core",
     "WARNING:absl:Tables initialized inside a tf.function  will be re-initialized on every invocation",
     "WARNING:apache_beam.io.tfrecordio:Couldn't find python-snappy so the implementation is not as fast",
+    "WARNING:absl:Not using the in-place Transform because the following features require analyzing: ('C1', 'C2')",
     "WARNING:tensorflow:AutoGraph could not transform <function _signatures.<locals>.serving_default at 0x7f9> "
     "and will run it as-is.",
 ]
