@@ -33,7 +33,7 @@ from tfx_bsl.tfxio.tf_example_record import TFExampleRecord
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.beam_dependencies import NoSdistOnDirectRunner
-from components.example_io import BulkTFExampleRecord
+from components.example_io import BulkTFExampleRecord, read_examples
 
 _PATCH_LOCK = threading.Lock()
 _KINDS = {schema_pb2.INT: "int64_list", schema_pb2.FLOAT: "float_list", schema_pb2.BYTES: "bytes_list"}
@@ -50,12 +50,9 @@ def schema_describes(schema: schema_pb2.Schema, example: tf.train.Example) -> bo
 
 
 def _first_example(source: TFExampleRecord) -> Optional[tf.train.Example]:
-    for pattern in source._file_pattern:  # pylint: disable=protected-access
-        for path in sorted(tf.io.gfile.glob(pattern)):
-            compression = "GZIP" if path.endswith(".gz") else ""
-            for record in tf.data.TFRecordDataset(path, compression).take(1):
-                return tf.train.Example.FromString(record.numpy())
-    return None
+    patterns = source._file_pattern  # pylint: disable=protected-access
+    records = read_examples([patterns] if isinstance(patterns, str) else patterns, 1)
+    return tf.train.Example.FromString(records[0]) if records else None
 
 
 class _BulkSplitTFXIO:
