@@ -123,3 +123,17 @@ def test_the_no_materialize_run_is_committed_and_quoted():
     with open(os.path.join(ingest_bench.REPO, "docs", "ingestion.md")) as f:
         docs = f.read()
     assert f"{both['rows_per_s']:,.0f} rows/s, {both['seconds'] / floor['seconds']:.0f}x the parse floor" in docs
+
+
+def test_the_10m_no_materialize_run_is_committed_and_quoted():
+    with open(os.path.join(ingest_bench.REPO, "benchmarks", "results", "ingest_no_materialize_10m.json")) as f:
+        report = json.load(f)
+    assert report["transform"] == ingest_bench.TRANSFORM_NOT_MATERIALIZED
+    runs = {(r["size"], r["stage"], r["mode"]): r for r in report["runs"]}
+    in_memory, workers = runs[(10000000, "both", "in_memory")], runs[(10000000, "both", "multi_processing")]
+    with open(os.path.join(ingest_bench.REPO, "docs", "ingestion.md")) as f:
+        docs = " ".join(f.read().split())
+    assert (f"ExampleGen + Transform {in_memory['seconds']:.1f} s in memory ({in_memory['rows_per_s']:,.0f} rows/s"
+            in docs)
+    assert f"{workers['seconds']:.1f} s with 2 worker processes ({workers['rows_per_s']:,.0f} rows/s" in docs
+    assert f"{in_memory['seconds'] / workers['seconds']:.2f}x; peak" in docs
