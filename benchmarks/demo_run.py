@@ -44,6 +44,28 @@ def demo_command(makefile: str = os.path.join(REPO, "Makefile")) -> List[str]:
     return [sys.executable] + shlex.split(recipe[len("$(PY) "):])
 
 
+def shown_command(command: Sequence[str]) -> str:
+    """`command` as a report shows it: this checkout's interpreter by its relative path."""
+    shown = [os.path.relpath(command[0], REPO) if command[0].startswith(REPO) else "python"] + list(command[1:])
+    return " ".join(shlex.quote(a) for a in shown)
+
+
+def benchmark_command(module: str, argv: Optional[Sequence[str]]) -> str:
+    """The command line that ran `benchmarks.<module>` with `argv` (None: this process's)."""
+    return (f"TF_USE_LEGACY_KERAS=1 PYTHONPATH=. python -m benchmarks.{module} "
+            + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
+
+
+def write_report(record: Dict[str, Any], out: str, text: str) -> None:
+    """`record` to OUT.json and its report `text` to OUT.txt, the text printed too."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    with open(out + ".txt", "w") as f:
+        f.write(text)
+    print(text, end="")
+
+
 def run_once(command: Sequence[str], output: str, log_path: str, timeout_s: float) -> Dict[str, Any]:
     """One demo run into the new folder `output`: its status, run id, node and run wall times."""
     from pipelines.config import PipelineConfig
@@ -143,22 +165,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs.append(run)
             print(f"run {i + 1}: {run['status']}, Trainer node {_seconds(run['nodes'].get('Trainer', {}).get('wall_s'))} s, "
                   f"pipeline {_seconds(run['pipeline_s'])} s", flush=True)
-    shown = [os.path.relpath(command[0], REPO) if command[0].startswith(REPO) else "python"] + command[1:]
     record = {
-        "command": "TF_USE_LEGACY_KERAS=1 PYTHONPATH=. python -m benchmarks.demo_run "
-                   + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-        "demo_command": " ".join(shlex.quote(a) for a in shown) + " --output <new folder>",
+        "command": benchmark_command("demo_run", argv),
+        "demo_command": shown_command(command) + " --output <new folder>",
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()})",
         "runs": runs,
         "result": evaluate(runs),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    text = report_text(record)
-    with open(args.out + ".txt", "w") as f:
-        f.write(text)
-    print(text, end="")
+    write_report(record, args.out, report_text(record))
     return 0 if record["result"]["runs_succeeded"] == len(runs) else 1
 
 

@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchmarks.demo_run import demo_command, run_once
+from benchmarks.demo_run import benchmark_command, demo_command, run_once, shown_command, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = (True, False)
@@ -159,24 +158,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{_cell(run['nodes'].get('Transform', {}).get('wall_s'))} s, Trainer "
                   f"{_cell(run['nodes'].get('Trainer', {}).get('wall_s'))} s, pipeline {_cell(run['pipeline_s'])} s",
                   flush=True)
-    shown = [os.path.relpath(command[0], REPO) if command[0].startswith(REPO) else "python"] + command[1:]
     record = {
-        "command": "TF_USE_LEGACY_KERAS=1 PYTHONPATH=. python -m benchmarks.transform_materialize "
-                   + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-        "demo_command": " ".join(shlex.quote(a) for a in shown)
+        "command": benchmark_command("transform_materialize", argv),
+        "demo_command": shown_command(command)
                         + " --config <data.materialize_transformed: true|false> --output <new folder>",
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()})",
         "rows": args.rows,
         "runs": runs,
         "result": evaluate(runs),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    text = report_text(record)
-    with open(args.out + ".txt", "w") as f:
-        f.write(text)
-    print(text, end="")
+    write_report(record, args.out, report_text(record))
     return 0 if record["result"]["runs_succeeded"] == len(runs) else 1
 
 
