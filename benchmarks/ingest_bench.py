@@ -118,12 +118,11 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
     import hashlib
     import json as json_
 
-    import tensorflow as tf
     import tensorflow_transform as tft
     from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
     from tfx.types import standard_artifacts
 
-    from components import fast_transform
+    from components import distributed, fast_transform
     from components.dataset_spec import load_spec
     from components.preprocessing import VOCABULARY_NAME
     from components.schema import schema_text
@@ -162,9 +161,7 @@ def _child_transform(examples_dir: str, out_dir: str, mode: str, workers: int,
     result = clock.stop()
     # Without materializing, the rows Transform analyzed and the Trainer will transform: ExampleGen's.
     rows_root = os.path.join(out_dir, "transformed") if materialize else examples_dir
-    files = tf.io.gfile.glob(os.path.join(rows_root, "Split-*", "*"))
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=2).batch(65536)
-    result["rows"] = int(dataset.reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, tf.int64)))
+    result["rows"] = distributed.count_records(os.path.join(rows_root, "Split-*", "*"))
     with open(tft.TFTransformOutput(os.path.join(out_dir, "graph")).vocabulary_file_by_name(VOCABULARY_NAME), "rb") as f:
         vocabulary = f.read()
     result["vocabulary_lines"] = vocabulary.count(b"\n")
