@@ -18,7 +18,11 @@ executor (``GenericExecutor``, ``components.trainer_module.run_fn``), each time 
   hyperparameters and regularizer scale computed with eager ops once per table, not once per
   dtype), its previous ``table_state`` reproduced here verbatim;
 * ``eager_control``: the control points' reads of the tables and duals and assigns of l21 one eager
-  op per variable, as before, instead of one function call for all of them.
+  op per variable, as before, instead of one function call for all of them;
+* ``autotuned_input``: the input datasets with tf.data's autotuning on, as before
+  (``components.distributed.without_autotuning`` patched to leave a dataset as it is).
+
+``--variants`` runs some of them (``current`` always among them).
 
 Reports per run: the fit and export seconds (``training.json``), the SavedModel's bytes, the reached
 sparsity and l21 (the control must not change them), and the largest difference between all runs'
@@ -39,7 +43,7 @@ import time
 import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("current", "previous_export", "per_table_control", "eager_control")
+VARIANTS = ("current", "previous_export", "per_table_control", "eager_control", "autotuned_input")
 
 
 def trainer_inputs(run_dir: str):
@@ -117,6 +121,13 @@ def _eager_control():
     sparsity_target._Variables.__init__ = one_by_one
 
 
+def _autotuned_input():
+    """Patches this process's Trainer to read its splits with tf.data's autotuning on."""
+    from components import distributed
+
+    distributed.without_autotuning = lambda dataset: dataset
+
+
 def _previous_table_state(self, field: str):
     """``SparsityTarget.table_state`` before the regularizer scale was computed once per dtype."""
     import numpy as np
@@ -153,6 +164,8 @@ def child(run_dir: str, variant: str, out: str) -> None:
         _per_table_control()
     elif variant == "eager_control":
         _eager_control()
+    elif variant == "autotuned_input":
+        _autotuned_input()
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = os.path.join(out, "model"), os.path.join(out, "model_run")
     started = time.perf_counter()
@@ -195,8 +208,9 @@ def max_score_difference(serving_dirs, examples):
 
 def text(record):
     lines = [
-        "The Trainer on one run's inputs (benchmarks/trainer_run_bench.py): the code as it is vs its previous "
-        "export and its previous sparsity controls; TFX's Trainer executor, a new process each",
+        "The Trainer on one run's inputs (benchmarks/trainer_run_bench.py): the code as it is vs earlier "
+        f"versions of its parts ({', '.join(v for v in record['median'] if v != 'current')}); TFX's Trainer "
+        "executor, a new process each",
         f"{record['machine']}; run {record['run']}; 1-min load average {record['load_before']} before, "
         f"{record['load_after']} after; median of {record['repeats']} runs per variant, alternating",
         "",
@@ -221,6 +235,13 @@ def text(record):
         lines.append(f"control's variables in one call: fit {m['eager_control']['fit_s'] - m['current']['fit_s']:.1f}"
                      f" s less ({m['eager_control']['fit_s'] / m['current']['fit_s']:.2f}x); Trainer Do "
                      f"{m['eager_control']['do_s'] - m['current']['do_s']:.1f} s less")
+    if "autotuned_input" in m:
+        lines.append(f"input without tf.data autotuning: fit {m['autotuned_input']['fit_s'] - m['current']['fit_s']:.1f}"
+                     f" s less ({m['autotuned_input']['fit_s'] / m['current']['fit_s']:.2f}x); Trainer Do "
+                     f"{m['autotuned_input']['do_s'] - m['current']['do_s']:.1f} s less")
+    for variant in m:
+        fits = ", ".join(f"{r['fit_s']:.1f}" for r in record["runs"] if r.get("variant") == variant)
+        lines.append(f"fit s of each run, {variant}: {fits}")
     reached = sorted({json.dumps(r.get("reached"), sort_keys=True) for r in record["runs"]})
     lines += [f"reached sparsity and l21 per target group, every run: {' | '.join(reached)}",
               f"serving_default scores of every run's export on {record['scored_examples']} eval examples: "
@@ -232,6 +253,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=False, help="output folder of a local pipeline run")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="variants to run (current always runs)")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "trainer_run"))
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -240,11 +263,12 @@ def main():
     if args.child:
         child(args.run, *args.child)
         return
+    variants = [v for v in VARIANTS if v == "current" or v in args.variants]
     load_before = [round(x, 2) for x in os.getloadavg()]
     results = []
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(args.repeats):
-            for variant in (VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]):
+            for variant in (variants if repeat % 2 == 0 else variants[::-1]):
                 out = os.path.join(work, f"{variant}-{repeat}")
                 subprocess.run([sys.executable, "-m", "benchmarks.trainer_run_bench", "--run", args.run,
                                 "--child", variant, out], check=True, cwd=REPO,
@@ -257,7 +281,7 @@ def main():
         examples = eval_examples(inputs)
         difference = max_score_difference([r["serving_dir"] for r in results], examples)
     median = {v: {k: statistics.median(r[k] for r in results if r["variant"] == v)
-                  for k in ("do_s", "fit_s", "export_s", "saved_model_bytes")} for v in VARIANTS}
+                  for k in ("do_s", "fit_s", "export_s", "saved_model_bytes")} for v in variants}
     record = {"machine": f"{os.cpu_count()} CPUs ({platform.machine()})", "run": args.run,
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "repeats": args.repeats, "runs": [{k: v for k, v in r.items() if k != "serving_dir"} for r in results],

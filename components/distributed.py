@@ -247,6 +247,20 @@ def compile_options(strategy) -> Dict[str, Any]:
     return {}
 
 
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data's autotuning off: AUTOTUNE parallelism becomes the CPU count (at most
+    16), an AUTOTUNE prefetch keeps its own growing buffer.
+
+    With autotuning on, every iterator has a thread that tunes it, and deleting the iterator waits
+    for that thread. Keras deletes the Trainer's train and eval iterators at every epoch's end; with
+    1M rows those waits took up to 26 s of a fit, at random, and the epochs were no faster for the
+    tuning (benchmarks/trainer_run_bench.py, variant autotuned_input).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 # Records counted per step of the counting loop: one step per record cost several times the gunzip
 # itself (~20 s of the Trainer's start at 1M rows, ~4 s in blocks).
 COUNT_BLOCK_RECORDS = 8192
@@ -269,7 +283,7 @@ def count_records(file_pattern) -> int:
 
     blocks = tf.data.Dataset.from_tensor_slices((files, [path.endswith(".gz") for path in files])).interleave(
         file_blocks, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return int(blocks.reduce(tf.constant(0, tf.int64), add_block).numpy())
+    return int(without_autotuning(blocks).reduce(tf.constant(0, tf.int64), add_block).numpy())
 
 
 def train_dataset_creator(make_dataset):

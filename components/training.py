@@ -83,11 +83,12 @@ def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: in
     With `transform_output` (a ``tft.TFTransformOutput``) the files hold the raw examples instead
     (ExampleGen's, when Transform did not materialize its output): each batch is parsed with the raw
     feature spec and transformed by the transform graph, as the serving signature does.
+
+X
     """
     if transform_output is not None:
-        return _transformed_batches(file_pattern, transform_output, batch_size, seed, shuffle).map(
-            check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    if schema.tensor_representation_group:
+        dataset = _transformed_batches(file_pattern, transform_output, batch_size, seed, shuffle)
+    elif schema.tensor_representation_group:
         dataset = data_accessor.tf_dataset_factory(
             file_pattern,
             tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=LABEL_KEY, num_epochs=1,
@@ -96,7 +97,8 @@ def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: in
         )
     else:
         dataset = _tf_example_batches(file_pattern, schema, batch_size, seed, shuffle)
-    return dataset.map(check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return distributed.without_autotuning(
+        dataset.map(check_finite_features, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
 def _record_batches(file_pattern, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:

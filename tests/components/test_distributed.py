@@ -153,4 +153,10 @@ def test_records_are_counted_in_blocks_over_every_file_gzipped_or_not(tmp_path, 
     assert distributed.count_records(str(tmp_path / "a-*")) == 13
     assert distributed.count_records([str(tmp_path / "a-*"), str(tmp_path / "b-*"), str(tmp_path / "c-*")]) == 18
     assert distributed.count_records(str(tmp_path / "none-*")) == 0
+    autotuned = []
+    reduce = tf.data.Dataset.reduce
+    monkeypatch.setattr(tf.data.Dataset, "reduce",
+                        lambda self, *args: autotuned.append(self.options().autotune.enabled) or reduce(self, *args))
+    assert distributed.count_records(str(tmp_path / "a-*")) == 13
+    assert autotuned == [False]  # counted without tf.data's autotuning (distributed.without_autotuning)
     assert distributed.split_batches([str(tmp_path / "*")], 4) == 5  # 18 records: 4 whole batches and a partial one

@@ -199,7 +199,9 @@ def test_raw_examples_are_told_apart_and_transformed_per_batch_as_transform_writ
         inputs["artifacts"](raw_examples=True), "eval")
     assert holds_raw_examples(raw, tft_output) and not holds_raw_examples(transformed, tft_output)
     schema = tft_output.transformed_metadata.schema
-    ours = list(input_dataset(raw, None, schema, 64, seed=0, shuffle=False, transform_output=tft_output))
+    transformed_per_batch = input_dataset(raw, None, schema, 64, seed=0, shuffle=False, transform_output=tft_output)
+    assert transformed_per_batch.options().autotune.enabled is False  # distributed.without_autotuning
+    ours = list(transformed_per_batch)
     theirs = list(input_dataset(transformed, None, schema, 64, seed=0, shuffle=False))
     assert len(ours) == len(theirs) == 7  # 400 eval rows
     for (features, labels), (expected, expected_labels) in zip(ours, theirs):

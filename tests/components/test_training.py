@@ -240,6 +240,22 @@ def test_input_dataset_gives_the_examples_and_tensors_of_tfxs_data_accessor(tmp_
         assert first != sorted(first)
 
 
+def test_input_datasets_run_without_tf_data_autotuning(tmp_path):
+    """Deleting an autotuned iterator waits for its tuning thread, up to seconds at random; Keras
+    deletes the splits' iterators every epoch (components.distributed.without_autotuning)."""
+    split = tmp_path / "Split-train"
+    split.mkdir()
+    schema = _write_transformed_examples(split, files=1, rows_per_file=10)
+    accessor = _data_accessor(tmp_path)
+    plain = training.input_dataset([str(split / "*")], accessor, schema, 4, 0, True)
+    schema.tensor_representation_group[""].tensor_representation["C1"].dense_tensor.column_name = "C1"
+    through_accessor = training.input_dataset([str(split / "*")], accessor, schema, 4, 0, True)
+    for dataset in (plain, through_accessor):
+        assert dataset.options().autotune.enabled is False
+        assert sum(int(label.shape[0]) for _, label in dataset) == 10
+    assert tf.data.Dataset.range(3).options().autotune.enabled is not False  # the test can fail
+
+
 def test_input_dataset_with_tensor_representations_reads_through_the_data_accessor(tmp_path):
     split = tmp_path / "Split-train"
     split.mkdir()
