@@ -49,8 +49,8 @@ def _values(tensor):
 
 
 # The functions tf.data maps over the batches branch on Python values only: autograph has nothing to
-# convert in them, and left on it transpiles everything they call on their first trace -- the
-# transform layer's TFT and Keras code took ~7 s of a Trainer's start without materializing (ad hoc).
+# convert in them, and left on it transpiles everything they call on their first trace (the
+# transform layer's TFT and Keras code took 5-7 s of a Trainer's start without materializing).
 @tf.autograph.experimental.do_not_convert
 def check_finite_features(features, label):
     """Fails the input pipeline on the first batch with a NaN or Inf in a float feature.
@@ -88,7 +88,8 @@ def input_dataset(file_pattern, data_accessor, schema, batch_size: int, seed: in
     (ExampleGen's, when Transform did not materialize its output): each batch is parsed with the raw
     feature spec and transformed by the transform graph, as the serving signature does.
 
-X
+    tf.data's autotuning is off (`distributed.without_autotuning`); the mapped functions run without
+    autograph.
     """
     if transform_output is not None:
         dataset = _transformed_batches(file_pattern, transform_output, batch_size, seed, shuffle)
