@@ -38,6 +38,7 @@ import glob
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -209,12 +210,14 @@ def child(run_dir: str, variant: str, out: str) -> None:
 
 
 def eval_examples(inputs, limit=2000):
-    """Up to `limit` serialized raw tf.Examples of the run's eval split (ExampleGen's output, in the
-    pipeline root beside Transform's)."""
+    """Up to `limit` serialized raw tf.Examples of the run's eval split: ExampleGen's output, in the
+    pipeline root beside Transform's (the Trainer's examples are either, by `materialize_transformed`)."""
     import tensorflow as tf
     examples_uri = inputs["examples"][0].uri
-    root = examples_uri.split(os.sep + "Transform" + os.sep)[0]
+    root = re.split(f"{re.escape(os.sep)}(?:Transform|ClickLogExampleGen){re.escape(os.sep)}", examples_uri)[0]
     files = sorted(glob.glob(os.path.join(root, "ClickLogExampleGen", "examples", "*", "Split-eval", "*")))
+    if not files:
+        raise SystemExit(f"no eval split of ClickLogExampleGen under {root} to score the models with")
     records = []
     for path in files:
         for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(limit - len(records)):

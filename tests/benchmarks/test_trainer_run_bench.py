@@ -122,3 +122,28 @@ def test_the_autograph_variant_converts_the_mapped_functions_again(tmp_path, mon
     names, batches = built()
     assert batches == 2
     assert {"parse", "check_finite_features", "file_blocks"} <= names
+
+
+@pytest.mark.parametrize("materialized", [True, False])
+def test_eval_examples_are_examplegens_whichever_examples_the_trainer_read(tmp_path, materialized):
+    import types
+
+    import tensorflow as tf
+
+    examplegen = tmp_path / "pipeline_root" / "ClickLogExampleGen" / "examples" / "3"
+    (examplegen / "Split-eval").mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(examplegen / "Split-eval" / "data.gz"), options="GZIP") as writer:
+        for i in range(3):
+            writer.write(b"record %d" % i)
+    transformed = tmp_path / "pipeline_root" / "Transform" / "transformed_examples" / "5"
+    uri = str(transformed if materialized else examplegen)
+    examples = bench.eval_examples({"examples": [types.SimpleNamespace(uri=uri)]}, limit=2)
+    assert examples == [b"record 0", b"record 1"]
+
+
+def test_a_run_without_examplegens_eval_split_is_one_clear_error(tmp_path):
+    import types
+
+    uri = str(tmp_path / "pipeline_root" / "Transform" / "transformed_examples" / "5")
+    with pytest.raises(SystemExit, match="no eval split of ClickLogExampleGen"):
+        bench.eval_examples({"examples": [types.SimpleNamespace(uri=uri)]})
