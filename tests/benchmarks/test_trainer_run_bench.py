@@ -147,3 +147,14 @@ def test_a_run_without_examplegens_eval_split_is_one_clear_error(tmp_path):
     uri = str(tmp_path / "pipeline_root" / "Transform" / "transformed_examples" / "5")
     with pytest.raises(SystemExit, match="no eval split of ClickLogExampleGen"):
         bench.eval_examples({"examples": [types.SimpleNamespace(uri=uri)]})
+
+
+def test_the_autograph_run_is_committed_and_quoted():
+    with open(os.path.join(bench.REPO, "benchmarks", "results", "trainer_run_autograph.json")) as f:
+        record = json.load(f)
+    current, converted = record["median"]["current"], record["median"]["autograph_input"]
+    assert record["max_score_difference"] == 0  # autograph changes how the input is built, not the batches
+    with open(os.path.join(bench.REPO, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    assert f"`Do` {current['do_s']:.1f} s against {converted['do_s']:.1f} s with autograph" in readme
+    assert f"fitting {current['fit_s']:.1f} against {converted['fit_s']:.1f} s, the same model" in readme
