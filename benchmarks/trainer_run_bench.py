@@ -1,5 +1,5 @@
-"""The Trainer on a finished run's inputs: the code as it is against earlier versions of two of its
-parts, the export and the sparsity control.
+"""The Trainer on a finished run's inputs: the code as it is against earlier versions of some of its
+parts (the export, the sparsity control, the input).
 
     TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python -m benchmarks.trainer_run_bench \
         --run output [--repeats 2] [--out benchmarks/results/trainer_run]
