@@ -143,13 +143,12 @@ def compile_pipeline(config, output_path: str) -> str:
     import yaml
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
-    from tfx import v1 as tfx
     from tfx import version as tfx_version
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     pipeline = kubeflow_pipeline(config)
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
             default_image=config.kubeflow.image,
             # Schema 2.1.0: typed parameters (parameterType), what the KFP v2 backend and kfp 2.x take.
             use_pipeline_spec_2_1=True),

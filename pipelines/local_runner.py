@@ -161,7 +161,8 @@ def run(config: PipelineConfig, score_rows: int = 0) -> Dict[str, Any]:
     started = time.time()
     data_root, spec, truth = prepare_data(config)  # before the heavy imports: bad input fails fast
     os.makedirs(config.output_dir, exist_ok=True)
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
     from pipelines.pipeline import create_pipeline
 
     result: Dict[str, Any] = {"data_root": data_root, "dataset_format": spec.name}
@@ -169,7 +170,7 @@ def run(config: PipelineConfig, score_rows: int = 0) -> Dict[str, Any]:
         input_bytes = sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(data_root) for n in names)
         result["beam_pipeline_args"] = beam_pipeline_args(config, input_bytes)
         with run_scratch(config.output_dir):
-            tfx.orchestration.LocalDagRunner().run(
+            LocalDagRunner().run(
                 create_pipeline(config, data_root, spec, input_bytes=input_bytes))
         result["status"] = "succeeded"
     except Exception as e:  # noqa: BLE001 -- reported in the summary and as the CLI's one-line error

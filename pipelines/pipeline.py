@@ -14,8 +14,13 @@ import os
 from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
-from tfx.orchestration import metadata
+# Not `from tfx import v1`: that also imports tfx.v1.extensions (Google Cloud AI Platform), 3 s of
+# start-up in every process that builds the pipeline.
+from tfx.components import ExampleValidator, Trainer
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.orchestration import data_types, metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import example_gen_pb2, pusher_pb2, trainer_pb2
 from tfx.utils import json_utils
 
 from components.click_log_example_gen.component import ClickLogExampleGen, ingestion_kwargs
@@ -67,10 +72,10 @@ def eval_config(config: PipelineConfig, spec: DatasetSpec) -> tfma.EvalConfig:
     )
 
 
-def split_config(config: PipelineConfig) -> tfx.proto.Output:
+def split_config(config: PipelineConfig) -> example_gen_pb2.Output:
     """ExampleGen's train/eval split: data.eval_split_buckets of the SPLIT_BUCKETS hash buckets are eval."""
-    return tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-        tfx.proto.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in config.data.split_buckets]))
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets) for name, buckets in config.data.split_buckets]))
 
 
 def per_run_settings(config: PipelineConfig, data_root: str, spec: DatasetSpec,
@@ -84,15 +89,15 @@ def per_run_settings(config: PipelineConfig, data_root: str, spec: DatasetSpec,
                                                         "dataset_spec": spec.to_json()})}
     if not runtime_parameters:
         return values
-    return {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=runtime.TYPES[name],
-                                                        default=runtime.TYPES[name](value))
+    return {name: data_types.RuntimeParameter(name=name, ptype=runtime.TYPES[name],
+                                              default=runtime.TYPES[name](value))
             for name, value in values.items()}
 
 
 def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[DatasetSpec] = None,
                     metadata_connection_config=None, input_bytes: Optional[int] = None,
                     schema_file: Optional[str] = None, runtime_parameters: bool = False,
-                    pipeline_root: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    pipeline_root: Optional[str] = None) -> tfx_pipeline.Pipeline:
     """The sparsectr pipeline of `config` over the click logs at `data_root`.
 
     ``runtime_parameters``: the settings of ``pipelines.runtime_parameters`` (data root, span window,
@@ -111,14 +116,14 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
                                      **ingestion_kwargs(config.data.input_pattern, per_run[runtime.SPAN_WINDOW]))
     # The curated schema of the dataset spec, not one inferred from today's data (which would
     # accept any drift); the node keeps the SchemaGen id.
-    schema_gen = tfx.components.ImportSchemaGen(
+    schema_gen = ImportSchemaGen(
         schema_file=schema_file or schema_file_for(spec, config.output_dir)).with_id("SchemaGen")
     # tfx.components.StatisticsGen with bulk input (components/fast_statistics.py): the schema
     # tells it the features' types for decoding; the statistics are computed without it.
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
                                    stats_options=statistics_options())
-    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
-                                                        schema=schema_gen.outputs["schema"])
+    example_validator = ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                         schema=schema_gen.outputs["schema"])
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
     # tfx.components.Transform with bulk input/output (components/fast_transform.py, issue #18).
     transform = Transform(
@@ -134,7 +139,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
     transform.add_upstream_node(validation_gate)
     # The baseline (and warm-start source): the newest version under the serving directory.
     latest_pushed = LatestPushedModel(model_base=os.path.join(config.serving_dir, config.serving.model_name))
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn=RUN_FN,
         # Without materialized output the Trainer transforms ExampleGen's examples per batch itself
         # (components.training.input_dataset).
@@ -142,8 +147,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
                   else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps),
+        train_args=trainer_pb2.TrainArgs(num_steps=config.trainer.train_steps),
+        eval_args=trainer_pb2.EvalArgs(num_steps=config.trainer.eval_steps),
         custom_config=(per_run[runtime.TRAINER_CONFIG] if runtime_parameters
                        else {"trainer": config.trainer.to_json(), "dataset_spec": spec.to_json()}),
         # Warm start from the last pushed model (components.warm_start); found=0 -> a cold start.
@@ -193,7 +198,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
         infra_blessing=serving_check.outputs["blessing"],
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
-        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+        push_destination=pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
             base_directory=config.serving_dir)),
         model_name=config.serving.model_name,
         keep_versions=config.serving.keep_versions,
@@ -209,7 +214,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, spec: Optional[Datas
                                    latest_pushed, pusher)
     if metadata_connection_config is None:
         metadata_connection_config = metadata.sqlite_metadata_connection_config(config.metadata_sqlite)
-    return tfx.dsl.Pipeline(
+    return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root or config.pipeline_root,
         components=components,

@@ -14,9 +14,10 @@
 import os
 from typing import List
 
-from tfx import v1 as tfx
+from tfx.components import BulkInferrer
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
 from tfx.dsl.component.experimental.decorators import component
+from tfx.proto import bulk_inferrer_pb2
 from tfx.types import standard_artifacts
 
 from components.gates import GateReport
@@ -63,11 +64,11 @@ def after_push_steps(config, example_gen, example_validator, trainer, evaluator,
         baseline_model=latest_pushed.outputs["model"],
     )]
     if config.scoring.bulk_inference:
-        steps.append(tfx.components.BulkInferrer(
+        steps.append(BulkInferrer(
             examples=example_gen.outputs["examples"],
             model=trainer.outputs["model"],
             model_blessing=sparsity_gate.outputs["blessing"],
-            data_spec=tfx.proto.DataSpec(example_splits=list(config.scoring.bulk_inference_splits)),
-            model_spec=tfx.proto.ModelSpec(model_signature_name=["serving_default"]),
+            data_spec=bulk_inferrer_pb2.DataSpec(example_splits=list(config.scoring.bulk_inference_splits)),
+            model_spec=bulk_inferrer_pb2.ModelSpec(model_signature_name=["serving_default"]),
         ))
     return steps
