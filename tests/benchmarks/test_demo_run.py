@@ -59,10 +59,39 @@ def test_readme_quotes_the_committed_run():
     import os
     with open(os.path.join(demo_run.REPO, "benchmarks", "results", "demo_run.json")) as f:
         record = json.load(f)
-    assert record["result"]["runs_succeeded"] == len(record["runs"]) >= 2
+    this = [r for r in record["runs"] if r.get("checkout") != "baseline"]
+    assert record["result"]["runs_succeeded"] == len(this) >= 2
     with open(os.path.join(demo_run.REPO, "README.md")) as f:
         readme = " ".join(f.read().split())
     median = record["result"]["node_median_s"]["Trainer"]
-    runs = " and ".join(f"{r['nodes']['Trainer']['wall_s']:.1f}" for r in record["runs"])
+    runs = " and ".join(f"{r['nodes']['Trainer']['wall_s']:.1f}" for r in this)
     assert f"`make demo`'s Trainer node took {median:.1f} s (the median of two fresh `make demo` runs, {runs} s" in readme
     assert f"the whole pipeline {record['result']['pipeline_median_s']:.1f} s" in readme
+
+
+def test_baseline_runs_get_their_own_medians_and_the_ratios():
+    runs = [dict(_run(10.0), first_node_s=7.0), dict(_run(20.0), checkout="baseline", first_node_s=12.0),
+            dict(_run(24.0), checkout="baseline", first_node_s=13.0), dict(_run(12.0), checkout="this", first_node_s=6.0)]
+    result = demo_run.evaluate(runs)
+    assert result["runs_succeeded"] == 2 and result["node_median_s"]["Trainer"] == 11.0
+    assert result["first_node_median_s"] == 6.5 and result["pipeline_median_s"] == 101.0
+    base = result["baseline"]
+    assert base["runs_succeeded"] == 2 and base["node_median_s"]["Trainer"] == 22.0
+    assert base["first_node_median_s"] == 12.5 and base["pipeline_median_s"] == 112.0
+    assert result["ratio_to_baseline"] == {"first_node_median_s": 0.52, "pipeline_median_s": 0.902,
+                                           "process_median_s": 0.91}
+    record = {"command": "python -m benchmarks.demo_run --baseline /b", "demo_command": "python -m pipelines run",
+              "machine": "2 CPUs", "runs": runs, "result": result, "baseline": "/b at abc1234"}
+    text = demo_run.report_text(record)
+    assert "run = this checkout, base = the baseline /b at abc1234" in text
+    assert text.splitlines()[5].split() == ["node", "(wall", "s)", "run", "1", "base", "1", "base", "2", "run", "2",
+                                            "median", "baseline", "ratio"]
+    trainer_line = next(line for line in text.splitlines() if line.startswith("Trainer"))
+    assert trainer_line.split()[1:] == ["10.0", "20.0", "24.0", "12.0", "11.0", "22.0", "0.50x"]
+    first = next(line for line in text.splitlines() if line.startswith("first node starts"))
+    assert first.split()[3:] == ["7.0", "12.0", "13.0", "6.0", "6.5", "12.5", "0.52x"]
+
+
+def test_a_baseline_that_is_not_a_checkout_stops_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="not a sparsectr checkout"):
+        demo_run.main(["--baseline", str(tmp_path), "--out", str(tmp_path / "out")])
