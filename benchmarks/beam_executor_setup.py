@@ -15,12 +15,13 @@ per construction (median over the repeats) and, per local run, the sum over the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+
+from benchmarks import results_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("tfx_sdist", "no_sdist")
@@ -117,12 +118,7 @@ def main():
         "median_seconds": {n: {m: round(v, 3) for m, v in row.items()} for n, row in table.items()},
         "total_seconds": {m: round(v, 3) for m, v in totals.items()},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(record, f, indent=1)
-    with open(args.out + ".txt", "w") as f:
-        f.write(text(record))
-    print(text(record), end="")
+    results_files.write(args.out, record, text(record))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchmarks import machine_probe
+from benchmarks import machine_probe, results_files
 from benchmarks.scale_run import stage_windows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,16 +58,6 @@ def benchmark_command(module: str, argv: Optional[Sequence[str]]) -> str:
     """The command line that ran `benchmarks.<module>` with `argv` (None: this process's)."""
     return (f"TF_USE_LEGACY_KERAS=1 PYTHONPATH=. python -m benchmarks.{module} "
             + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)))
-
-
-def write_report(record: Dict[str, Any], out: str, text: str) -> None:
-    """`record` to OUT.json and its report `text` to OUT.txt, the text printed too."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    with open(out + ".txt", "w") as f:
-        f.write(text)
-    print(text, end="")
 
 
 def run_once(command: Sequence[str], output: str, log_path: str, timeout_s: float,
@@ -242,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     if args.baseline:
         record["baseline"] = checkout_label(checkouts["baseline"][0])
-    write_report(record, args.out, report_text(record))
+    results_files.write(args.out, record, report_text(record), sort_keys=True)
     result = record["result"]
     succeeded = result["runs_succeeded"] + result.get("baseline", {}).get("runs_succeeded", 0)
     return 0 if succeeded == len(runs) else 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,8 @@ import statistics
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from benchmarks import results_files
 
 CASES = ("narrowed", "full")
 METRICS_RTOL = 1e-9
@@ -161,12 +162,7 @@ def comparison_header(report: Dict) -> List[str]:
 
 def write_outputs(report: Dict, lines: List[str], out: str) -> None:
     """OUT.json (`report`) and OUT.txt (`lines`); prints the lines."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(out + ".txt", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results_files.write(out, report, "\n".join(lines))
 
 
 def main(argv: Optional[List[str]] = None) -> None:

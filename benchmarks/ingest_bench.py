@@ -52,6 +52,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from benchmarks import results_files
 from components.dataset_spec import VOCABULARY_COUNTERS, load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -498,18 +499,13 @@ def write_report(runs: List[Dict], machines: List[Dict], files: int, out: str,
         "before_issue_18_both_rows_per_s": {f"{k[0]} {k[1]}": v for k, v in BEFORE_ISSUE_18.items()},
         "runs": runs + combine(runs),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
     loads = "; ".join(f"load average before {m['load_average_before']}, after {m['load_average_after']}"
                       for m in machines)
     text = (f"{report['benchmark']}\n{machines[0]['cpus']} CPUs, {loads}"
             f"{' (one per merged run)' if len(machines) > 1 else ''}; {files} files per set\n"
             f"{report['timing']}; {report['peak_memory']}\nTransform: {report['transform']}\n\n"
-            + format_table(report["runs"]) + "\n\n" + format_summary(report["runs"]) + "\n")
-    with open(out + ".txt", "w") as f:
-        f.write(text)
-    print(text)
+            + format_table(report["runs"]) + "\n\n" + format_summary(report["runs"]))
+    results_files.write(out, report, text)
 
 
 def merge(paths: List[str], out: str) -> None:

@@ -17,7 +17,6 @@ deviations to 1e-9 relative (float sums in another order).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -26,6 +25,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from benchmarks import results_files
 from benchmarks.evaluator_bench import eval_examples_artifact
 
 CASES = ("bulk", "tfx")
@@ -137,9 +137,6 @@ def write_report(report: Dict, out: str) -> None:
     report["summary"] = {"bulk_s": walls["bulk"], "tfx_s": walls["tfx"],
                          "speed_up": round(walls["tfx"] / walls["bulk"], 2),
                          "statistics_agree": not report["disagreements"]}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
     machine, summary = report["machine"], report["summary"]
     lines = [report["benchmark"],
              f"{report['rows']:,d} rows ({report['eval_files']} eval file(s) of {report['examples']}); the "
@@ -151,9 +148,7 @@ def write_report(report: Dict, out: str) -> None:
              "bulk_s  tfx_s  speed-up  statistics agree",
              f"{summary['bulk_s']:6.1f}  {summary['tfx_s']:5.1f}  {summary['speed_up']:7.2f}x  "
              f"{'yes' if summary['statistics_agree'] else 'NO: ' + '; '.join(report['disagreements'][:5])}"]
-    with open(out + ".txt", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results_files.write(out, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

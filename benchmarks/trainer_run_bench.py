@@ -46,6 +46,8 @@ import tempfile
 import time
 import types
 
+from benchmarks import results_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("current", "previous_export", "per_table_control", "eager_control", "autotuned_input",
             "autograph_input")
@@ -317,12 +319,7 @@ def main():
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "repeats": args.repeats, "runs": [{k: v for k, v in r.items() if k != "serving_dir"} for r in results],
               "median": median, "scored_examples": len(examples), "max_score_difference": difference}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(record, f, indent=1)
-    with open(args.out + ".txt", "w") as f:
-        f.write(text(record))
-    print(text(record), end="")
+    results_files.write(args.out, record, text(record))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,8 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 from unittest import mock
+
+from benchmarks import results_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"baseline": "benchmarks.transform_graph.baseline_preprocessing_fn",
@@ -165,13 +166,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "rows": args.rows,
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    text = format_report(report)
-    with open(args.out + ".txt", "w") as f:
-        f.write(text)
-    print(text)
+    results_files.write(args.out, report, format_report(report))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -22,7 +22,8 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchmarks.demo_run import benchmark_command, demo_command, run_once, shown_command, write_report
+from benchmarks import results_files
+from benchmarks.demo_run import benchmark_command, demo_command, run_once, shown_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = (True, False)
@@ -167,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "runs": runs,
         "result": evaluate(runs),
     }
-    write_report(record, args.out, report_text(record))
+    results_files.write(args.out, record, report_text(record), sort_keys=True)
     return 0 if record["result"]["runs_succeeded"] == len(runs) else 1
 
 

@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional
 
+from benchmarks import results_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -386,13 +388,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="transform_profile-") as tmp:
         result = run(args.rows, args.files, args.workdir or tmp, args.timeout)
-    report = format_report(result)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-    with open(args.out + ".txt", "w") as f:
-        f.write(report)
-    print(report, end="")
+    results_files.write(args.out, result, format_report(result), sort_keys=True)
 
 
 if __name__ == "__main__":
