@@ -173,18 +173,24 @@ def report_text(record: Dict[str, Any]) -> str:
                  "start-up included; first node starts: from the command's start to the first node's; a node: "
                  "its ML Metadata execution, created -> last updated" + ("; ratio: median / baseline's median"
                                                                           if base else ""))
-    lines.append("memory probe before each run (stream copy / random 64-byte rows, GB/s): " + ", ".join(
-        f"{r['machine']['stream_gb_per_s']:.1f} / {r['machine']['random_64b_rows_gb_per_s']:.2f}" for r in runs))
-    failed = [f"run {i + 1}: exit {r['exit_code']}, status {r['status']}" for i, r in enumerate(runs)
-              if r["exit_code"] != 0 or r["status"] != "succeeded"]
-    if failed:
-        lines.append("failed: " + "; ".join(failed))
+    lines += probe_and_failure_lines(runs)
     met = result["trainer_node_met"]
     lines.append("")
     lines.append(f"target: Trainer node median {_seconds(result['node_median_s'].get('Trainer'))} s "
                  f"(<= {result['trainer_node_target_s']:.0f} s: "
                  f"{'met' if met else 'NOT met' if met is not None else 'no run succeeded'})")
     return "\n".join(lines) + "\n"
+
+
+def probe_and_failure_lines(runs: List[Dict[str, Any]]) -> List[str]:
+    """A report's lines on every run: the memory probe taken before it, and the runs that failed."""
+    lines = ["memory probe before each run (stream copy / random 64-byte rows, GB/s): " + ", ".join(
+        f"{r['machine']['stream_gb_per_s']:.1f} / {r['machine']['random_64b_rows_gb_per_s']:.2f}" for r in runs)]
+    failed = [f"run {i + 1}: exit {r['exit_code']}, status {r['status']}" for i, r in enumerate(runs)
+              if r["exit_code"] != 0 or r["status"] != "succeeded"]
+    if failed:
+        lines.append("failed: " + "; ".join(failed))
+    return lines
 
 
 def checkout_label(path: str) -> str:

@@ -23,7 +23,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from benchmarks import results_files
-from benchmarks.demo_run import benchmark_command, demo_command, run_once, shown_command
+from benchmarks.demo_run import benchmark_command, demo_command, probe_and_failure_lines, run_once, shown_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = (True, False)
@@ -125,12 +125,7 @@ def report_text(record: Dict[str, Any]) -> str:
     lines.append("a node: its ML Metadata execution, created -> last updated; sum: Transform + Trainer; pipeline: "
                  "the run summary's duration_s; fit s: the Trainer's model.fit (training.json); transformed MB: "
                  "Transform's transformed_examples artifact on disk")
-    lines.append("memory probe before each run (stream copy / random 64-byte rows, GB/s): " + ", ".join(
-        f"{r['machine']['stream_gb_per_s']:.1f} / {r['machine']['random_64b_rows_gb_per_s']:.2f}" for r in runs))
-    failed = [f"run {i + 1}: exit {r['exit_code']}, status {r['status']}" for i, r in enumerate(runs)
-              if r["exit_code"] != 0 or r["status"] != "succeeded"]
-    if failed:
-        lines.append("failed: " + "; ".join(failed))
+    lines += probe_and_failure_lines(runs)
     return "\n".join(lines) + "\n"
 
 
