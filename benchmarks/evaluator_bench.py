@@ -51,6 +51,16 @@ def eval_examples_artifact(examples_dir: str, files: int, tmp: str, copies: int 
     return artifact
 
 
+def schema_artifact(schema_file: str, tmp: str):
+    """A Schema artifact under `tmp` holding a copy of `schema_file`."""
+    from tfx.types import standard_artifacts
+    artifact = standard_artifacts.Schema()
+    artifact.uri = os.path.join(tmp, "schema")
+    os.makedirs(artifact.uri)
+    shutil.copy(schema_file, os.path.join(artifact.uri, "schema.pbtxt"))
+    return artifact
+
+
 def _model_artifact(saved_model: str, tmp: str, name: str, baseline: bool = False):
     from tfx.types import standard_artifacts
     artifact = standard_artifacts.Model()
@@ -79,11 +89,7 @@ def evaluate(case: str, models: int, examples, saved_model: str, schema_file: st
     if models == 2:
         inputs["baseline_model"] = [_model_artifact(saved_model, run, "baseline", baseline=True)]
     if case == "narrowed":
-        schema = standard_artifacts.Schema()
-        schema.uri = os.path.join(run, "schema")
-        os.makedirs(schema.uri)
-        shutil.copy(schema_file, os.path.join(schema.uri, "schema.pbtxt"))
-        inputs["schema"] = [schema]
+        inputs["schema"] = [schema_artifact(schema_file, run)]
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = os.path.join(run, "evaluation"), os.path.join(run, "blessing")
     config = config or eval_config(PipelineConfig(), load_spec("criteo"))

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import statistics
 import tempfile
 import time
 from typing import Dict, List, Optional
 
 from benchmarks import results_files
-from benchmarks.evaluator_bench import eval_examples_artifact
+from benchmarks.evaluator_bench import eval_examples_artifact, schema_artifact
 
 CASES = ("bulk", "tfx")
 FLOAT_RTOL = 1e-9
@@ -85,11 +84,7 @@ def generate(case: str, examples, schema_file: str, tmp: str) -> Dict:
     inputs = {"examples": [examples]}
     executor = tfx_executor.Executor()
     if case == "bulk":
-        schema = standard_artifacts.Schema()
-        schema.uri = os.path.join(run, "schema")
-        os.makedirs(schema.uri)
-        shutil.copy(schema_file, os.path.join(schema.uri, "schema.pbtxt"))
-        inputs["schema"] = [schema]
+        inputs["schema"] = [schema_artifact(schema_file, run)]
         executor = fast_statistics.Executor()
     output = standard_artifacts.ExampleStatistics()
     output.uri = os.path.join(run, "statistics")
