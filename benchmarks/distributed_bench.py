@@ -41,6 +41,8 @@ import sys
 import time
 from typing import Any, Dict, List
 
+from benchmarks import results_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ("C1", "C2", "C3", "C4")
 INT_FIELDS = ("I1", "I2", "I3", "I4")
@@ -270,12 +272,7 @@ def main(argv=None) -> int:
             print(f"[distributed_bench] {size} {config}: {run.get('examples_per_s', 'FAILED')} examples/s, "
                   f"load {run['load_before']} -> {run['load_after']}", flush=True)
     name = "distributed_cpu" + ("_quick" if args.quick else "")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, name + ".txt"), "w") as f:
-        f.write(render(report))
-    print(render(report))
+    results_files.write(os.path.join(args.out, name), report, render(report))
     return 0
 
 

@@ -166,11 +166,6 @@ def comparison_header(report: Dict) -> List[str]:
             f"1-min load average {report['load_average'][0]} before, {report['load_average'][1]} after"]
 
 
-def write_outputs(report: Dict, lines: List[str], out: str) -> None:
-    """OUT.json (`report`) and OUT.txt (`lines`); prints the lines."""
-    results_files.write(out, report, "\n".join(lines))
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, "evaluator")
@@ -222,7 +217,7 @@ def write_report(report: Dict, out: str) -> None:
              "models  narrowed_s  full_s  speed-up  metrics max rel. diff  agree"]
     lines += [f"{s['models']:6d}  {s['narrowed_s']:10.1f}  {s['full_s']:6.1f}  {s['speed_up']:7.2f}x  "
               f"{s['metrics_max_relative_difference']:21.1e}  {'yes' if s['metrics_agree'] else 'NO'}" for s in summary]
-    write_outputs(report, lines, out)
+    results_files.write(out, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

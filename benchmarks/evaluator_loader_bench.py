@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional
 
+from benchmarks import results_files
 from benchmarks.evaluator_bench import (add_arguments, compare_cases, comparison_header, evaluate, max_relative_difference,
-                                        median_walls, write_outputs)
+                                        median_walls)
 
 CASES = ("pipeline", "tfma_loader")
 METRICS_RTOL = 1e-8
@@ -54,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "TFX Evaluator executor (BaselineEvaluator, narrowed schema, the pipeline's eval_config): "
         "the pipeline's model loader (components.eval_model) vs TFMA's own")
     report["summary"] = summarize(report["runs"])
-    write_outputs(report, report_lines(report), args.out)
+    results_files.write(args.out, report, "\n".join(report_lines(report)))
 
 
 if __name__ == "__main__":

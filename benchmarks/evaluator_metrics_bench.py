@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional
 
+from benchmarks import results_files
 from benchmarks.evaluator_bench import (add_arguments, compare_cases, comparison_header, evaluate, max_relative_difference,
-                                        median_walls, write_outputs)
+                                        median_walls)
 
 CASES = ("pipeline", "tfma")
 LOG_LOSS = "binary_crossentropy"
@@ -87,7 +88,7 @@ def write_report(report: Dict, out: str) -> None:
     lines += [f"{s['models']:6d}  {s['pipeline_s']:10.1f}  {s['tfma_s']:6.1f}  {s['speed_up']:7.2f}x  "
               f"{s['log_loss_max_relative_difference']:18.1e}  {s['other_max_relative_difference']:15.1e}  "
               f"{'yes' if s['metrics_agree'] else 'NO'}" for s in report["summary"]]
-    write_outputs(report, lines, out)
+    results_files.write(out, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ import tensorflow as tf
 import tf_keras
 
 import optim
+from benchmarks import results_files
 from benchmarks.machine_probe import memory_bandwidth
 from optim import group_step as gs
 
@@ -533,13 +534,7 @@ def main():
         / record["results"][key][str(rows_list[0])]["group_adam_step"]
         for key in ("xla_off", "xla_on")
     }
-    text = _table_text(record)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"optim_step_{device}.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(args.out, f"optim_step_{device}.txt"), "w") as f:
-        f.write(text)
+    results_files.write(os.path.join(args.out, f"optim_step_{device}"), record, _table_text(record))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ def write(out: str, record: Dict[str, Any], text: str, sort_keys: bool = False) 
     """`record` to OUT.json and `text` to OUT.txt (ending in one newline); prints `text`."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     text = text.rstrip("\n") + "\n"
-    with open(out + ".json", "w") as f:
+    with open(out + ".json", "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, sort_keys=sort_keys)
-    with open(out + ".txt", "w") as f:
+    with open(out + ".txt", "w", encoding="utf-8") as f:
         f.write(text)
     print(text, end="")

@@ -14,7 +14,6 @@ request (client side, end to end); throughput is rows per second over the cell's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -25,6 +24,8 @@ import tempfile
 import threading
 import time
 from typing import Dict, List
+
+from benchmarks import results_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_NAME = "ctr"
@@ -201,7 +202,7 @@ def bench_model(label: str, version_dir: str, args, log_dir: str) -> Dict:
         server.stop()
 
 
-def write_text(result: Dict, path: str) -> None:
+def report_text(result: Dict) -> str:
     lines = [f"Local serving process (serving/local_server/), predict_raw, {result['config']['threads']} client "
              f"threads, <= {result['config']['requests']} requests or {result['config']['seconds']} s per cell.",
              f"Machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_average']} at start "
@@ -214,8 +215,7 @@ def write_text(result: Dict, path: str) -> None:
             lines.append(f"{label:<12}{protocol:<10}{batch:>6}{cell['p50_ms']:>10}{cell['p99_ms']:>10}"
                          f"{cell['requests_per_s']:>10}{cell['rows_per_s']:>11}{cell['errors']:>8}")
     lines += [""] + result.get("notes", [])
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -252,10 +252,7 @@ def main(argv=None) -> int:
     if "pruned" not in models:
         result["notes"].append("Pruned model: pending (the pruned exporter does not exist yet); rerun with "
                                "--model unpruned=DIR --model pruned=DIR when it does.")
-    with open(args.out + ".json", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-    write_text(result, args.out + ".txt")
-    print(open(args.out + ".txt", encoding="utf-8").read())
+    results_files.write(args.out, result, report_text(result), sort_keys=True)
     return 0
 
 

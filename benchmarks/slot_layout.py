@@ -24,7 +24,6 @@ Writes <out>/slot_layout.json and .txt. Calls go round-robin over sizes and layo
 median over --repeats runs of --steps calls.
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,7 +32,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import trainer_bench
+from benchmarks import results_files, trainer_bench
 
 LAYOUTS = ("per_table", "fused_slots", "joined_slots", "joined_fused")
 STATE = ("m", "v", "z")
@@ -180,13 +179,7 @@ def main():
               "load_average_at_start": os.getloadavg()[0]}
     record["results"], record["same_state"] = measure(sizes, steps, repeats)
     record["load_average_at_end"] = os.getloadavg()[0]
-    text = table_text(record)
-    print(text, end="")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "slot_layout.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(args.out, "slot_layout.txt"), "w") as f:
-        f.write(text)
+    results_files.write(os.path.join(args.out, "slot_layout"), record, table_text(record))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from benchmarks import results_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ("dnn", "deepfm")
@@ -605,13 +607,8 @@ def write_input_only(args, argv) -> None:
                       f"{os.cpu_count()} CPUs ({platform.machine()}); 1-min load average {load_before[0]} before, "
                       f"{record['machine']['load_average_after'][0]} after", ""]
                      + format_input_pipeline(pipeline, args.batch_size)) + "\n"
-    print(text)
     stem = "trainer_input" + ("_transform_output" if args.transform_output else "") + ("_quick" if args.quick else "")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump(record, f, indent=1)
-    with open(os.path.join(args.out, stem + ".txt"), "w") as f:
-        f.write(text)
+    results_files.write(os.path.join(args.out, stem), record, text)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -737,14 +734,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     record["cells"] = summarize(runs)
     record["ratios"] = ratios(record["cells"])
     record["targets"] = targets(record["cells"], record["ratios"])
-    text = format_text(record)
-    print(text)
     stem = f"trainer_{device}" + ("_quick" if args.quick else "")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump(record, f, indent=1)
-    with open(os.path.join(args.out, stem + ".txt"), "w") as f:
-        f.write(text)
+    results_files.write(os.path.join(args.out, stem), record, format_text(record))
     if not ok or len(ok) < len(runs):
         sys.exit(1)
 
