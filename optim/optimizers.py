@@ -471,13 +471,11 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             return
         unique_keys, position_row = tf.unique(keys)
         totals = tf.math.unsorted_segment_sum(values, position_row, tf.shape(unique_keys)[0])
-        table_of_key = tf.cast(unique_keys % tables, tf.int32)
-        # The distinct rows grouped by table, tf.unique's order within: one op for all the tables.
-        ids = tf.dynamic_partition(unique_keys // tables, table_of_key, tables)
-        order = tf.concat(tf.dynamic_partition(tf.range(tf.shape(unique_keys)[0]), table_of_key, tables), 0)
-        totals = tf.gather(totals, order)
-        counts = tf.math.bincount(table_of_key, minlength=tables, maxlength=tables)
-        table_of_row = tf.gather(table_of_key, order)
+        # tf.unique keeps the order of first occurrences, and `keys` lists the tables one after
+        # another: the distinct rows come grouped by table already, in table order.
+        table_of_row = tf.cast(unique_keys % tables, tf.int32)
+        counts = tf.math.bincount(table_of_row, minlength=tables, maxlength=tables)
+        ids = tf.split(unique_keys // tables, counts, num=tables)
         states = [self.row_state(v) for v in variables]
         rank = variables[0].shape.rank
 
