@@ -357,10 +357,12 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             slot.assign(new[name])
         variable.assign_sub(self._increment(new, gradient, hyper) / self._denominator(new, hyper))
 
-    def _group_threshold(self, variable, hyper):
-        """The group-lasso threshold of `variable`'s rows: l21 * sqrt(row size), times lr where folded."""
+    def _group_threshold(self, variable, hyper, l21=None):
+        """The group-lasso threshold of `variable`'s rows: l21 * sqrt(row size), times lr where folded
+        (`l21`: that of several tables of `variable`'s row shape, stacked)."""
+        l21 = self.l21_variable(variable) if l21 is None else l21
         return tf.cast(
-            self.l21_variable(variable) * math.sqrt(gs.group_size(variable.shape)), variable.dtype
+            l21 * math.sqrt(gs.group_size(variable.shape)), variable.dtype
         ) * self._regularizer_scale(hyper)
 
     def _group_rows(self, gradient, w, z, old, hyper, variable, group_threshold=None):
@@ -483,7 +485,8 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
             return tf.concat([_gather_rows(v, i) for v, i in zip(tables_, ids)], 0)
 
         # Each table's group threshold repeated over its rows.
-        threshold = tf.gather(tf.stack([self._group_threshold(v, hyper) for v in variables]), table_of_row)
+        l21 = tf.stack([self.l21_variable(v) for v in variables])
+        threshold = tf.gather(self._group_threshold(variables[0], hyper, l21=l21), table_of_row)
         threshold = tf.reshape(threshold, [-1] + [1] * (variables[0].shape.rank - 1))
         old = self.split_row_state(gathered(states), rank)
         w_new, z_new, new = self._group_rows(
