@@ -220,7 +220,12 @@ class GroupOptimizer(tf_keras.optimizers.Optimizer):
     def split_row_state(self, value, rank):
         """{name: part} of a value of a row_state slot (a tensor or a NumPy array), or of rows of it, for
         a variable of rank `rank`."""
-        return {name: value[:, i] if rank else value[i] for i, name in enumerate(self.row_state_names)}
+        names = self.row_state_names
+        if isinstance(value, tf.Tensor):
+            # One Unpack instead of a strided slice per part: about a third of the time on CPU for the
+            # rows of a training step (each part is a strided copy out of the interleaved rows).
+            return dict(zip(names, tf.unstack(value, num=len(names), axis=1 if rank else 0)))
+        return {name: value[:, i] if rank else value[i] for i, name in enumerate(names)}
 
     def _add_l21_variable(self, variable):
         # A scalar optimizer variable, read inside the (compiled) step: it may change between steps
