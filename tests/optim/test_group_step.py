@@ -93,6 +93,37 @@ def test_first_step_counts_the_previous_denominator_as_zero():
     np.testing.assert_allclose(z_next.numpy(), z_new.numpy() - 1.0 * w.numpy())
 
 
+def _dual_update_by_select(z, w, increment, denominator_old, denominator_new):
+    denominator_old = tf.where(tf.equal(z, 0.0), tf.zeros_like(denominator_old), denominator_old)
+    return z + increment - (denominator_new - denominator_old) * w
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_dual_update_is_the_select_on_never_stepped_coordinates_bit_for_bit(jit):
+    # Coordinates whose z is still 0 (either sign) take D_{t-1} = 0, even an infinite D_{t-1}; every
+    # other coordinate takes its own D_{t-1}: the same bits as tf.where(z == 0, 0, D_{t-1}), compiled
+    # or not (XLA may contract the arithmetic differently from NumPy, so the reference is TensorFlow's).
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(64, 8)).astype(np.float32)
+    z[::3] = 0.0
+    z[1::7, :2] = -0.0
+    w = rng.normal(size=z.shape).astype(np.float32)
+    increment = rng.normal(size=z.shape).astype(np.float32)
+    old = (np.abs(rng.normal(size=z.shape)) + 1e-7).astype(np.float32)
+    old[::6] = np.inf  # only on rows whose z is 0
+    new = (old + np.abs(rng.normal(size=z.shape))).astype(np.float32)
+    new[::6] = 2.0
+    compile_ = (lambda f: tf.function(f, jit_compile=True)) if jit else (lambda f: f)
+    for old_, new_ in ((old, new), (np.float32(3.0), np.float32(4.0))):
+        args = [tf.constant(a) for a in (z, w, increment, old_, new_)]
+        ours = compile_(gs.dual_update)(*args).numpy()
+        expected = compile_(_dual_update_by_select)(*args).numpy()
+        assert np.all(np.isfinite(ours))
+        np.testing.assert_array_equal(ours.view(np.int32), expected.view(np.int32))
+    first = gs.dual_update(*[tf.constant(a) for a in (z, w, increment, old, new)]).numpy()
+    np.testing.assert_allclose(first[::3], (z + increment - new * w)[::3], rtol=1e-6)
+
+
 def _sum_duplicates_numpy(values, ids, query_ids):
     """For each id of query_ids, the sum of the rows of values whose id is that id."""
     return np.stack([values[ids == i].sum(axis=0) for i in query_ids])
