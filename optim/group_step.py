@@ -76,7 +76,7 @@ def dual_update(z, w, increment, denominator_old, denominator_new):
     at step 1 (Group Adam's epsilon term: the product's "row's own first update").
     """
     # |sign(z)| is 0 where z is still 0 and 1 elsewhere; multiply_no_nan gives exactly 0 there whatever
-    # D_{t-1} is, and D_{t-1} itself elsewhere: a select's result at a fifth of its time on CPU.
+    # D_{t-1} is, and D_{t-1} itself elsewhere: a select's result, without TF's slow CPU select.
     denominator_old = tf.math.multiply_no_nan(denominator_old, tf.abs(tf.sign(z)))
     return z + increment - (denominator_new - denominator_old) * w
 
