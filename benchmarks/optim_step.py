@@ -10,7 +10,8 @@ step <= 1.0x the plain lazy reference at every size; <= 1.2x tf_keras Adam at th
 smallest to the largest table <= 1.5x; within 5x of the random-row memory bound; and, from issue #3,
 compiled (XLA on) <= 1.1x uncompiled.
 
-    TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python benchmarks/optim_step.py [--quick] [--out DIR]
+    TF_USE_LEGACY_KERAS=1 PYTHONPATH=. .venv/bin/python benchmarks/optim_step.py [--quick]
+        [--steps-per-call K] [--out DIR]
 
 Writes <out>/optim_step_<device>.json and .txt (tables and target verdicts). Keep the machine otherwise
 idle; calls go round-robin over table sizes, XLA settings and cases, so that outside load biases no
@@ -24,6 +25,14 @@ larger tables). 16 such batches, each with its own permutation, are used in turn
 finds the rows of its batch where training would: cold in a large table, cached in a small one. At
 each turn a case runs 3 times in a row and the last 2 calls are timed: its code is warm again, as in
 a training loop, after the other cases ran.
+
+One call into TensorFlow runs K steps (--steps-per-call, default 4) on K consecutive batches, as
+Keras' `steps_per_execution` does in the Trainer (32 there), and a case's time is the call's / K.
+A call costs ~0.2-0.5 ms on this 2-core machine before any op runs (a tf.function doing one
+assign_add took 0.40-0.51 ms, ad hoc): with one step per call that fixed cost was a seventh of
+Group Adam's 3.2 ms step at 1e6 rows and under 1% of tf_keras Adam's. The step functions return
+nothing, as Keras' train step drops what `apply_gradients` returns: a compiled function returning
+the optimizer's iteration count took 0.2-0.75 ms longer a call here (ad hoc, Group Adam at 1e6 rows).
 
 The cases, per table size (all on one table variable per size, so that a 1e7-row run fits in memory;
 each optimizer keeps its own state):
@@ -77,6 +86,7 @@ CASES = (
 ) + PARTS + ("train_step_group_adam", "keras_adam_step")
 TARGET_SPEEDUP_ROWS = 1_000_000  # ">= 20x faster than tf_keras Adam at 1e6 rows"
 BATCHES = 16  # distinct batches per table size, used in turn
+STEPS_PER_CALL = 4  # steps per call into TensorFlow (Keras' steps_per_execution)
 
 
 def _zipf_ranks(n, bound, seed=0):
@@ -187,17 +197,42 @@ def _parts(batches, tables, compiled):
     return {name: (bodies[name], parts[name]) for name in PARTS}
 
 
-def build_cases(rows, rank_bound):
+def steps_in_one_call(body, arity):
+    """A function of K batches' arguments (K x `arity`, one batch's after the other) that runs
+    `body` on each batch in turn; returns what each returned (a part's outputs, which XLA would
+    otherwise prune).
+
+    Each step starts when the one before has finished: its inputs wait for every op the step before
+    made. In training a step reads what the step before wrote; here TensorFlow could otherwise run
+    the work of a step that does not touch the variables (deduplicating its ids, say) during the step
+    before, on the other core.
+    """
+    def steps(*args):
+        graph = tf.compat.v1.get_default_graph()
+        outputs, previous = [], []
+        for k in range(0, len(args), arity):
+            with tf.control_dependencies(previous):
+                batch = [tf.identity(a) for a in args[k:k + arity]]
+            first = len(graph.get_operations())
+            outputs.append(body(*batch))
+            previous = graph.get_operations()[first:]
+        return outputs
+
+    return steps
+
+
+def build_cases(rows, rank_bound, steps_per_call=STEPS_PER_CALL):
     """({mode: {name: (traced function, [args per batch])}}, distinct ids) for a `rows`-row table;
-    state kept."""
+    each traced function runs `steps_per_call` steps (`steps_in_one_call`). State kept."""
     batches, unique_ids = _batches(rows, rank_bound)
     dense_shape = tf.constant([rows, DIM], tf.int64)
     table = tf.Variable(tf.random.normal([rows, DIM], stddev=0.01, seed=1), name="embeddings")
 
     def apply(optimizer):
-        return lambda values, ids: optimizer.apply_gradients(
-            [(tf.IndexedSlices(values, ids, dense_shape), table)]
-        )
+        def step(values, ids):
+            optimizer.apply_gradients([(tf.IndexedSlices(values, ids, dense_shape), table)])
+
+        return step
 
     # A whole training step as the Trainer runs it: embedding lookup (reads the table), a Dense
     # head, gradients, Group Adam (the same optimizer as group_adam_step, built for both).
@@ -243,32 +278,41 @@ def build_cases(rows, rank_bound):
                 continue
             body, args = mode_cases[name]
             # The reference is never compiled (its tf.unique would take 44 ms under XLA).
-            fn = tf.function(body, jit_compile=compiled and name != "lazy_reference_step")
+            fn = tf.function(steps_in_one_call(body, len(args[0])),
+                             jit_compile=compiled and name != "lazy_reference_step")
             for b in range(3):  # trace, compile, build the optimizer, warm up
-                fn(*args[b % len(args)])
+                fn(*call_args(args, b * steps_per_call, steps_per_call))
             cases[mode][name] = (fn, args)
     return cases, unique_ids
 
 
-def measure(rows_list, steps):
+def call_args(args, first, steps_per_call):
+    """The arguments of one call: those of batches first .. first + steps_per_call - 1 (in turn)."""
+    return [a for k in range(steps_per_call) for a in args[(first + k) % len(args)]]
+
+
+def measure(rows_list, steps, steps_per_call=STEPS_PER_CALL):
     """({mode: {rows: {name: median ms}}}, {rows: distinct ids}).
 
     Calls go round-robin over table sizes, XLA settings and cases, so that load from other
-    processes hits every one alike instead of whichever ran last. At each turn a case runs on 1 + 2
-    consecutive batches: the first call untimed (the code is warm again after the other cases ran,
-    as in a training loop, where the step runs every step), the next two timed (on rows the first
-    did not touch: cold in a large table, as in training). The median of the 2 x steps timed calls.
-    The order of the cases turns by one at each step.
+    processes hits every one alike instead of whichever ran last. At each turn a case makes 1 + 2
+    consecutive calls, each on the next `steps_per_call` batches: the first call untimed (the code
+    is warm again after the other cases ran, as in a training loop, where the step runs every step),
+    the next two timed (on rows the first did not touch: cold in a large table, as in training). The
+    median of the 2 x steps timed calls, each call's time / steps_per_call. The order of the cases
+    turns by one at each step.
     """
     built = {}
     for rows in rows_list:
-        built[rows] = build_cases(rows, rank_bound=rows_list[0])
+        built[rows] = build_cases(rows, rank_bound=rows_list[0], steps_per_call=steps_per_call)
         print(f"built {rows:,d} rows", flush=True)
     times = {
         mode: {rows: {name: [] for name in built[rows][0][mode]} for rows in rows_list}
         for mode in MODES
     }
-    calls = 0  # every call takes the next batch: the batch a call gets was last used 16 calls ago
+    # Every call takes the next batches: a batch comes back after BATCHES others, whatever the
+    # steps per call.
+    calls = 0
     for step in range(steps):
         for rows in rows_list:
             for mode in MODES:
@@ -277,11 +321,13 @@ def measure(rows_list, steps):
                 shift = step % len(cases)
                 for name, (fn, args) in cases[shift:] + cases[:shift]:
                     for k in range(3):
+                        batch_args = call_args(args, calls * steps_per_call, steps_per_call)
                         start = time.perf_counter()
-                        fn(*args[calls % len(args)])
+                        fn(*batch_args)
                         calls += 1
                         if k:
-                            times[mode][rows][name].append(time.perf_counter() - start)
+                            times[mode][rows][name].append(
+                                (time.perf_counter() - start) / steps_per_call)
     results = {
         mode: {
             str(rows): {name: float(np.median(t) * 1e3) for name, t in by_name.items()}
@@ -463,7 +509,9 @@ def _table_text(record):
         f"rows x {record['dim']} float32 table; {record['examples']} examples x {record['fields']} ids "
         f"= {record['batch_ids']:,d} ids per step (Zipf({record['zipf_exponent']}) ranks bounded at "
         f"{record['rows'][0]:,d}, scattered over the table: the same unique ids at every size); "
-        f"median of {record['steps']} steps, round-robin over sizes, XLA settings and cases; device "
+        f"median of {record['steps']} steps, {record.get('steps_per_call', 1)} step(s) per call into "
+        f"TensorFlow (time per step = a call's / that), round-robin over sizes, XLA settings and "
+        f"cases; device "
         f"{record['device']} ({record['machine']}); TF {record['tensorflow']}; 1-min load average "
         f"{record['load_average_at_start']:.1f} at start, {record['load_average_at_end']:.1f} at end"
     )
@@ -474,8 +522,9 @@ def _table_text(record):
         "lazy_reference_step: a plain lazy Group Adam (tf.unique + unsorted_segment_sum, the same math "
         "on the distinct rows), always uncompiled; keras_adam_step: tf_keras Adam, which updates every "
         "row of the table. The parts (distinct_rows .. scatter_rows; gather and scatter: the rows of the "
-        "table and of Group Adam's row_state slot, m, v and z side by side) are each its own "
-        "tf.function call (~0.1-0.5 ms dispatch each), so they do not add up to the step exactly: "
+        "table and of Group Adam's row_state slot, m, v and z side by side) are each their own "
+        "tf.function (~0.2-0.5 ms dispatch a call, shared by the call's steps), so they do not add up to "
+        "the step exactly: "
         "uncompiled (tf.unique, on the distinct rows) with XLA off, compiled (static-shape hash "
         "dedupe; gather, math, scatter on the distinct rows) with XLA on."
     )
@@ -500,6 +549,8 @@ def main():
     parser.add_argument("--rows", default="10000,100000,1000000,10000000")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="rows 1e3,1e4 and 5 steps (smoke test)")
+    parser.add_argument("--steps-per-call", type=int, default=STEPS_PER_CALL,
+                        help="steps (batches) per call into TensorFlow; a case's time is a call's / this")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
     rows_list = [1000, 10000] if args.quick else [int(r) for r in args.rows.split(",")]
@@ -518,13 +569,14 @@ def main():
         "zipf_exponent": ZIPF_EXPONENT,
         "lambdas": LAMBDAS,
         "steps": steps,
-        "unit": "ms per call (median)",
+        "steps_per_call": args.steps_per_call,
+        "unit": "ms per step (median over calls of steps_per_call steps, each call's time / steps_per_call)",
         "load_average_at_start": os.getloadavg()[0],
         "rows": rows_list,
         "bandwidth": memory_bandwidth(),
     }
     print("bandwidth", json.dumps(record["bandwidth"]), flush=True)
-    record["results"], record["unique_ids"] = measure(rows_list, steps)
+    record["results"], record["unique_ids"] = measure(rows_list, steps, args.steps_per_call)
     print("results", json.dumps(record["results"]), flush=True)
     record["load_average_at_end"] = os.getloadavg()[0]
     record["bounds"], record["targets"] = evaluate(record)

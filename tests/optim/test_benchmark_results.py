@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
 from benchmarks import optim_step
 
@@ -32,6 +33,7 @@ def test_committed_cpu_results_follow_the_specification(record):
         1024, 26, 26_624, 16)
     assert min(record["lambdas"].values()) > 0
     assert record["steps"] >= 30
+    assert record["steps_per_call"] >= 1
     for xla in ("xla_off", "xla_on"):
         for rows in map(str, record["rows"]):
             measured = record["results"][xla][rows]
@@ -72,3 +74,21 @@ def test_committed_cpu_results_show_the_contrast(record):
     for step in STEPS:
         for xla in ("xla_off", "xla_on"):
             assert keras_best > 20.0 * record["results"][xla][last][step], (step, xla)
+
+
+def test_one_call_runs_its_batches_in_turn_each_step_after_the_one_before():
+    state = tf.Variable(0.0)
+
+    def body(x, y):
+        state.assign(state * 10.0 + x + y)
+
+    batches = [(tf.constant(float(b)), tf.constant(0.0)) for b in (1, 2, 3)]
+    fn = tf.function(optim_step.steps_in_one_call(body, arity=2))
+    args = optim_step.call_args(batches, first=1, steps_per_call=3)  # batches 2, 3, then 1 again
+    fn(*args)
+    assert state.numpy() == 231.0
+    # The inputs of the second and third steps wait for every op of the step before them.
+    graph = fn.get_concrete_function(*args).graph
+    waiting = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
+    assert len(waiting) == 4
+    assert all(any(c.type == "AssignVariableOp" for c in op.control_inputs) for op in waiting)
