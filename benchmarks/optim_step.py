@@ -28,11 +28,12 @@ a training loop, after the other cases ran.
 
 One call into TensorFlow runs K steps (--steps-per-call, default 4) on K consecutive batches, as
 Keras' `steps_per_execution` does in the Trainer (32 there), and a case's time is the call's / K.
-A call costs ~0.2-0.5 ms on this 2-core machine before any op runs (a tf.function doing one
-assign_add took 0.40-0.51 ms, ad hoc): with one step per call that fixed cost was a seventh of
-Group Adam's 3.2 ms step at 1e6 rows and under 1% of tf_keras Adam's. The step functions return
-nothing, as Keras' train step drops what `apply_gradients` returns: a compiled function returning
-the optimizer's iteration count took 0.2-0.75 ms longer a call here (ad hoc, Group Adam at 1e6 rows).
+A call has a fixed cost before any op runs (a tf.function doing one assign_add took 0.40-0.51 ms
+on this 2-core machine, ad hoc), which training pays once per call, not once per step; at one step
+per call it weighs on a ~2 ms step and not on a 60 ms one (`--steps-per-call 1` measures that way).
+The step functions return nothing, as Keras' train step drops what `apply_gradients` returns: a
+compiled function returning the optimizer's iteration count took 0.2-0.75 ms longer a call here
+(ad hoc, Group Adam at 1e6 rows).
 
 The cases, per table size (all on one table variable per size, so that a 1e7-row run fits in memory;
 each optimizer keeps its own state):
