@@ -510,7 +510,7 @@ def _table_text(record):
         f"rows x {record['dim']} float32 table; {record['examples']} examples x {record['fields']} ids "
         f"= {record['batch_ids']:,d} ids per step (Zipf({record['zipf_exponent']}) ranks bounded at "
         f"{record['rows'][0]:,d}, scattered over the table: the same unique ids at every size); "
-        f"median of {record['steps']} steps, {record.get('steps_per_call', 1)} step(s) per call into "
+        f"median of {record['steps']} steps, {record['steps_per_call']} step(s) per call into "
         f"TensorFlow (time per step = a call's / that), round-robin over sizes, XLA settings and "
         f"cases; device "
         f"{record['device']} ({record['machine']}); TF {record['tensorflow']}; 1-min load average "
@@ -554,6 +554,8 @@ def main():
                         help="steps (batches) per call into TensorFlow; a case's time is a call's / this")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
+    if args.steps_per_call < 1:
+        parser.error(f"--steps-per-call must be at least 1, got {args.steps_per_call}")
     rows_list = [1000, 10000] if args.quick else [int(r) for r in args.rows.split(",")]
     steps = 5 if args.quick else args.steps
     device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"

@@ -92,3 +92,12 @@ def test_one_call_runs_its_batches_in_turn_each_step_after_the_one_before():
     waiting = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
     assert len(waiting) == 4
     assert all(any(c.type == "AssignVariableOp" for c in op.control_inputs) for op in waiting)
+
+
+def test_steps_per_call_below_one_is_a_one_line_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["optim_step.py", "--steps-per-call", "0"])
+    with pytest.raises(SystemExit) as exited:
+        optim_step.main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--steps-per-call must be at least 1, got 0")
